@@ -1,0 +1,398 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use crate::cell::{Callback, Cell};
+use crate::runtime::blocking;
+use crate::{AsyncHandle, Error, PollHandle, State};
+
+/// The handle of an operation in flight: the crate's `IAsyncResult`.
+///
+/// Begin methods return it ([`begin`](crate::begin), [`Completer::new`](crate::Completer::new));
+/// the callback receives a clone of it. Clones are cheap and share one operation: each
+/// reports the same [`is_completed`](Self::is_completed),
+/// [`completed_synchronously`](Self::completed_synchronously) and
+/// [`state`](Self::state), and exactly one [`end`](Self::end) (or `.await`) gets the
+/// value; the others get [`Error::AlreadyEnded`].
+///
+/// It is also a [`Future`] (an awaitable End), so a legacy handle can be `.await`ed.
+/// Dropping a handle does not stop the operation; [`cancel`](Self::cancel) does.
+///
+/// `AsyncResult<T>` is `Send + Sync` when `T: Send`.
+///
+/// # Examples
+///
+/// ```
+/// use apm_tap::{AsyncCallback, State};
+///
+/// let handle = apm_tap::begin(async { 6 * 7 }, AsyncCallback::none(), State::new("job"));
+/// assert_eq!(handle.state().downcast_ref::<&str>(), Some(&"job"));
+/// handle.wait().unwrap();
+/// assert!(handle.is_completed());
+/// assert_eq!(handle.end(), Ok(42));
+/// ```
+pub struct AsyncResult<T> {
+    cell: Arc<Cell<T>>,
+    /// This handle's entry in the cell's waker list, once it has been polled.
+    entry: Option<usize>,
+}
+
+impl<T> AsyncResult<T> {
+    pub(crate) fn from_cell(cell: Arc<Cell<T>>) -> Self {
+        AsyncResult { cell, entry: None }
+    }
+
+    pub(crate) fn cell(&self) -> &Arc<Cell<T>> {
+        &self.cell
+    }
+
+    /// Whether the operation has finished: its result (or error) is stored and
+    /// [`end`](Self::end) will not block.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use apm_tap::{AsyncCallback, Completer, State};
+    ///
+    /// let (completer, handle) = Completer::new(AsyncCallback::none(), State::none());
+    /// assert!(!handle.is_completed());
+    /// completer.complete(()).unwrap();
+    /// assert!(handle.is_completed());
+    /// ```
+    pub fn is_completed(&self) -> bool {
+        self.cell.is_completed()
+    }
+
+    /// Whether the operation finished inside Begin, on the caller's thread. Never changes
+    /// once the operation has completed, and is `false` before.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use apm_tap::{AsyncCallback, State};
+    ///
+    /// // A future that is ready at once completes inside `begin`.
+    /// let handle = apm_tap::begin(async { 1 }, AsyncCallback::none(), State::none());
+    /// assert!(handle.completed_synchronously());
+    /// ```
+    pub fn completed_synchronously(&self) -> bool {
+        self.cell.completed_synchronously()
+    }
+
+    /// The state given to Begin (`IAsyncResult.AsyncState`), the same on every clone.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use apm_tap::{AsyncCallback, State};
+    ///
+    /// let handle = apm_tap::begin(async {}, AsyncCallback::none(), State::new(9_i32));
+    /// assert_eq!(handle.clone().state().downcast_ref::<i32>(), Some(&9));
+    /// ```
+    pub fn state(&self) -> &State {
+        self.cell.state()
+    }
+
+    /// Blocks until the operation completes, without taking the result.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WouldDeadlock`] if the operation is not complete and this thread belongs
+    /// to a current-thread tokio runtime (see [`end`](Self::end)).
+    ///
+    /// # Blocking
+    ///
+    /// Parks the thread; nothing is allocated for blocking unless this call has to wait.
+    /// On a multi-thread tokio worker the wait runs in
+    /// [`block_in_place`](tokio::task::block_in_place).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use apm_tap::{AsyncCallback, Completer, State};
+    ///
+    /// let (completer, handle) = Completer::new(AsyncCallback::none(), State::none());
+    /// std::thread::spawn(move || completer.complete(5).unwrap());
+    /// handle.wait().unwrap();
+    /// assert!(handle.is_completed());
+    /// ```
+    pub fn wait(&self) -> Result<(), Error> {
+        if self.is_completed() {
+            return Ok(());
+        }
+        blocking(|| self.cell.wait_until(None)).map(drop)
+    }
+
+    /// Blocks until the operation completes or `timeout` passes; returns whether it
+    /// completed. A zero timeout never blocks (a poll of `is_completed`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WouldDeadlock`] as for [`wait`](Self::wait).
+    ///
+    /// # Blocking
+    ///
+    /// As [`wait`](Self::wait), for at most `timeout`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use apm_tap::{AsyncCallback, Completer, State};
+    /// use std::time::Duration;
+    ///
+    /// let (completer, handle) = Completer::<u8>::new(AsyncCallback::none(), State::none());
+    /// assert_eq!(handle.wait_timeout(Duration::from_millis(1)), Ok(false));
+    /// drop(completer);
+    /// assert_eq!(handle.wait_timeout(Duration::from_secs(5)), Ok(true));
+    /// ```
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<bool, Error> {
+        if self.is_completed() || timeout.is_zero() {
+            return Ok(self.is_completed());
+        }
+        // A timeout too large to represent waits without a deadline.
+        let deadline = Instant::now().checked_add(timeout);
+        blocking(|| self.cell.wait_until(deadline))
+    }
+
+    /// Waits for the operation and takes its result (`EndXxx`).
+    ///
+    /// Returns immediately when the operation is complete, as it always is inside the
+    /// callback.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::AlreadyEnded`] if this handle or a clone already took the result;
+    /// - [`Error::Cancelled`], [`Error::Abandoned`] or [`Error::Panicked`] if that is how
+    ///   the operation ended;
+    /// - [`Error::WouldDeadlock`] if the operation is not complete and this thread
+    ///   belongs to a current-thread tokio runtime, whose tasks cannot run while it is
+    ///   blocked (also in that runtime's `spawn_blocking` threads: tokio does not tell
+    ///   them apart). `.await` the handle there instead.
+    ///
+    /// # Blocking
+    ///
+    /// Parks the thread until the result arrives; on a multi-thread tokio worker inside
+    /// [`block_in_place`](tokio::task::block_in_place), so the runtime keeps running.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use apm_tap::{AsyncCallback, State};
+    ///
+    /// let handle = apm_tap::begin(async { "value" }, AsyncCallback::none(), State::none());
+    /// assert_eq!(handle.end(), Ok("value"));
+    /// ```
+    pub fn end(self) -> Result<T, Error> {
+        if let Some(result) = self.cell.try_take() {
+            return result;
+        }
+        blocking(|| self.cell.wait_until(None))?;
+        self.cell
+            .try_take()
+            .expect("the cell is complete once an unbounded wait returns")
+    }
+
+    /// Asks the operation to stop.
+    ///
+    /// Unless the operation already has a result (a completion that won the race is
+    /// kept), it completes at once with [`Error::Cancelled`]: waiters wake, the callback
+    /// runs once (on this thread), `end` returns `Cancelled`. A future started with
+    /// [`begin`](crate::begin) is then dropped on its executor; a
+    /// [`Completer`](crate::Completer) sees [`is_cancelled`](crate::Completer::is_cancelled).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use apm_tap::{AsyncCallback, Error, State};
+    ///
+    /// let handle = apm_tap::begin(std::future::pending::<()>(), AsyncCallback::none(), State::none());
+    /// handle.cancel();
+    /// assert_eq!(handle.end(), Err(Error::Cancelled));
+    /// ```
+    pub fn cancel(&self) {
+        // Refused when a result is already stored: that result is kept.
+        let _ = self.cell.complete(Err(Error::Cancelled), false);
+    }
+
+    /// Whether `self` and `other` are handles of the same operation.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use apm_tap::{AsyncCallback, State};
+    ///
+    /// let a = apm_tap::begin(async {}, AsyncCallback::none(), State::none());
+    /// let b = apm_tap::begin(async {}, AsyncCallback::none(), State::none());
+    /// assert!(a.ptr_eq(&a.clone()));
+    /// assert!(!a.ptr_eq(&b));
+    /// ```
+    pub fn ptr_eq(&self, other: &AsyncResult<T>) -> bool {
+        Arc::ptr_eq(&self.cell, &other.cell)
+    }
+
+    /// Polls for the result: the `Future` impl, for people writing their own futures.
+    /// Takes the result when ready, like [`end`](Self::end); the waker of the latest
+    /// poll is the one woken, and re-polling with an equal waker does not clone it.
+    ///
+    /// # Errors
+    ///
+    /// As [`end`](Self::end), except that it never returns `WouldDeadlock`.
+    ///
+    /// # Cancel safety
+    ///
+    /// The result is taken only when `Ready` is returned; a handle dropped while pending
+    /// leaves it for a clone.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use apm_tap::{AsyncCallback, State};
+    /// use std::future::poll_fn;
+    ///
+    /// let mut handle = apm_tap::begin(async { 2 }, AsyncCallback::none(), State::none());
+    /// let value = futures::executor::block_on(poll_fn(|cx| handle.poll_end(cx)));
+    /// assert_eq!(value, Ok(2));
+    /// ```
+    pub fn poll_end(&mut self, cx: &mut Context<'_>) -> Poll<Result<T, Error>> {
+        self.cell.poll_take(cx, &mut self.entry)
+    }
+}
+
+/// Awaiting a handle is an asynchronous [`end`](AsyncResult::end).
+///
+/// # Cancel safety
+///
+/// Cancel safe: dropping the `.await` before it is ready leaves the result in place.
+///
+/// # Examples
+///
+/// ```
+/// use apm_tap::{AsyncCallback, State};
+///
+/// # futures::executor::block_on(async {
+/// let handle = apm_tap::begin(async { 5 }, AsyncCallback::none(), State::none());
+/// assert_eq!(handle.await, Ok(5));
+/// # });
+/// ```
+impl<T> Future for AsyncResult<T> {
+    type Output = Result<T, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.get_mut().poll_end(cx)
+    }
+}
+
+impl<T> Clone for AsyncResult<T> {
+    fn clone(&self) -> Self {
+        AsyncResult::from_cell(Arc::clone(&self.cell))
+    }
+}
+
+impl<T> Drop for AsyncResult<T> {
+    fn drop(&mut self) {
+        if let Some(entry) = self.entry {
+            self.cell.release_entry(entry);
+        }
+    }
+}
+
+impl<T> AsyncHandle for AsyncResult<T> {
+    fn is_completed(&self) -> bool {
+        AsyncResult::is_completed(self)
+    }
+
+    fn completed_synchronously(&self) -> bool {
+        AsyncResult::completed_synchronously(self)
+    }
+}
+
+impl<T> PollHandle for AsyncResult<T> {
+    fn poll_completed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.cell.poll_completed(cx, &mut self.entry)
+    }
+}
+
+impl<T> fmt::Debug for AsyncResult<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncResult")
+            .field("is_completed", &self.is_completed())
+            .field("completed_synchronously", &self.completed_synchronously())
+            .field("state", self.state())
+            .finish()
+    }
+}
+
+/// The callback a Begin method runs once when its operation completes
+/// (`System.AsyncCallback`), or none.
+///
+/// It receives a clone of the handle Begin returned; inside it the operation is
+/// complete, so [`AsyncResult::end`] returns at once.
+///
+/// # Examples
+///
+/// ```
+/// use apm_tap::{AsyncCallback, State};
+/// use std::sync::mpsc;
+///
+/// let (tx, rx) = mpsc::channel();
+/// let callback = AsyncCallback::new(move |handle: apm_tap::AsyncResult<u32>| {
+///     tx.send(handle.end()).unwrap();
+/// });
+/// let _handle = apm_tap::begin(async { 11 }, callback, State::none());
+/// assert_eq!(rx.recv().unwrap(), Ok(11));
+/// ```
+pub struct AsyncCallback<T>(Option<Callback<T>>);
+
+impl<T> AsyncCallback<T> {
+    /// A callback that runs `f`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let callback = apm_tap::AsyncCallback::new(|handle: apm_tap::AsyncResult<()>| {
+    ///     assert!(handle.is_completed());
+    /// });
+    /// assert!(!callback.is_none());
+    /// ```
+    pub fn new<F>(f: F) -> Self
+    where
+        F: FnOnce(AsyncResult<T>) + Send + 'static,
+    {
+        AsyncCallback(Some(Box::new(f)))
+    }
+
+    /// No callback (`null` in .NET): the caller will poll, wait or end instead.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert!(apm_tap::AsyncCallback::<u8>::none().is_none());
+    /// ```
+    pub const fn none() -> Self {
+        AsyncCallback(None)
+    }
+
+    /// Whether this is [`AsyncCallback::none`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert!(!apm_tap::AsyncCallback::new(|_: apm_tap::AsyncResult<u8>| {}).is_none());
+    /// ```
+    pub fn is_none(&self) -> bool {
+        self.0.is_none()
+    }
+
+    pub(crate) fn into_inner(self) -> Option<Callback<T>> {
+        self.0
+    }
+}
+
+impl<T> fmt::Debug for AsyncCallback<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.is_none() { "AsyncCallback(None)" } else { "AsyncCallback(..)" })
+    }
+}

@@ -1,0 +1,167 @@
+use std::fmt;
+use std::sync::Arc;
+
+use crate::cell::Cell;
+use crate::{AsyncCallback, AsyncResult, Error, State};
+
+/// What the implementation of a Begin method holds to finish its operation: the
+/// counterpart of .NET's `TaskCompletionSource`.
+///
+/// [`Completer::new`] makes the pair: the `Completer` for the code that does the work,
+/// the [`AsyncResult`] to return from Begin. Completing consumes the completer, so a
+/// second completion does not compile.
+///
+/// Dropping a completer unfinished completes the operation with [`Error::Abandoned`]:
+/// the callback still runs and nobody waits forever.
+///
+/// # Examples
+///
+/// A Begin/End pair written by hand, completing synchronously when it can:
+///
+/// ```
+/// use apm_tap::{AsyncCallback, AsyncResult, Completer, State};
+///
+/// fn begin_double(x: u32, callback: AsyncCallback<u32>, state: State) -> AsyncResult<u32> {
+///     let (completer, handle) = Completer::new(callback, state);
+///     if x < 100 {
+///         // Cheap: finish on the caller's thread, inside Begin.
+///         let _ = completer.complete_synchronously(x * 2);
+///     } else {
+///         std::thread::spawn(move || {
+///             let _ = completer.complete(x * 2);
+///         });
+///     }
+///     handle
+/// }
+///
+/// fn end_double(handle: AsyncResult<u32>) -> Result<u32, apm_tap::Error> {
+///     handle.end()
+/// }
+///
+/// let h = begin_double(4, AsyncCallback::none(), State::none());
+/// assert!(h.completed_synchronously());
+/// assert_eq!(end_double(h), Ok(8));
+///
+/// let h = begin_double(400, AsyncCallback::none(), State::none());
+/// assert_eq!(end_double(h), Ok(800));
+/// ```
+pub struct Completer<T> {
+    cell: Option<Arc<Cell<T>>>,
+}
+
+impl<T> Completer<T> {
+    /// Makes a pending operation: the completer that finishes it, and the handle that
+    /// Begin returns.
+    ///
+    /// `callback` runs once when the operation completes, on the thread that completes
+    /// it; `state` is returned by [`AsyncResult::state`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use apm_tap::{AsyncCallback, Completer, State};
+    ///
+    /// let (completer, handle) = Completer::<&str>::new(AsyncCallback::none(), State::new(1_u8));
+    /// assert!(!handle.is_completed());
+    /// completer.complete("done").unwrap();
+    /// assert_eq!(handle.state().downcast_ref::<u8>(), Some(&1));
+    /// assert_eq!(handle.end(), Ok("done"));
+    /// ```
+    pub fn new(callback: AsyncCallback<T>, state: State) -> (Completer<T>, AsyncResult<T>) {
+        let cell = Cell::new(callback.into_inner(), state);
+        let handle = AsyncResult::from_cell(Arc::clone(&cell));
+        (Completer { cell: Some(cell) }, handle)
+    }
+
+    /// Finishes the operation asynchronously: `completed_synchronously` stays `false`.
+    /// Wakes every waiter, then runs the callback on this thread.
+    ///
+    /// # Errors
+    ///
+    /// Hands `value` back if the operation was already cancelled
+    /// ([`AsyncResult::cancel`]); nobody will read it.
+    ///
+    /// # Panics
+    ///
+    /// Propagates a panic of the callback, after the value is stored.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use apm_tap::{AsyncCallback, Completer, State};
+    ///
+    /// let (completer, handle) = Completer::new(AsyncCallback::none(), State::none());
+    /// std::thread::spawn(move || completer.complete(3).unwrap());
+    /// assert_eq!(handle.end(), Ok(3));
+    /// ```
+    pub fn complete(self, value: T) -> Result<(), T> {
+        self.finish(value, false)
+    }
+
+    /// Finishes the operation on the thread that called Begin, before Begin returns:
+    /// `completed_synchronously` becomes `true`. Call it only from inside Begin.
+    ///
+    /// # Errors
+    ///
+    /// Hands `value` back if the operation was already cancelled.
+    ///
+    /// # Panics
+    ///
+    /// Propagates a panic of the callback, after the value is stored.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use apm_tap::{AsyncCallback, Completer, State};
+    ///
+    /// let (completer, handle) = Completer::new(AsyncCallback::none(), State::none());
+    /// completer.complete_synchronously('x').unwrap();
+    /// assert!(handle.completed_synchronously());
+    /// ```
+    pub fn complete_synchronously(self, value: T) -> Result<(), T> {
+        self.finish(value, true)
+    }
+
+    fn finish(mut self, value: T, synchronous: bool) -> Result<(), T> {
+        let cell = self.cell.take().expect("a completer holds its cell until it finishes");
+        cell.complete(Ok(value), synchronous).map_err(|back| match back {
+            Ok(value) => value,
+            Err(_) => unreachable!("the completer only stores values"),
+        })
+    }
+
+    /// Whether the operation was cancelled ([`AsyncResult::cancel`]): the work can stop,
+    /// its result would be handed back.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use apm_tap::{AsyncCallback, Completer, Error, State};
+    ///
+    /// let (completer, handle) = Completer::new(AsyncCallback::none(), State::none());
+    /// handle.cancel();
+    /// assert!(completer.is_cancelled());
+    /// assert_eq!(completer.complete(1), Err(1));
+    /// assert_eq!(handle.end(), Err(Error::Cancelled));
+    /// ```
+    pub fn is_cancelled(&self) -> bool {
+        self.cell.as_ref().is_some_and(|cell| cell.is_completed())
+    }
+}
+
+impl<T> Drop for Completer<T> {
+    fn drop(&mut self) {
+        if let Some(cell) = self.cell.take() {
+            // Refused if already cancelled: nothing to do then.
+            let _ = cell.complete(Err(Error::Abandoned), false);
+        }
+    }
+}
+
+impl<T> fmt::Debug for Completer<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Completer")
+            .field("cancelled", &self.is_cancelled())
+            .finish()
+    }
+}

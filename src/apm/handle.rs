@@ -1,0 +1,58 @@
+use std::task::{Context, Poll};
+
+/// The `IAsyncResult` interface: what [`from_apm`](crate::from_apm) asks of the handle a
+/// Begin method returns.
+///
+/// Implement it for the handle type of a callback API this crate did not write.
+/// [`AsyncResult`](crate::AsyncResult) implements it too.
+///
+/// # Examples
+///
+/// ```
+/// use apm_tap::AsyncHandle;
+///
+/// /// A legacy handle that finishes inside Begin.
+/// struct Done(u32);
+///
+/// impl AsyncHandle for Done {
+///     fn is_completed(&self) -> bool { true }
+///     fn completed_synchronously(&self) -> bool { true }
+/// }
+///
+/// let value = futures::executor::block_on(apm_tap::from_apm(|_callback| Done(5), |h: Done| h.0));
+/// assert_eq!(value, Ok(5));
+/// ```
+pub trait AsyncHandle {
+    /// Whether the operation has finished (`IAsyncResult.IsCompleted`).
+    fn is_completed(&self) -> bool;
+
+    /// Whether the operation finished on the thread that called Begin, before Begin
+    /// returned (`IAsyncResult.CompletedSynchronously`).
+    ///
+    /// [`from_apm`](crate::from_apm) reads this once, right after Begin returns: `true`
+    /// makes it call End at once and ignore the callback; `false` makes it wait for the
+    /// callback. An answer that changes later is never read, so a handle that flips it
+    /// cannot make End run twice.
+    fn completed_synchronously(&self) -> bool;
+}
+
+/// A handle that can wake a task when its operation finishes: the Rust stand-in for
+/// `IAsyncResult.AsyncWaitHandle`, needed by
+/// [`from_async_result`](crate::from_async_result) to await an operation started
+/// elsewhere.
+///
+/// # Examples
+///
+/// ```
+/// use apm_tap::{AsyncCallback, PollHandle, State};
+/// use std::future::poll_fn;
+///
+/// let mut handle = apm_tap::begin(async { 1 }, AsyncCallback::none(), State::none());
+/// futures::executor::block_on(poll_fn(|cx| handle.poll_completed(cx)));
+/// assert!(apm_tap::AsyncHandle::is_completed(&handle));
+/// ```
+pub trait PollHandle: AsyncHandle {
+    /// Ready once the operation has finished; otherwise arranges for `cx`'s waker to be
+    /// woken when it does. Must not consume the result: End still has to find it.
+    fn poll_completed(&mut self, cx: &mut Context<'_>) -> Poll<()>;
+}

@@ -1,0 +1,633 @@
+//! APM to future: turn a Begin/End pair, or a handle already started, into a future.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::mem;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, TryLockError};
+use std::task::{Context, Poll};
+
+use futures::task::{waker, ArcWake};
+
+use crate::{AsyncCallback, AsyncHandle, AsyncResult, Completer, Error, PollHandle, State};
+
+type OnCancel<H> = Box<dyn FnOnce(&H) + Send>;
+
+/// The completion callback that [`from_apm`] gives to a Begin method.
+///
+/// Call it once when the operation completes, from any thread, inside Begin or later.
+/// Dropping it uncalled tells the future that the operation will never complete: it
+/// resolves to [`Error::Abandoned`]. A Begin method that takes an
+/// [`AsyncCallback`] gets one with `.into()`.
+///
+/// # Examples
+///
+/// ```
+/// use apm_tap::{AsyncHandle, ApmCallback};
+/// use std::sync::{Arc, atomic::{AtomicBool, Ordering}};
+///
+/// #[derive(Clone, Default)]
+/// struct Flag(Arc<AtomicBool>);
+/// impl AsyncHandle for Flag {
+///     fn is_completed(&self) -> bool { self.0.load(Ordering::SeqCst) }
+///     fn completed_synchronously(&self) -> bool { false }
+/// }
+///
+/// let future = apm_tap::from_apm(
+///     |callback: ApmCallback| {
+///         let handle = Flag::default();
+///         let done = handle.clone();
+///         std::thread::spawn(move || {
+///             done.0.store(true, Ordering::SeqCst);
+///             callback.call();
+///         });
+///         handle
+///     },
+///     |handle: Flag| handle.is_completed(),
+/// );
+/// assert_eq!(futures::executor::block_on(future), Ok(true));
+/// ```
+pub struct ApmCallback(Completer<()>);
+
+impl ApmCallback {
+    /// Reports that the operation completed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let future = apm_tap::from_callback(|done| done.complete(()).unwrap());
+    /// # let _ = future;
+    /// let future = apm_tap::from_apm(
+    ///     |callback| { callback.call(); apm_tap::begin(async {}, apm_tap::AsyncCallback::none(), apm_tap::State::none()) },
+    ///     |handle| handle.end(),
+    /// );
+    /// assert_eq!(futures::executor::block_on(future), Ok(Ok(())));
+    /// ```
+    pub fn call(self) {
+        // Refused only if the future was dropped and its signal cancelled: nothing to do.
+        let _ = self.0.complete(());
+    }
+}
+
+impl fmt::Debug for ApmCallback {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApmCallback")
+    }
+}
+
+/// Lets a Begin method that takes an [`AsyncCallback`] receive an [`ApmCallback`].
+///
+/// # Examples
+///
+/// ```
+/// use apm_tap::{AsyncCallback, AsyncResult, Completer, State};
+///
+/// fn begin_op(callback: AsyncCallback<u8>, state: State) -> AsyncResult<u8> {
+///     let (completer, handle) = Completer::new(callback, state);
+///     std::thread::spawn(move || completer.complete(8).unwrap());
+///     handle
+/// }
+///
+/// let future = apm_tap::from_apm(|cb| begin_op(cb.into(), State::none()), |h| h.end());
+/// assert_eq!(futures::executor::block_on(future), Ok(Ok(8)));
+/// ```
+impl<T> From<ApmCallback> for AsyncCallback<T> {
+    fn from(callback: ApmCallback) -> Self {
+        AsyncCallback::new(move |_: AsyncResult<T>| callback.call())
+    }
+}
+
+/// Wraps a Begin/End pair into a future: .NET's `Task.Factory.FromAsync(begin, end)`.
+///
+/// `begin` receives the [`ApmCallback`] to pass to the legacy Begin method and returns
+/// the handle it gets back; `end` takes that handle and returns the result. The future
+/// resolves to `Ok(end(handle))`, or to [`Error::Abandoned`] if the callback is dropped
+/// uncalled (then `end` is not called: it would block forever).
+///
+/// Guarantees:
+///
+/// - Nothing starts until the first poll; then `begin` runs once, on the polling thread.
+/// - `end` runs exactly once for every handle `begin` returned: in `poll`, or in `drop`
+///   if the future is dropped after completion, or in the callback (on the thread that
+///   calls it) if the future is dropped before; its result is then dropped there.
+/// - If the handle reports `completed_synchronously`, `end` runs at once, after `begin`
+///   returned, and the callback does nothing, whether or not it was called.
+/// - The callback may be called inside `begin`, on another thread before `begin`
+///   returns, or later.
+/// - Dropping the future before completion runs the [`on_cancel`](FromApm::on_cancel)
+///   hook once with the handle; a completion racing the drop is neither lost nor
+///   delivered twice.
+/// - The waker of the latest poll is woken once on completion. No runtime is needed.
+///
+/// # Panics
+///
+/// A panic in `begin` or `end` propagates out of `poll` (or out of the callback, for an
+/// `end` that runs there). Polling again after completion panics.
+///
+/// # Examples
+///
+/// ```
+/// use apm_tap::{AsyncCallback, AsyncResult, Completer, State};
+///
+/// // A legacy API in Begin/End style.
+/// fn begin_len(s: String, callback: AsyncCallback<usize>, state: State) -> AsyncResult<usize> {
+///     let (completer, handle) = Completer::new(callback, state);
+///     std::thread::spawn(move || completer.complete(s.len()).unwrap());
+///     handle
+/// }
+/// fn end_len(handle: AsyncResult<usize>) -> usize {
+///     handle.end().unwrap()
+/// }
+///
+/// # futures::executor::block_on(async {
+/// let len = apm_tap::from_apm(|cb| begin_len("four".into(), cb.into(), State::none()), end_len).await;
+/// assert_eq!(len, Ok(4));
+/// # });
+/// ```
+pub fn from_apm<B, H, E, R>(begin: B, end: E) -> FromApm<B, H, E>
+where
+    B: FnOnce(ApmCallback) -> H,
+    H: AsyncHandle + Send + 'static,
+    E: FnOnce(H) -> R + Send + 'static,
+{
+    FromApm { op: Op::new(begin, end) }
+}
+
+/// [`from_apm`] for a Begin that can fail before starting and an End that returns the
+/// operation's own `Result`: the future resolves to that `Result`, with the bridge's
+/// errors converted by `X: From<Error>`.
+///
+/// A Begin that returns `Err` resolves the future to that error without calling `end`.
+///
+/// # Panics
+///
+/// As [`from_apm`].
+///
+/// # Examples
+///
+/// ```
+/// use std::io;
+///
+/// let refused = apm_tap::try_from_apm(
+///     |_callback| -> io::Result<apm_tap::AsyncResult<()>> { Err(io::ErrorKind::NotFound.into()) },
+///     |handle| -> io::Result<()> { Ok(handle.end()?) },
+/// );
+/// let error = futures::executor::block_on(refused).unwrap_err();
+/// assert_eq!(error.kind(), io::ErrorKind::NotFound);
+/// ```
+pub fn try_from_apm<B, H, E, U, X>(begin: B, end: E) -> TryFromApm<B, H, E>
+where
+    B: FnOnce(ApmCallback) -> Result<H, X>,
+    H: AsyncHandle + Send + 'static,
+    E: FnOnce(H) -> Result<U, X> + Send + 'static,
+    X: From<Error>,
+{
+    TryFromApm { op: Op::new(begin, end) }
+}
+
+/// Future for the [`from_apm`] function.
+///
+/// Equivalent to:
+///
+/// ```ignore
+/// async fn from_apm(begin, end) -> Result<R, Error> {
+///     let (callback, called) = /* a one-shot signal */;
+///     let handle = begin(callback);
+///     if !handle.completed_synchronously() {
+///         called.await?; // Err(Abandoned) if the callback was dropped uncalled
+///     }
+///     Ok(end(handle))
+/// }
+/// ```
+/// plus the drop behaviour described on [`from_apm`].
+#[must_use = "futures do nothing unless polled; dropping this one before completion cancels the operation"]
+pub struct FromApm<B, H, E> {
+    op: Op<B, H, E>,
+}
+
+/// Future for the [`try_from_apm`] function.
+#[must_use = "futures do nothing unless polled; dropping this one before completion cancels the operation"]
+pub struct TryFromApm<B, H, E> {
+    op: Op<B, H, E>,
+}
+
+
+impl<B, H, E> FromApm<B, H, E> {
+    /// Sets the hook run, once, with the handle when the future is dropped before the
+    /// operation completed: the place to call the legacy Cancel. `end` still runs once,
+    /// when the operation finishes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use apm_tap::{Completer, Error, State};
+    /// use futures::FutureExt;
+    /// use std::sync::mpsc;
+    ///
+    /// let (ended, end_result) = mpsc::channel();
+    /// let mut future = Box::pin(
+    ///     apm_tap::from_apm(
+    ///         |cb| Completer::<u8>::new(cb.into(), State::none()).1, // never completed by itself
+    ///         move |handle| ended.send(handle.end()).unwrap(),
+    ///     )
+    ///     .on_cancel(|handle| handle.cancel()), // the legacy Cancel
+    /// );
+    /// assert!((&mut future).now_or_never().is_none());
+    /// drop(future);
+    /// assert_eq!(end_result.recv().unwrap(), Err(Error::Cancelled));
+    /// ```
+    pub fn on_cancel<C>(mut self, on_cancel: C) -> Self
+    where
+        C: FnOnce(&H) + Send + 'static,
+    {
+        self.op.on_cancel = Some(Box::new(on_cancel));
+        self
+    }
+}
+
+impl<B, H, E> TryFromApm<B, H, E> {
+    /// Sets the cancellation hook, as [`FromApm::on_cancel`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use apm_tap::{Completer, State};
+    /// use futures::FutureExt;
+    ///
+    /// let (cancelled, was_cancelled) = std::sync::mpsc::channel();
+    /// let mut future = Box::pin(
+    ///     apm_tap::try_from_apm(
+    ///         |cb| Ok::<_, apm_tap::Error>(Completer::<u8>::new(cb.into(), State::none()).1),
+    ///         |handle| handle.end(),
+    ///     )
+    ///     .on_cancel(move |handle| {
+    ///         handle.cancel();
+    ///         cancelled.send(()).unwrap();
+    ///     }),
+    /// );
+    /// assert!((&mut future).now_or_never().is_none());
+    /// drop(future);
+    /// assert!(was_cancelled.try_recv().is_ok());
+    /// ```
+    pub fn on_cancel<C>(mut self, on_cancel: C) -> Self
+    where
+        C: FnOnce(&H) + Send + 'static,
+    {
+        self.op.on_cancel = Some(Box::new(on_cancel));
+        self
+    }
+}
+
+// The closures and the handle are moved around but never pinned.
+impl<B, H, E> Unpin for FromApm<B, H, E> {}
+impl<B, H, E> Unpin for TryFromApm<B, H, E> {}
+
+impl<B, H, E, R> Future for FromApm<B, H, E>
+where
+    B: FnOnce(ApmCallback) -> H,
+    H: AsyncHandle + Send + 'static,
+    E: FnOnce(H) -> R + Send + 'static,
+{
+    type Output = Result<R, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let started = |begin: B, callback| Ok::<H, Infallible>(begin(callback));
+        self.get_mut().op.poll_op(cx, started).map(|outcome| match outcome {
+            Ok(result) => result,
+            Err(never) => match never {},
+        })
+    }
+}
+
+impl<B, H, E, U, X> Future for TryFromApm<B, H, E>
+where
+    B: FnOnce(ApmCallback) -> Result<H, X>,
+    H: AsyncHandle + Send + 'static,
+    E: FnOnce(H) -> Result<U, X> + Send + 'static,
+    X: From<Error>,
+{
+    type Output = Result<U, X>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let started = |begin: B, callback| begin(callback);
+        self.get_mut().op.poll_op(cx, started).map(|outcome| match outcome {
+            Ok(Ok(result)) => result,
+            Ok(Err(error)) => Err(X::from(error)),
+            Err(begin_error) => Err(begin_error),
+        })
+    }
+}
+
+impl<B, H, E> fmt::Debug for FromApm<B, H, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FromApm").field("stage", &self.op.stage_name()).finish()
+    }
+}
+
+impl<B, H, E> fmt::Debug for TryFromApm<B, H, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TryFromApm").field("stage", &self.op.stage_name()).finish()
+    }
+}
+
+/// The state machine shared by [`FromApm`] and [`TryFromApm`].
+struct Op<B, H, E> {
+    stage: Stage<B, H, E>,
+    on_cancel: Option<OnCancel<H>>,
+}
+
+enum Stage<B, H, E> {
+    /// Not polled yet: nothing has started.
+    Start { begin: B, end: E },
+    /// `begin` returned `handle`; waiting for the callback to complete `signal`.
+    Waiting {
+        handle: H,
+        end: E,
+        signal: AsyncResult<()>,
+        /// `defer_end::<H, E, R>`, chosen in `poll_op` where `R` is known, so that `drop`
+        /// (which cannot name `R`) can still hand End to the callback.
+        defer: fn(H, E) -> Deferred,
+    },
+    /// `end` ran or is running, or the operation failed: nothing left to do.
+    Done,
+}
+
+/// End with its handle, to run on the callback's thread after the future was dropped.
+type Deferred = Box<dyn FnOnce() + Send>;
+
+fn defer_end<H, E, R>(handle: H, end: E) -> Deferred
+where
+    H: Send + 'static,
+    E: FnOnce(H) -> R + Send + 'static,
+{
+    Box::new(move || drop(end(handle)))
+}
+
+impl<B, H, E> Op<B, H, E> {
+    fn new(begin: B, end: E) -> Self {
+        Op { stage: Stage::Start { begin, end }, on_cancel: None }
+    }
+
+    fn stage_name(&self) -> &'static str {
+        match self.stage {
+            Stage::Start { .. } => "not started",
+            Stage::Waiting { .. } => "waiting for the callback",
+            Stage::Done => "done",
+        }
+    }
+
+    /// Drives the operation. `start` calls `begin` and says whether it failed. Outer
+    /// `Err`: `begin` failed; inner `Err`: the callback was abandoned.
+    fn poll_op<R, X>(
+        &mut self,
+        cx: &mut Context<'_>,
+        start: impl FnOnce(B, ApmCallback) -> Result<H, X>,
+    ) -> Poll<Result<Result<R, Error>, X>>
+    where
+        H: AsyncHandle + Send + 'static,
+        E: FnOnce(H) -> R + Send + 'static,
+    {
+        if let Stage::Start { .. } = self.stage {
+            let Stage::Start { begin, end } = mem::replace(&mut self.stage, Stage::Done) else {
+                unreachable!("matched just above")
+            };
+            let (completer, signal) = Completer::new(AsyncCallback::none(), State::none());
+            let handle = match start(begin, ApmCallback(completer)) {
+                Ok(handle) => handle,
+                Err(begin_error) => return Poll::Ready(Err(begin_error)),
+            };
+            // Read once: a handle that changes its answer later cannot cause a second End.
+            if handle.completed_synchronously() {
+                return Poll::Ready(Ok(Ok(end(handle))));
+            }
+            let defer = defer_end::<H, E, R>;
+            self.stage = Stage::Waiting { handle, end, signal, defer };
+        }
+        let Stage::Waiting { signal, .. } = &mut self.stage else {
+            panic!("`from_apm` future polled after completion");
+        };
+        let called = match signal.poll_end(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(called) => called,
+        };
+        let Stage::Waiting { handle, end, .. } = mem::replace(&mut self.stage, Stage::Done) else {
+            unreachable!("matched just above")
+        };
+        Poll::Ready(Ok(called.map(|()| end(handle))))
+    }
+}
+
+impl<B, H, E> Drop for Op<B, H, E> {
+    fn drop(&mut self) {
+        let Stage::Waiting { handle, end, signal, defer } = mem::replace(&mut self.stage, Stage::Done)
+        else {
+            return;
+        };
+        if !signal.is_completed() {
+            if let Some(on_cancel) = self.on_cancel.take() {
+                on_cancel(&handle);
+            }
+        }
+        let deferred = defer(handle, end);
+        // The signal is complete when this runs, so `end()` returns at once. Abandoned:
+        // the legacy End is not called, it would block forever.
+        let finish = move |signal: AsyncResult<()>| {
+            if signal.end().is_ok() {
+                deferred();
+            }
+        };
+        // Hand End to the callback; if the callback already came, run End here.
+        if let Err(finish) = signal.cell().set_callback(Box::new(finish)) {
+            finish(signal);
+        }
+    }
+}
+
+/// Wraps an operation that was already started into a future: .NET's
+/// `Task.Factory.FromAsync(asyncResult, end)`.
+///
+/// The future resolves to `end(handle)` once the handle reports completion through
+/// [`PollHandle::poll_completed`]. If it is dropped before that, the
+/// [`on_cancel`](FromAsyncResult::on_cancel) hook runs once with the handle, and `end`
+/// still runs exactly once, on the thread that completes the operation (no executor is
+/// needed for that either).
+///
+/// # Panics
+///
+/// A panic in `end` propagates out of `poll`. Polling again after completion panics.
+///
+/// # Examples
+///
+/// ```
+/// use apm_tap::{AsyncCallback, State};
+///
+/// // Started by someone else, earlier:
+/// let handle = apm_tap::begin(async { 21 * 2 }, AsyncCallback::none(), State::none());
+///
+/// let value = futures::executor::block_on(apm_tap::from_async_result(handle, |h| h.end()));
+/// assert_eq!(value, Ok(42));
+/// ```
+pub fn from_async_result<H, E, R>(handle: H, end: E) -> FromAsyncResult<H, E>
+where
+    H: PollHandle + Send + 'static,
+    E: FnOnce(H) -> R + Send + 'static,
+{
+    FromAsyncResult { parts: Some((handle, end)), on_cancel: None, erase: erase_end::<H, E, R> }
+}
+
+/// Future for the [`from_async_result`] function.
+///
+/// Equivalent to:
+///
+/// ```ignore
+/// async fn from_async_result(mut handle, end) -> R {
+///     poll_fn(|cx| handle.poll_completed(cx)).await;
+///     end(handle)
+/// }
+/// ```
+/// plus the drop behaviour described on [`from_async_result`].
+#[must_use = "futures do nothing unless polled; dropping this one before completion cancels the operation"]
+pub struct FromAsyncResult<H: PollHandle + Send + 'static, E: Send + 'static> {
+    parts: Option<(H, E)>,
+    on_cancel: Option<OnCancel<H>>,
+    /// `erase_end::<H, E, R>`, chosen where `R` is known, for `drop`.
+    erase: fn(E) -> ErasedEnd<H>,
+}
+
+impl<H: PollHandle + Send + 'static, E: Send + 'static> FromAsyncResult<H, E> {
+    /// Sets the hook run, once, with the handle when the future is dropped before the
+    /// operation completed. `end` still runs once, when the operation finishes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use apm_tap::{AsyncCallback, Error, State};
+    /// use futures::FutureExt;
+    ///
+    /// let handle = apm_tap::begin(std::future::pending::<()>(), AsyncCallback::none(), State::none());
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// let mut future = Box::pin(
+    ///     apm_tap::from_async_result(handle, move |h| tx.send(h.end()).unwrap())
+    ///         .on_cancel(|h| h.cancel()),
+    /// );
+    /// assert!((&mut future).now_or_never().is_none());
+    /// drop(future);
+    /// assert_eq!(rx.recv().unwrap(), Err(Error::Cancelled));
+    /// ```
+    pub fn on_cancel<C>(mut self, on_cancel: C) -> Self
+    where
+        C: FnOnce(&H) + Send + 'static,
+    {
+        self.on_cancel = Some(Box::new(on_cancel));
+        self
+    }
+}
+
+impl<H: PollHandle + Send + 'static, E: Send + 'static> Unpin for FromAsyncResult<H, E> {}
+
+impl<H, E, R> Future for FromAsyncResult<H, E>
+where
+    H: PollHandle + Send + 'static,
+    E: FnOnce(H) -> R + Send + 'static,
+{
+    type Output = R;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<R> {
+        let this = self.get_mut();
+        let (handle, _) = this
+            .parts
+            .as_mut()
+            .expect("`from_async_result` future polled after completion");
+        if handle.poll_completed(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let (handle, end) = this.parts.take().expect("checked just above");
+        Poll::Ready(end(handle))
+    }
+}
+
+impl<H: PollHandle + Send + 'static, E: Send + 'static> Drop for FromAsyncResult<H, E> {
+    fn drop(&mut self) {
+        let Some((handle, end)) = self.parts.take() else {
+            return;
+        };
+        if !handle.is_completed() {
+            if let Some(on_cancel) = self.on_cancel.take() {
+                on_cancel(&handle);
+            }
+        }
+        Reaper::start(handle, (self.erase)(end));
+    }
+}
+
+impl<H: PollHandle + Send + 'static, E: Send + 'static> fmt::Debug for FromAsyncResult<H, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FromAsyncResult")
+            .field("done", &self.parts.is_none())
+            .finish()
+    }
+}
+
+/// End with its return type erased, so that `drop` (which cannot name `R`) can run it.
+type ErasedEnd<H> = Box<dyn FnOnce(H) + Send>;
+
+fn erase_end<H, E, R>(end: E) -> ErasedEnd<H>
+where
+    E: FnOnce(H) -> R + Send + 'static,
+{
+    Box::new(move |handle| drop(end(handle)))
+}
+
+/// Polls a handle whose future was dropped, with a waker that polls it again, and runs
+/// End once it completes: on the thread that wakes it, with no executor.
+struct Reaper<H> {
+    parts: Mutex<Option<(H, ErasedEnd<H>)>>,
+    /// Set by every wake; whoever holds `parts` polls again while it is set.
+    notified: AtomicBool,
+}
+
+impl<H: PollHandle + Send + 'static> Reaper<H> {
+    fn start(handle: H, end: ErasedEnd<H>) {
+        let reaper = Arc::new(Reaper {
+            parts: Mutex::new(Some((handle, end))),
+            notified: AtomicBool::new(false),
+        });
+        reaper.run();
+    }
+
+    fn run(self: &Arc<Self>) {
+        // ORDERING: SeqCst on both sides: a wake that fails to take the lock must be seen
+        // by the holder's next `swap`, or the wake would be lost.
+        self.notified.store(true, Ordering::SeqCst);
+        loop {
+            let mut parts = match self.parts.try_lock() {
+                Ok(parts) => parts,
+                Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                // The holder will see `notified` and poll again.
+                Err(TryLockError::WouldBlock) => return,
+            };
+            // ORDERING: see `store` above.
+            if !self.notified.swap(false, Ordering::SeqCst) {
+                return;
+            }
+            let Some((handle, _)) = parts.as_mut() else {
+                return;
+            };
+            let waker = waker(Arc::clone(self));
+            if handle.poll_completed(&mut Context::from_waker(&waker)).is_ready() {
+                let (handle, end) = parts.take().expect("checked just above");
+                drop(parts);
+                end(handle);
+                return;
+            }
+        }
+    }
+}
+
+impl<H: PollHandle + Send + 'static> ArcWake for Reaper<H> {
+    fn wake_by_ref(arc_self: &Arc<Self>) {
+        arc_self.run();
+    }
+}

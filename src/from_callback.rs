@@ -1,0 +1,96 @@
+//! A plain single-shot completion callback to a future (Node's `util.promisify`).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use crate::{AsyncCallback, AsyncResult, Completer, Error, State};
+
+/// Turns a function that reports its result through a completion callback into a
+/// future.
+///
+/// On the first poll, `start` runs once with a [`Completer`]; the legacy code calls
+/// [`Completer::complete`] with the value from any thread, at any time (inside `start`
+/// too). A callback that delivers several values completes with a tuple. The future
+/// resolves to `Ok(value)`, or to [`Error::Abandoned`] if the completer is dropped
+/// unused. Dropping the future first drops the value when it arrives. No runtime is
+/// needed.
+///
+/// # Panics
+///
+/// A panic in `start` propagates out of `poll`.
+///
+/// # Examples
+///
+/// ```
+/// // Legacy: reports (status, body) through a callback on another thread.
+/// fn fetch(url: &str, callback: impl FnOnce(u16, String) + Send + 'static) {
+///     let body = format!("<html>{url}</html>");
+///     std::thread::spawn(move || callback(200, body));
+/// }
+///
+/// # futures::executor::block_on(async {
+/// let response = apm_tap::from_callback(|done| {
+///     fetch("example", move |status, body| {
+///         let _ = done.complete((status, body));
+///     })
+/// })
+/// .await;
+/// assert_eq!(response, Ok((200, "<html>example</html>".to_owned())));
+/// # });
+/// ```
+pub fn from_callback<F, T>(start: F) -> FromCallback<F, T>
+where
+    F: FnOnce(Completer<T>),
+{
+    FromCallback { start: Some(start), handle: None }
+}
+
+/// Future for the [`from_callback`] function.
+///
+/// Equivalent to:
+///
+/// ```ignore
+/// async fn from_callback(start) -> Result<T, Error> {
+///     let (completer, handle) = Completer::new(AsyncCallback::none(), State::none());
+///     start(completer);
+///     handle.await
+/// }
+/// ```
+#[must_use = "futures do nothing unless polled"]
+pub struct FromCallback<F, T> {
+    start: Option<F>,
+    handle: Option<AsyncResult<T>>,
+}
+
+// `start` is moved out before it runs, never pinned.
+impl<F, T> Unpin for FromCallback<F, T> {}
+
+impl<F, T> Future for FromCallback<F, T>
+where
+    F: FnOnce(Completer<T>),
+{
+    type Output = Result<T, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if let Some(start) = this.start.take() {
+            let (completer, handle) = Completer::new(AsyncCallback::none(), State::none());
+            this.handle = Some(handle);
+            start(completer);
+        }
+        this.handle
+            .as_mut()
+            .expect("`from_callback` future polled after `start` panicked")
+            .poll_end(cx)
+    }
+}
+
+impl<F, T> fmt::Debug for FromCallback<F, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FromCallback")
+            .field("started", &self.start.is_none())
+            .finish()
+    }
+}

@@ -1,0 +1,189 @@
+//! Future to APM: run a future and expose it as a Begin/End pair.
+
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::task::noop_waker_ref;
+use pin_project::pin_project;
+use tokio::runtime::Handle;
+
+use crate::cell::Cell;
+use crate::runtime::{default_handle, Spawner};
+use crate::{AsyncCallback, AsyncResult, Error, State};
+
+/// Starts `future` and returns its handle: the Begin half of a Begin/End pair
+/// (.NET's `TaskToAsyncResult.Begin`). End is [`AsyncResult::end`].
+///
+/// The future is polled once at once, on this thread. If that poll finishes it,
+/// `completed_synchronously` is `true` and `callback` runs on this thread before `begin`
+/// returns. Otherwise the future is spawned, `completed_synchronously` stays `false`,
+/// and `callback` runs later, on the executor, never inside `begin`.
+///
+/// The future runs on the tokio runtime this thread is in, if any, else on the crate's
+/// default runtime (a multi-thread tokio runtime started on first use), so a plain
+/// thread needs no set-up. [`begin_on`] chooses the executor.
+///
+/// A panic in the future completes the operation with [`Error::Panicked`]; the callback
+/// still runs. If the executor drops the future unfinished (it shut down), the operation
+/// completes with [`Error::Abandoned`].
+///
+/// # Panics
+///
+/// Propagates a panic of `callback` when it runs inside `begin` (after the result is
+/// stored). Panics if the default runtime is needed and cannot be started.
+///
+/// # Examples
+///
+/// ```
+/// use apm_tap::{AsyncCallback, AsyncResult, State};
+/// use std::sync::mpsc;
+///
+/// let (tx, rx) = mpsc::channel();
+/// let handle = apm_tap::begin(
+///     async { std::thread::sleep(std::time::Duration::from_millis(1)); 40 + 2 },
+///     AsyncCallback::new(move |h: AsyncResult<u32>| tx.send(*h.state().downcast_ref::<&str>().unwrap()).unwrap()),
+///     State::new("answer"),
+/// );
+/// assert_eq!(handle.end(), Ok(42));
+/// assert_eq!(rx.recv().unwrap(), "answer");
+/// ```
+pub fn begin<F>(future: F, callback: AsyncCallback<F::Output>, state: State) -> AsyncResult<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match Handle::try_current() {
+        Ok(handle) => begin_on(&handle, future, callback, state),
+        Err(_) => begin_on(default_handle(), future, callback, state),
+    }
+}
+
+/// [`begin`] on a chosen executor: a tokio [`Handle`] or `Runtime`, or any
+/// [`Spawner`].
+///
+/// # Panics
+///
+/// Propagates a panic of `callback` when it runs inside `begin_on`.
+///
+/// # Examples
+///
+/// ```
+/// use apm_tap::{AsyncCallback, State};
+///
+/// let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
+/// let handle = apm_tap::begin_on(&runtime, async { tokio::task::yield_now().await; 'k' }, AsyncCallback::none(), State::none());
+/// assert!(!handle.completed_synchronously());
+/// assert_eq!(handle.end(), Ok('k'));
+/// ```
+pub fn begin_on<S, F>(
+    spawner: &S,
+    future: F,
+    callback: AsyncCallback<F::Output>,
+    state: State,
+) -> AsyncResult<F::Output>
+where
+    S: Spawner + ?Sized,
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let cell = Cell::new(callback.into_inner(), state);
+    let handle = AsyncResult::from_cell(Arc::clone(&cell));
+    let mut task = Box::pin(Task {
+        future,
+        guard: AbandonOnDrop(cell),
+    });
+    let mut first = Poll::Pending;
+    spawner.enter(&mut || {
+        let mut cx = Context::from_waker(noop_waker_ref());
+        first = task.as_mut().poll_step(&mut cx, true);
+    });
+    if first.is_pending() {
+        spawner.spawn(task);
+    }
+    handle
+}
+
+/// Runs `future` and hands its result to `callback`, the way Node's
+/// `util.callbackify` turns a promise into a completion callback.
+///
+/// The callback runs once, on this thread if the future is ready at once, otherwise on
+/// the executor. Its argument is the future's output, or the bridge's [`Error`]
+/// (`Panicked`, `Abandoned`). Use [`begin`] to also get a handle (to wait or cancel).
+///
+/// # Panics
+///
+/// Propagates a panic of `callback` when it runs inside `callbackify`.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::mpsc;
+///
+/// let (tx, rx) = mpsc::channel();
+/// apm_tap::callbackify(async { "hello" }, move |result| tx.send(result).unwrap());
+/// assert_eq!(rx.recv().unwrap(), Ok("hello"));
+/// ```
+pub fn callbackify<F, C>(future: F, callback: C)
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+    C: FnOnce(Result<F::Output, Error>) + Send + 'static,
+{
+    drop(begin(
+        future,
+        AsyncCallback::new(move |handle: AsyncResult<F::Output>| callback(handle.end())),
+        State::none(),
+    ));
+}
+
+/// The task that runs a future for [`begin_on`] and stores its outcome.
+#[pin_project]
+struct Task<F: Future> {
+    #[pin]
+    future: F,
+    // Declared after `future`, so it is dropped after the future.
+    guard: AbandonOnDrop<F::Output>,
+}
+
+/// Completes the operation with `Abandoned` if the task is dropped before finishing
+/// (the executor shut down or refused it).
+struct AbandonOnDrop<T>(Arc<Cell<T>>);
+
+impl<T> Drop for AbandonOnDrop<T> {
+    fn drop(&mut self) {
+        // Refused, harmlessly, when the task already stored a result.
+        let _ = self.0.complete(Err(Error::Abandoned), false);
+    }
+}
+
+impl<F: Future> Task<F> {
+    fn poll_step(self: Pin<&mut Self>, cx: &mut Context<'_>, synchronous: bool) -> Poll<()> {
+        let this = self.project();
+        let cell = &this.guard.0;
+        // Register before checking, so a `cancel` between the two still wakes us.
+        cell.register_runner(cx.waker());
+        if cell.is_completed() {
+            // Cancelled: finishing the task drops the future, on this executor.
+            return Poll::Ready(());
+        }
+        let outcome = match catch_unwind(AssertUnwindSafe(|| this.future.poll(cx))) {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(value)) => Ok(value),
+            Err(payload) => Err(Error::from_panic(payload)),
+        };
+        // Refused when `cancel` won the race: the value is dropped here.
+        let _ = cell.complete(outcome, synchronous);
+        Poll::Ready(())
+    }
+}
+
+impl<F: Future> Future for Task<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.poll_step(cx, false)
+    }
+}
