@@ -1,0 +1,170 @@
+//! Test doubles shared by the integration tests: a counting waker, a legacy Begin/End
+//! API with its own (foreign) handle type, and a drop-counting payload.
+
+// Each test file uses a different subset of these helpers.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::{self, ThreadId};
+
+use apm_tap::{ApmCallback, AsyncHandle};
+
+/// A waker that counts wakes; its clones are visible through `Arc::strong_count`.
+pub struct CountingWaker {
+    wakes: AtomicUsize,
+}
+
+impl Wake for CountingWaker {
+    fn wake(self: Arc<Self>) {
+        self.wakes.fetch_add(1, SeqCst);
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.wakes.fetch_add(1, SeqCst);
+    }
+}
+
+impl CountingWaker {
+    pub fn new() -> (Arc<CountingWaker>, Waker) {
+        let counter = Arc::new(CountingWaker { wakes: AtomicUsize::new(0) });
+        let waker = Waker::from(Arc::clone(&counter));
+        (counter, waker)
+    }
+
+    pub fn wakes(&self) -> usize {
+        self.wakes.load(SeqCst)
+    }
+
+    /// Clones of the waker held by others: the count minus ours and the test's `Waker`.
+    pub fn clones_held(self: &Arc<Self>) -> usize {
+        Arc::strong_count(self) - 2
+    }
+}
+
+/// Polls `future` once with `waker`.
+pub fn poll_with<F: Future + Unpin>(future: &mut F, waker: &Waker) -> Poll<F::Output> {
+    Pin::new(future).poll(&mut Context::from_waker(waker))
+}
+
+/// The handle type of a legacy API this crate did not write.
+pub struct LegacyHandle {
+    pub value: u32,
+    pub synchronous: bool,
+    pub completed: Arc<AtomicBool>,
+}
+
+impl AsyncHandle for LegacyHandle {
+    fn is_completed(&self) -> bool {
+        self.completed.load(SeqCst)
+    }
+    fn completed_synchronously(&self) -> bool {
+        self.synchronous
+    }
+}
+
+/// Counts what a bridged legacy operation went through.
+#[derive(Default)]
+pub struct Probe {
+    pub begins: AtomicUsize,
+    pub ends: AtomicUsize,
+    pub cancels: AtomicUsize,
+    pub inside_begin: AtomicBool,
+    pub ended_inside_begin: AtomicBool,
+    pub end_thread: Mutex<Option<ThreadId>>,
+}
+
+impl Probe {
+    pub fn new() -> Arc<Probe> {
+        Arc::new(Probe::default())
+    }
+
+    pub fn begins(&self) -> usize {
+        self.begins.load(SeqCst)
+    }
+
+    pub fn ends(&self) -> usize {
+        self.ends.load(SeqCst)
+    }
+
+    pub fn cancels(&self) -> usize {
+        self.cancels.load(SeqCst)
+    }
+
+    /// Runs `body` as the legacy Begin: counts it and marks its extent on the stack.
+    pub fn begin<R>(&self, body: impl FnOnce() -> R) -> R {
+        self.begins.fetch_add(1, SeqCst);
+        self.inside_begin.store(true, SeqCst);
+        let handle = body();
+        self.inside_begin.store(false, SeqCst);
+        handle
+    }
+
+    /// The legacy End: counts it and records where it ran.
+    pub fn end(&self, handle: LegacyHandle) -> u32 {
+        self.ends.fetch_add(1, SeqCst);
+        if self.inside_begin.load(SeqCst) {
+            self.ended_inside_begin.store(true, SeqCst);
+        }
+        *self.end_thread.lock().unwrap() = Some(thread::current().id());
+        handle.value
+    }
+}
+
+/// How the legacy Begin treats the callback.
+pub enum Fire {
+    /// Calls it inside Begin, before returning.
+    InsideBegin,
+    /// Gives it back to the test, which calls (or drops) it when it likes.
+    Later(std::sync::mpsc::Sender<ApmCallback>),
+    /// Drops it uncalled inside Begin.
+    Drop,
+}
+
+/// A legacy Begin: returns a handle for `value`; `synchronous` is what the handle says.
+pub fn legacy_begin(
+    probe: &Probe,
+    callback: ApmCallback,
+    value: u32,
+    synchronous: bool,
+    fire: Fire,
+) -> LegacyHandle {
+    probe.begin(|| {
+        let completed = Arc::new(AtomicBool::new(synchronous));
+        match fire {
+            Fire::InsideBegin => {
+                completed.store(true, SeqCst);
+                callback.call();
+            }
+            Fire::Later(tx) => tx.send(callback).unwrap(),
+            Fire::Drop => drop(callback),
+        }
+        LegacyHandle { value, synchronous, completed }
+    })
+}
+
+/// A payload that counts its drops.
+pub struct DropCounter(pub Arc<AtomicUsize>);
+
+impl Drop for DropCounter {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, SeqCst);
+    }
+}
+
+/// A tokio current-thread runtime.
+pub fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// A tokio multi-thread runtime whose workers are named `name`.
+pub fn multi_thread(workers: usize, name: &str) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .unwrap()
+}
