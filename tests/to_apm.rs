@@ -1,0 +1,518 @@
+//! Future to APM: rules 9 to 16 of DESIGN.md, from plain threads, inside a multi-thread
+//! tokio runtime and inside a current-thread runtime.
+
+mod common;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::{mpsc, Arc, Barrier};
+use std::thread::{self, ThreadId};
+use std::time::Duration;
+
+use apm_tap::{AsyncCallback, AsyncResult, Error, State};
+use common::DropCounter;
+use tokio::sync::oneshot;
+
+/// Where a test body runs: a plain thread, a multi-thread runtime's `block_on`, a task
+/// spawned on it, and a current-thread runtime's `block_on`.
+fn in_every_context(body: fn()) {
+    thread::spawn(body).join().unwrap();
+    let multi = common::multi_thread(2, "ctx-multi");
+    multi.block_on(async { body() });
+    multi.block_on(async { tokio::spawn(async move { body() }).await.unwrap() });
+    common::current_thread().block_on(async { body() });
+}
+
+/// What the callback saw.
+#[derive(Debug)]
+struct Seen {
+    thread: ThreadId,
+    begin_had_returned: bool,
+    completed: bool,
+    synchronous: bool,
+}
+
+/// A callback that reports what it saw, with the flag the test sets when `begin` returns.
+fn reporting_callback<T: Send + 'static>(
+    returned: &Arc<AtomicBool>,
+) -> (AsyncCallback<T>, mpsc::Receiver<(Seen, AsyncResult<T>)>) {
+    let (tx, rx) = mpsc::channel();
+    let returned = Arc::clone(returned);
+    let callback = AsyncCallback::new(move |handle: AsyncResult<T>| {
+        let seen = Seen {
+            thread: thread::current().id(),
+            begin_had_returned: returned.load(SeqCst),
+            completed: handle.is_completed(),
+            synchronous: handle.completed_synchronously(),
+        };
+        tx.send((seen, handle)).unwrap();
+    });
+    (callback, rx)
+}
+
+/// Rule 9: a future ready on its first poll completes synchronously: the callback runs on
+/// the caller's thread before `begin` returns, and sees `completed_synchronously`.
+#[test]
+fn rule_9_ready_future_completes_synchronously() {
+    in_every_context(|| {
+        let returned = Arc::new(AtomicBool::new(false));
+        let (callback, seen) = reporting_callback(&returned);
+        let handle = apm_tap::begin(async { 9 }, callback, State::none());
+        returned.store(true, SeqCst);
+        let (seen, _) = seen.try_recv().expect("the callback ran inside begin");
+        assert_eq!(seen.thread, thread::current().id());
+        assert!(!seen.begin_had_returned);
+        assert!(seen.completed && seen.synchronous, "{seen:?}");
+        assert!(handle.completed_synchronously());
+        assert_eq!(handle.end(), Ok(9));
+    });
+}
+
+/// Rule 9: the first poll runs inside the runtime's context, so tokio resources work
+/// even when `begin` is called from a plain thread.
+#[test]
+fn rule_9_first_poll_runs_in_runtime_context() {
+    let handle = thread::spawn(|| {
+        apm_tap::begin(
+            async { tokio::runtime::Handle::try_current().is_ok() },
+            AsyncCallback::none(),
+            State::none(),
+        )
+    })
+    .join()
+    .unwrap();
+    assert!(handle.completed_synchronously());
+    assert_eq!(handle.end(), Ok(true));
+}
+
+/// Rule 9: a future pending on its first poll is not synchronous, ever, and its callback
+/// never runs inside `begin`.
+#[test]
+fn rule_9_pending_future_is_never_synchronous() {
+    // Plain thread: the result arrives after `begin` returned.
+    let returned = Arc::new(AtomicBool::new(false));
+    let (callback, seen) = reporting_callback(&returned);
+    let (tx, rx) = oneshot::channel::<u32>();
+    let handle = apm_tap::begin(async move { rx.await.unwrap() }, callback, State::none());
+    returned.store(true, SeqCst);
+    assert!(!handle.is_completed() && !handle.completed_synchronously());
+    tx.send(10).unwrap();
+    let (seen, _) = seen.recv().unwrap();
+    assert_ne!(seen.thread, thread::current().id());
+    assert!(seen.begin_had_returned && seen.completed && !seen.synchronous, "{seen:?}");
+    assert!(!handle.completed_synchronously());
+    assert_eq!(handle.end(), Ok(10));
+
+    // A future that finishes on a worker at once may complete before `begin` returns,
+    // but on another thread, never inside `begin`.
+    in_every_context(|| {
+        for _ in 0..100 {
+            let returned = Arc::new(AtomicBool::new(false));
+            let (callback, seen) = reporting_callback(&returned);
+            let handle = apm_tap::begin(async { tokio::task::yield_now().await }, callback, State::none());
+            returned.store(true, SeqCst);
+            assert!(!handle.completed_synchronously());
+            if tokio::runtime::Handle::try_current().is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread) {
+                // The current-thread runtime runs the task only once this thread yields.
+                assert!(seen.try_recv().is_err());
+                return;
+            }
+            // `end` first: it blocks in place, letting the runtime run the task; a plain
+            // `recv` on a worker could starve it.
+            assert_eq!(handle.end(), Ok(()));
+            let (seen, _) = seen.recv().unwrap();
+            assert!(seen.thread != thread::current().id() || seen.begin_had_returned, "{seen:?}");
+            assert!(!seen.synchronous);
+        }
+    });
+}
+
+/// Rule 10: the callback runs once, after the result is stored, with a clone of the
+/// handle `begin` returned; `end` inside it does not block.
+#[test]
+fn rule_10_callback_sees_stored_result_on_a_clone() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&calls);
+    let (tx, rx) = mpsc::channel();
+    let (go, gate) = oneshot::channel::<()>();
+    let handle = apm_tap::begin(
+        async move {
+            gate.await.unwrap();
+            "stored"
+        },
+        AsyncCallback::new(move |h: AsyncResult<&str>| {
+            c.fetch_add(1, SeqCst);
+            assert!(h.is_completed());
+            let clone = h.clone();
+            tx.send((clone, h.end())).unwrap();
+        }),
+        State::none(),
+    );
+    go.send(()).unwrap();
+    let (inside, ended) = rx.recv().unwrap();
+    assert!(inside.ptr_eq(&handle));
+    assert_eq!(ended, Ok("stored"));
+    assert_eq!(handle.end(), Err(Error::AlreadyEnded));
+    assert_eq!(calls.load(SeqCst), 1);
+}
+
+/// Rule 11: `end` returns the value once; later `end`s and awaits on clones get
+/// `AlreadyEnded`; `wait` and `wait_timeout` do not consume.
+#[test]
+fn rule_11_end_once_wait_does_not_consume() {
+    let (tx, rx) = oneshot::channel::<u8>();
+    let handle = apm_tap::begin(async move { rx.await.unwrap() }, AsyncCallback::none(), State::none());
+    assert_eq!(handle.wait_timeout(Duration::ZERO), Ok(false));
+    assert_eq!(handle.wait_timeout(Duration::from_millis(5)), Ok(false), "completed early");
+    tx.send(11).unwrap();
+    handle.wait().unwrap();
+    assert_eq!(handle.wait_timeout(Duration::from_secs(60)), Ok(true));
+    let (a, b, c) = (handle.clone(), handle.clone(), handle.clone());
+    assert_eq!(a.end(), Ok(11));
+    assert_eq!(b.end(), Err(Error::AlreadyEnded));
+    assert_eq!(futures::executor::block_on(c), Err(Error::AlreadyEnded));
+    handle.wait().unwrap();
+    assert_eq!(handle.end(), Err(Error::AlreadyEnded));
+}
+
+/// Rule 11: two clones racing to `end` get one value and one `AlreadyEnded`; the value
+/// is dropped exactly once.
+#[test]
+fn rule_11_racing_ends_deliver_once() {
+    for _ in 0..500 {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let d = Arc::clone(&drops);
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = apm_tap::begin(
+            async move {
+                rx.await.unwrap();
+                DropCounter(d)
+            },
+            AsyncCallback::none(),
+            State::none(),
+        );
+        let start = Arc::new(Barrier::new(2));
+        let (s, other) = (Arc::clone(&start), handle.clone());
+        let racer = thread::spawn(move || {
+            s.wait();
+            other.end().is_ok()
+        });
+        start.wait();
+        tx.send(()).unwrap();
+        let mine = handle.end();
+        let theirs = racer.join().unwrap();
+        assert!(mine.is_ok() != theirs, "exactly one end gets the value");
+        if let Err(e) = &mine {
+            assert_eq!(*e, Error::AlreadyEnded);
+        }
+        drop(mine);
+        assert_eq!(drops.load(SeqCst), 1);
+    }
+}
+
+/// Rule 12: on a current-thread runtime, a blocking `end`/`wait` on an unfinished
+/// operation returns `WouldDeadlock` at once instead of hanging; `.await` works.
+#[test]
+fn rule_12_current_thread_refuses_to_deadlock() {
+    common::current_thread().block_on(async {
+        let (tx, rx) = oneshot::channel::<u8>();
+        let handle = apm_tap::begin(async move { rx.await.unwrap() }, AsyncCallback::none(), State::none());
+        assert_eq!(handle.wait(), Err(Error::WouldDeadlock));
+        assert_eq!(handle.wait_timeout(Duration::from_secs(60)), Err(Error::WouldDeadlock));
+        assert_eq!(handle.wait_timeout(Duration::ZERO), Ok(false));
+        assert_eq!(handle.clone().end(), Err(Error::WouldDeadlock));
+        tx.send(12).unwrap();
+        assert_eq!(handle.clone().await, Ok(12));
+        // Complete: no blocking needed, so no refusal.
+        assert_eq!(handle.wait(), Ok(()));
+        assert_eq!(handle.end(), Err(Error::AlreadyEnded));
+    });
+}
+
+/// Rule 12: on a multi-thread worker, `end` blocks in place and the runtime keeps going,
+/// even with one worker that must also run the operation.
+#[test]
+fn rule_12_multi_thread_blocks_in_place() {
+    let runtime = common::multi_thread(1, "rule-12");
+    let value = runtime.block_on(async {
+        tokio::spawn(async {
+            let handle = apm_tap::begin(
+                async {
+                    for _ in 0..10 {
+                        tokio::task::yield_now().await;
+                    }
+                    thread::current().name().map(str::to_owned)
+                },
+                AsyncCallback::none(),
+                State::none(),
+            );
+            handle.end()
+        })
+        .await
+        .unwrap()
+    });
+    assert_eq!(value, Ok(Some("rule-12".to_owned())));
+}
+
+/// Rule 12: from a plain thread, `end` blocks until a result produced on the runtime.
+#[test]
+fn rule_12_plain_thread_blocks_until_done() {
+    let (tx, rx) = oneshot::channel::<&str>();
+    let handle = apm_tap::begin(async move { rx.await.unwrap() }, AsyncCallback::none(), State::none());
+    let sender = thread::spawn(move || tx.send("late").unwrap());
+    assert_eq!(handle.end(), Ok("late"));
+    sender.join().unwrap();
+}
+
+/// Rule 13: a panicking future completes with `Panicked(message)`, the callback runs
+/// once, and the runtime keeps serving other operations; on the first poll too.
+#[test]
+fn rule_13_panicking_future_is_reported() {
+    let runtime = common::multi_thread(1, "rule-13");
+    for inline in [true, false] {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = Arc::clone(&calls);
+        let handle = apm_tap::begin_on(
+            &runtime,
+            async move {
+                if !inline {
+                    tokio::task::yield_now().await;
+                }
+                panic!("boom {}", 13);
+            },
+            AsyncCallback::new(move |_: AsyncResult<()>| {
+                c.fetch_add(1, SeqCst);
+            }),
+            State::none(),
+        );
+        assert_eq!(handle.completed_synchronously(), inline);
+        assert_eq!(handle.end(), Err(Error::Panicked("boom 13".to_owned())));
+        assert_eq!(calls.load(SeqCst), 1);
+        let next = apm_tap::begin_on(&runtime, async { tokio::task::yield_now().await; 1 }, AsyncCallback::none(), State::none());
+        assert_eq!(next.end(), Ok(1), "the runtime stopped serving after a panic");
+    }
+}
+
+/// Rule 13: a panicking callback cannot lose the result: it was stored first.
+#[test]
+fn rule_13_panicking_callback_keeps_result() {
+    // On the executor: the task panics after storing; `end` still gets the value.
+    let runtime = common::multi_thread(1, "rule-13-cb");
+    let (tx, rx) = oneshot::channel::<u8>();
+    let handle = apm_tap::begin_on(
+        &runtime,
+        async move { rx.await.unwrap() },
+        AsyncCallback::new(|_: AsyncResult<u8>| panic!("callback exploded")),
+        State::none(),
+    );
+    tx.send(13).unwrap();
+    assert_eq!(handle.end(), Ok(13));
+    let next = apm_tap::begin_on(&runtime, async { tokio::task::yield_now().await; 2 }, AsyncCallback::none(), State::none());
+    assert_eq!(next.end(), Ok(2));
+
+    // Inline: the panic leaves `begin`, the handle the callback got still has the value.
+    let (keep_tx, keep_rx) = mpsc::channel();
+    let panic = catch_unwind(AssertUnwindSafe(|| {
+        apm_tap::begin(
+            async { 31 },
+            AsyncCallback::new(move |h: AsyncResult<i32>| {
+                keep_tx.send(h).unwrap();
+                panic!("inline callback exploded");
+            }),
+            State::none(),
+        )
+    }))
+    .unwrap_err();
+    assert_eq!(panic.downcast_ref::<&str>(), Some(&"inline callback exploded"));
+    assert_eq!(keep_rx.recv().unwrap().end(), Ok(31));
+}
+
+/// Rule 14: `cancel` stops a pending future (dropped on its executor), the callback runs
+/// once, and `end` returns `Cancelled`.
+#[test]
+fn rule_14_cancel_drops_future_on_executor() {
+    let runtime = common::multi_thread(1, "rule-14");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&calls);
+    let (dropped_tx, dropped_rx) = mpsc::channel();
+    struct OnDrop(mpsc::Sender<Option<String>>);
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            self.0.send(thread::current().name().map(str::to_owned)).unwrap();
+        }
+    }
+    let guard = OnDrop(dropped_tx);
+    let handle = apm_tap::begin_on(
+        &runtime,
+        async move {
+            let _guard = guard;
+            std::future::pending::<u8>().await
+        },
+        AsyncCallback::new(move |h: AsyncResult<u8>| {
+            assert!(h.is_completed());
+            c.fetch_add(1, SeqCst);
+        }),
+        State::none(),
+    );
+    handle.cancel();
+    handle.cancel();
+    assert_eq!(calls.load(SeqCst), 1);
+    assert_eq!(dropped_rx.recv().unwrap(), Some("rule-14".to_owned()));
+    assert_eq!(handle.end(), Err(Error::Cancelled));
+    assert_eq!(calls.load(SeqCst), 1);
+}
+
+/// Rule 14: `cancel` after completion keeps the result; the callback does not run again.
+#[test]
+fn rule_14_cancel_after_completion_keeps_result() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&calls);
+    let handle = apm_tap::begin(async { 14 }, AsyncCallback::new(move |_: AsyncResult<i32>| {
+        c.fetch_add(1, SeqCst);
+    }), State::none());
+    handle.cancel();
+    assert_eq!(handle.end(), Ok(14));
+    assert_eq!(calls.load(SeqCst), 1);
+}
+
+/// Rule 14: `cancel` racing completion: the callback runs once, `end` gets the value or
+/// `Cancelled`, and the value is dropped exactly once either way.
+#[test]
+fn rule_14_cancel_racing_completion() {
+    let (mut kept, mut cancelled) = (0, 0);
+    for _ in 0..500 {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (d, c) = (Arc::clone(&drops), Arc::clone(&calls));
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = apm_tap::begin(
+            async move {
+                rx.await.unwrap();
+                DropCounter(d)
+            },
+            AsyncCallback::new(move |_: AsyncResult<DropCounter>| {
+                c.fetch_add(1, SeqCst);
+            }),
+            State::none(),
+        );
+        let start = Arc::new(Barrier::new(2));
+        let s = Arc::clone(&start);
+        let racer = thread::spawn(move || {
+            s.wait();
+            // Fails when `cancel` already dropped the future: that is the other outcome.
+            let _ = tx.send(());
+        });
+        start.wait();
+        handle.cancel();
+        racer.join().unwrap();
+        match handle.end() {
+            Ok(value) => {
+                kept += 1;
+                drop(value);
+                assert_eq!(drops.load(SeqCst), 1);
+            }
+            Err(e) => {
+                assert_eq!(e, Error::Cancelled);
+                cancelled += 1;
+                // The future may still produce its value, which the task then drops;
+                // never twice.
+                assert!(drops.load(SeqCst) <= 1);
+            }
+        }
+        assert_eq!(calls.load(SeqCst), 1);
+    }
+    assert_eq!(kept + cancelled, 500);
+}
+
+/// Rule 15: a plain thread uses the default runtime; inside a tokio runtime, that
+/// runtime; `begin_on` takes a tokio `Handle` or a `futures` executor.
+#[test]
+fn rule_15_runtime_choice() {
+    fn where_it_ran() -> impl std::future::Future<Output = Option<String>> + Send {
+        async {
+            tokio::task::yield_now().await;
+            thread::current().name().map(str::to_owned)
+        }
+    }
+    let from_plain = thread::spawn(|| apm_tap::begin(where_it_ran(), AsyncCallback::none(), State::none()).end())
+        .join()
+        .unwrap();
+    assert_eq!(from_plain, Ok(Some("apm-tap-worker".to_owned())));
+
+    let runtime = common::multi_thread(1, "rule-15");
+    let ambient = runtime.block_on(async { apm_tap::begin(where_it_ran(), AsyncCallback::none(), State::none()).await });
+    assert_eq!(ambient, Ok(Some("rule-15".to_owned())));
+
+    let by_handle = apm_tap::begin_on(runtime.handle(), where_it_ran(), AsyncCallback::none(), State::none()).end();
+    assert_eq!(by_handle, Ok(Some("rule-15".to_owned())));
+
+    let pool = futures::executor::ThreadPool::builder().name_prefix("pool-").pool_size(1).create().unwrap();
+    let on_pool = |task| pool.spawn_ok(task);
+    let pooled = apm_tap::begin_on(&on_pool, async { thread::current().name().map(str::to_owned) }, AsyncCallback::none(), State::none());
+    // Ready at once: it ran inline, on this thread.
+    assert!(pooled.completed_synchronously());
+    let (tx, rx) = futures::channel::oneshot::channel::<()>();
+    let pooled = apm_tap::begin_on(&on_pool, async move { rx.await.unwrap(); thread::current().name().map(str::to_owned) }, AsyncCallback::none(), State::none());
+    tx.send(()).unwrap();
+    assert_eq!(pooled.end(), Ok(Some("pool-0".to_owned())));
+}
+
+/// Rule 15: an executor that drops the task unfinished (it shut down) completes the
+/// operation with `Abandoned`, and the callback still runs.
+#[test]
+fn rule_15_runtime_shutdown_abandons() {
+    let runtime = common::multi_thread(1, "rule-15-down");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&calls);
+    let handle = apm_tap::begin_on(&runtime, std::future::pending::<()>(), AsyncCallback::new(move |_: AsyncResult<()>| {
+        c.fetch_add(1, SeqCst);
+    }), State::none());
+    drop(runtime);
+    assert_eq!(handle.end(), Err(Error::Abandoned));
+    assert_eq!(calls.load(SeqCst), 1);
+
+    let refusing = |task: futures::future::BoxFuture<'static, ()>| drop(task);
+    let refused = apm_tap::begin_on(&refusing, std::future::pending::<()>(), AsyncCallback::none(), State::none());
+    assert_eq!(refused.end(), Err(Error::Abandoned));
+}
+
+/// Rule 16: the state given to `begin` comes back unchanged from every clone and inside
+/// the callback.
+#[test]
+fn rule_16_state_round_trips() {
+    let state = State::new(String::from("request 16"));
+    let (tx, rx) = mpsc::channel();
+    let handle = apm_tap::begin(
+        async { tokio::task::yield_now().await },
+        AsyncCallback::new(move |h: AsyncResult<()>| tx.send(h.state().clone()).unwrap()),
+        state.clone(),
+    );
+    let inside = rx.recv().unwrap();
+    assert!(inside.ptr_eq(&state));
+    assert!(handle.clone().state().ptr_eq(&state));
+    assert_eq!(handle.state().downcast_ref::<String>().map(String::as_str), Some("request 16"));
+    assert!(apm_tap::begin(async {}, AsyncCallback::none(), State::none()).state().is_none());
+}
+
+/// `callbackify` hands the value, or the bridge's error, to a plain callback, once.
+#[test]
+fn callbackify_delivers_once() {
+    let (tx, rx) = mpsc::channel();
+    let t = tx.clone();
+    apm_tap::callbackify(async { tokio::task::yield_now().await; 5 }, move |r| t.send(r).unwrap());
+    assert_eq!(rx.recv().unwrap(), Ok(5));
+    apm_tap::callbackify(async { panic!("nope") }, move |r: Result<(), Error>| tx.send(r.map(|()| 0)).unwrap());
+    assert_eq!(rx.recv().unwrap(), Err(Error::Panicked("nope".to_owned())));
+    assert!(rx.recv().is_err(), "a callback ran twice");
+}
+
+/// Handles can cross threads; the futures are `Send` when their parts are.
+#[test]
+fn handles_and_futures_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>(_: &T) {}
+    send_sync::<AsyncResult<String>>();
+    send_sync::<State>();
+    send(&apm_tap::from_apm(|_cb| apm_tap::begin(async {}, AsyncCallback::none(), State::none()), |h| h.end()));
+    send(&apm_tap::from_callback(|c: apm_tap::Completer<u8>| drop(c)));
+}
