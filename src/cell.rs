@@ -123,7 +123,11 @@ impl<T> Cell<T> {
             return Err(result);
         }
         inner.slot = Slot::Ready(result);
-        let flags = if synchronous { COMPLETED | SYNCHRONOUS } else { COMPLETED };
+        let flags = if synchronous {
+            COMPLETED | SYNCHRONOUS
+        } else {
+            COMPLETED
+        };
         // ORDERING: Release publishes the slot to lock-free readers of the flags.
         self.flags.fetch_or(flags, Ordering::Release);
         let wakers = std::mem::take(&mut inner.wakers);
@@ -192,7 +196,11 @@ impl<T> Cell<T> {
     }
 
     /// Ready once the cell has completed; does not take the result.
-    pub(crate) fn poll_completed(&self, cx: &mut Context<'_>, entry: &mut Option<usize>) -> Poll<()> {
+    pub(crate) fn poll_completed(
+        &self,
+        cx: &mut Context<'_>,
+        entry: &mut Option<usize>,
+    ) -> Poll<()> {
         if self.is_completed() {
             return Poll::Ready(());
         }

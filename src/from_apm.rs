@@ -57,10 +57,15 @@ impl ApmCallback {
     /// # Examples
     ///
     /// ```
-    /// let future = apm_tap::from_callback(|done| done.complete(()).unwrap());
-    /// # let _ = future;
+    /// use apm_tap::{AsyncCallback, State};
+    ///
     /// let future = apm_tap::from_apm(
-    ///     |callback| { callback.call(); apm_tap::begin(async {}, apm_tap::AsyncCallback::none(), apm_tap::State::none()) },
+    ///     |callback| {
+    ///         // A Begin that finishes at once and calls back inside Begin.
+    ///         let handle = apm_tap::begin(async {}, AsyncCallback::none(), State::none());
+    ///         callback.call();
+    ///         handle
+    ///     },
     ///     |handle| handle.end(),
     /// );
     /// assert_eq!(futures::executor::block_on(future), Ok(Ok(())));
@@ -152,7 +157,9 @@ where
     H: AsyncHandle + Send + 'static,
     E: FnOnce(H) -> R + Send + 'static,
 {
-    FromApm { op: Op::new(begin, end) }
+    FromApm {
+        op: Op::new(begin, end),
+    }
 }
 
 /// [`from_apm`] for a Begin that can fail before starting and an End that returns the
@@ -184,14 +191,28 @@ where
     E: FnOnce(H) -> Result<U, X> + Send + 'static,
     X: From<Error>,
 {
-    TryFromApm { op: Op::new(begin, end) }
+    TryFromApm {
+        op: Op::new(begin, end),
+    }
 }
 
 /// Future for the [`from_apm`] function.
 ///
+/// # Examples
+///
+/// ```
+/// use apm_tap::{FromApm, State};
+///
+/// let future = apm_tap::from_apm(
+///     |cb| apm_tap::begin(async { 1 }, cb.into(), State::none()),
+///     |handle| handle.end(),
+/// );
+/// assert_eq!(futures::executor::block_on(future), Ok(Ok(1)));
+/// ```
+///
 /// Equivalent to:
 ///
-/// ```ignore
+/// ```text
 /// async fn from_apm(begin, end) -> Result<R, Error> {
 ///     let (callback, called) = /* a one-shot signal */;
 ///     let handle = begin(callback);
@@ -208,11 +229,25 @@ pub struct FromApm<B, H, E> {
 }
 
 /// Future for the [`try_from_apm`] function.
+///
+/// # Examples
+///
+/// ```
+/// use apm_tap::State;
+///
+/// let future = apm_tap::try_from_apm(
+///     |cb| Ok::<_, std::io::Error>(apm_tap::begin(async { 2 }, cb.into(), State::none())),
+///     |handle| Ok(handle.end()?),
+/// );
+/// assert_eq!(futures::executor::block_on(future).unwrap(), 2);
+/// ```
+///
+/// Equivalent to [`FromApm`], with `begin`'s error returned as is and the bridge's
+/// errors converted into the operation's error type.
 #[must_use = "futures do nothing unless polled; dropping this one before completion cancels the operation"]
 pub struct TryFromApm<B, H, E> {
     op: Op<B, H, E>,
 }
-
 
 impl<B, H, E> FromApm<B, H, E> {
     /// Sets the hook run, once, with the handle when the future is dropped before the
@@ -227,9 +262,14 @@ impl<B, H, E> FromApm<B, H, E> {
     /// use std::sync::mpsc;
     ///
     /// let (ended, end_result) = mpsc::channel();
+    /// let mut unfinished = Vec::new(); // the legacy side never completes by itself
     /// let mut future = Box::pin(
     ///     apm_tap::from_apm(
-    ///         |cb| Completer::<u8>::new(cb.into(), State::none()).1, // never completed by itself
+    ///         |cb| {
+    ///             let (completer, handle) = Completer::<u8>::new(cb.into(), State::none());
+    ///             unfinished.push(completer);
+    ///             handle
+    ///         },
     ///         move |handle| ended.send(handle.end()).unwrap(),
     ///     )
     ///     .on_cancel(|handle| handle.cancel()), // the legacy Cancel
@@ -257,9 +297,14 @@ impl<B, H, E> TryFromApm<B, H, E> {
     /// use futures::FutureExt;
     ///
     /// let (cancelled, was_cancelled) = std::sync::mpsc::channel();
+    /// let mut unfinished = Vec::new();
     /// let mut future = Box::pin(
     ///     apm_tap::try_from_apm(
-    ///         |cb| Ok::<_, apm_tap::Error>(Completer::<u8>::new(cb.into(), State::none()).1),
+    ///         |cb| {
+    ///             let (completer, handle) = Completer::<u8>::new(cb.into(), State::none());
+    ///             unfinished.push(completer);
+    ///             Ok::<_, apm_tap::Error>(handle)
+    ///         },
     ///         |handle| handle.end(),
     ///     )
     ///     .on_cancel(move |handle| {
@@ -294,10 +339,13 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let started = |begin: B, callback| Ok::<H, Infallible>(begin(callback));
-        self.get_mut().op.poll_op(cx, started).map(|outcome| match outcome {
-            Ok(result) => result,
-            Err(never) => match never {},
-        })
+        self.get_mut()
+            .op
+            .poll_op(cx, started)
+            .map(|outcome| match outcome {
+                Ok(result) => result,
+                Err(never) => match never {},
+            })
     }
 }
 
@@ -312,23 +360,30 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let started = |begin: B, callback| begin(callback);
-        self.get_mut().op.poll_op(cx, started).map(|outcome| match outcome {
-            Ok(Ok(result)) => result,
-            Ok(Err(error)) => Err(X::from(error)),
-            Err(begin_error) => Err(begin_error),
-        })
+        self.get_mut()
+            .op
+            .poll_op(cx, started)
+            .map(|outcome| match outcome {
+                Ok(Ok(result)) => result,
+                Ok(Err(error)) => Err(X::from(error)),
+                Err(begin_error) => Err(begin_error),
+            })
     }
 }
 
 impl<B, H, E> fmt::Debug for FromApm<B, H, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FromApm").field("stage", &self.op.stage_name()).finish()
+        f.debug_struct("FromApm")
+            .field("stage", &self.op.stage_name())
+            .finish()
     }
 }
 
 impl<B, H, E> fmt::Debug for TryFromApm<B, H, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TryFromApm").field("stage", &self.op.stage_name()).finish()
+        f.debug_struct("TryFromApm")
+            .field("stage", &self.op.stage_name())
+            .finish()
     }
 }
 
@@ -367,7 +422,10 @@ where
 
 impl<B, H, E> Op<B, H, E> {
     fn new(begin: B, end: E) -> Self {
-        Op { stage: Stage::Start { begin, end }, on_cancel: None }
+        Op {
+            stage: Stage::Start { begin, end },
+            on_cancel: None,
+        }
     }
 
     fn stage_name(&self) -> &'static str {
@@ -403,7 +461,12 @@ impl<B, H, E> Op<B, H, E> {
                 return Poll::Ready(Ok(Ok(end(handle))));
             }
             let defer = defer_end::<H, E, R>;
-            self.stage = Stage::Waiting { handle, end, signal, defer };
+            self.stage = Stage::Waiting {
+                handle,
+                end,
+                signal,
+                defer,
+            };
         }
         let Stage::Waiting { signal, .. } = &mut self.stage else {
             panic!("`from_apm` future polled after completion");
@@ -421,7 +484,12 @@ impl<B, H, E> Op<B, H, E> {
 
 impl<B, H, E> Drop for Op<B, H, E> {
     fn drop(&mut self) {
-        let Stage::Waiting { handle, end, signal, defer } = mem::replace(&mut self.stage, Stage::Done)
+        let Stage::Waiting {
+            handle,
+            end,
+            signal,
+            defer,
+        } = mem::replace(&mut self.stage, Stage::Done)
         else {
             return;
         };
@@ -474,14 +542,28 @@ where
     H: PollHandle + Send + 'static,
     E: FnOnce(H) -> R + Send + 'static,
 {
-    FromAsyncResult { parts: Some((handle, end)), on_cancel: None, erase: erase_end::<H, E, R> }
+    FromAsyncResult {
+        parts: Some((handle, end)),
+        on_cancel: None,
+        erase: erase_end::<H, E, R>,
+    }
 }
 
 /// Future for the [`from_async_result`] function.
 ///
+/// # Examples
+///
+/// ```
+/// use apm_tap::{AsyncCallback, State};
+///
+/// let handle = apm_tap::begin(async { 'z' }, AsyncCallback::none(), State::none());
+/// let future = apm_tap::from_async_result(handle, |h| h.end());
+/// assert_eq!(futures::executor::block_on(future), Ok('z'));
+/// ```
+///
 /// Equivalent to:
 ///
-/// ```ignore
+/// ```text
 /// async fn from_async_result(mut handle, end) -> R {
 ///     poll_fn(|cx| handle.poll_completed(cx)).await;
 ///     end(handle)
@@ -616,7 +698,10 @@ impl<H: PollHandle + Send + 'static> Reaper<H> {
                 return;
             };
             let waker = waker(Arc::clone(self));
-            if handle.poll_completed(&mut Context::from_waker(&waker)).is_ready() {
+            if handle
+                .poll_completed(&mut Context::from_waker(&waker))
+                .is_ready()
+            {
                 let (handle, end) = parts.take().expect("checked just above");
                 drop(parts);
                 end(handle);

@@ -44,14 +44,24 @@ pub fn from_callback<F, T>(start: F) -> FromCallback<F, T>
 where
     F: FnOnce(Completer<T>),
 {
-    FromCallback { start: Some(start), handle: None }
+    FromCallback {
+        start: Some(start),
+        handle: None,
+    }
 }
 
 /// Future for the [`from_callback`] function.
 ///
+/// # Examples
+///
+/// ```
+/// let future = apm_tap::from_callback(|done| done.complete(3).unwrap());
+/// assert_eq!(futures::executor::block_on(future), Ok(3));
+/// ```
+///
 /// Equivalent to:
 ///
-/// ```ignore
+/// ```text
 /// async fn from_callback(start) -> Result<T, Error> {
 ///     let (completer, handle) = Completer::new(AsyncCallback::none(), State::none());
 ///     start(completer);

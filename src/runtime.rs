@@ -29,10 +29,32 @@ use crate::Error;
 pub trait Spawner {
     /// Runs `task` to completion in the background. An executor that cannot take it
     /// drops it: the operation then completes with [`Error::Abandoned`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use apm_tap::Spawner;
+    ///
+    /// let runtime = tokio::runtime::Runtime::new().unwrap();
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// Spawner::spawn(&runtime, Box::pin(async move { tx.send(1).unwrap() }));
+    /// assert_eq!(rx.recv().unwrap(), 1);
+    /// ```
     fn spawn(&self, task: BoxFuture<'static, ()>);
 
     /// Runs `f` inside this executor's context, so that the inline first poll can use
     /// the executor's resources (tokio's timers and I/O). The default just calls `f`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use apm_tap::Spawner;
+    ///
+    /// let runtime = tokio::runtime::Runtime::new().unwrap();
+    /// let mut inside = false;
+    /// runtime.enter(&mut || inside = tokio::runtime::Handle::try_current().is_ok());
+    /// assert!(inside);
+    /// ```
     fn enter(&self, f: &mut dyn FnMut()) {
         f();
     }

@@ -50,7 +50,11 @@ use crate::{AsyncCallback, AsyncResult, Error, State};
 /// assert_eq!(handle.end(), Ok(42));
 /// assert_eq!(rx.recv().unwrap(), "answer");
 /// ```
-pub fn begin<F>(future: F, callback: AsyncCallback<F::Output>, state: State) -> AsyncResult<F::Output>
+pub fn begin<F>(
+    future: F,
+    callback: AsyncCallback<F::Output>,
+    state: State,
+) -> AsyncResult<F::Output>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,

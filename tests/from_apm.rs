@@ -21,13 +21,11 @@ fn rule_1_begin_runs_once_on_first_poll() {
     let probe = Probe::new();
     let (tx, rx) = mpsc::channel();
     let p = Arc::clone(&probe);
-    let mut future = apm_tap::from_apm(
-        move |cb| legacy_begin(&p, cb, 1, false, Fire::Later(tx)),
-        {
+    let mut future =
+        apm_tap::from_apm(move |cb| legacy_begin(&p, cb, 1, false, Fire::Later(tx)), {
             let p = Arc::clone(&probe);
             move |h| p.end(h)
-        },
-    );
+        });
     assert_eq!(probe.begins(), 0, "begin ran before the first poll");
     let (_, waker) = CountingWaker::new();
     assert!(poll_with(&mut future, &waker).is_pending());
@@ -46,17 +44,26 @@ fn rule_2_end_runs_once_in_poll() {
     let (tx, rx) = mpsc::channel();
     let p = Arc::clone(&probe);
     let p2 = Arc::clone(&probe);
-    let mut future =
-        apm_tap::from_apm(move |cb| legacy_begin(&p, cb, 7, false, Fire::Later(tx)), move |h| p2.end(h));
+    let mut future = apm_tap::from_apm(
+        move |cb| legacy_begin(&p, cb, 7, false, Fire::Later(tx)),
+        move |h| p2.end(h),
+    );
     let (counter, waker) = CountingWaker::new();
     assert!(poll_with(&mut future, &waker).is_pending());
     let callback = rx.recv().unwrap();
     thread::spawn(move || callback.call()).join().unwrap();
     assert_eq!(counter.wakes(), 1);
-    assert_eq!(probe.ends(), 0, "end ran in the callback although the future is alive");
+    assert_eq!(
+        probe.ends(),
+        0,
+        "end ran in the callback although the future is alive"
+    );
     assert_eq!(poll_with(&mut future, &waker), Poll::Ready(Ok(7)));
     assert_eq!(probe.ends(), 1);
-    assert_eq!(*probe.end_thread.lock().unwrap(), Some(thread::current().id()));
+    assert_eq!(
+        *probe.end_thread.lock().unwrap(),
+        Some(thread::current().id())
+    );
     drop(future);
     assert_eq!(probe.ends(), 1, "drop after completion ran end again");
 }
@@ -68,8 +75,10 @@ fn rule_2_end_runs_once_in_drop_after_completion() {
     let (tx, rx) = mpsc::channel();
     let p = Arc::clone(&probe);
     let p2 = Arc::clone(&probe);
-    let mut future =
-        apm_tap::from_apm(move |cb| legacy_begin(&p, cb, 7, false, Fire::Later(tx)), move |h| p2.end(h));
+    let mut future = apm_tap::from_apm(
+        move |cb| legacy_begin(&p, cb, 7, false, Fire::Later(tx)),
+        move |h| p2.end(h),
+    );
     let (_, waker) = CountingWaker::new();
     assert!(poll_with(&mut future, &waker).is_pending());
     let callback = rx.recv().unwrap();
@@ -77,7 +86,10 @@ fn rule_2_end_runs_once_in_drop_after_completion() {
     assert_eq!(probe.ends(), 0);
     drop(future);
     assert_eq!(probe.ends(), 1);
-    assert_eq!(*probe.end_thread.lock().unwrap(), Some(thread::current().id()));
+    assert_eq!(
+        *probe.end_thread.lock().unwrap(),
+        Some(thread::current().id())
+    );
 }
 
 /// Rule 2, dropped before completion: `end` runs once, from the callback, on its thread.
@@ -87,8 +99,10 @@ fn rule_2_end_runs_once_from_late_callback() {
     let (tx, rx) = mpsc::channel();
     let p = Arc::clone(&probe);
     let p2 = Arc::clone(&probe);
-    let mut future =
-        apm_tap::from_apm(move |cb| legacy_begin(&p, cb, 7, false, Fire::Later(tx)), move |h| p2.end(h));
+    let mut future = apm_tap::from_apm(
+        move |cb| legacy_begin(&p, cb, 7, false, Fire::Later(tx)),
+        move |h| p2.end(h),
+    );
     let (_, waker) = CountingWaker::new();
     assert!(poll_with(&mut future, &waker).is_pending());
     drop(future);
@@ -134,11 +148,17 @@ fn rule_3_synchronous_completion_ends_after_begin() {
             "drop" => Fire::Drop,
             _ => Fire::Later(tx),
         };
-        let mut future = apm_tap::from_apm(move |cb| legacy_begin(&p, cb, 3, true, mode), move |h| p2.end(h));
+        let mut future = apm_tap::from_apm(
+            move |cb| legacy_begin(&p, cb, 3, true, mode),
+            move |h| p2.end(h),
+        );
         let (counter, waker) = CountingWaker::new();
         assert_eq!(poll_with(&mut future, &waker), Poll::Ready(Ok(3)), "{fire}");
         assert_eq!(probe.ends(), 1, "{fire}");
-        assert!(!probe.ended_inside_begin.load(SeqCst), "{fire}: end ran inside begin");
+        assert!(
+            !probe.ended_inside_begin.load(SeqCst),
+            "{fire}: end ran inside begin"
+        );
         if let Ok(callback) = rx.try_recv() {
             callback.call();
         }
@@ -154,8 +174,10 @@ fn rule_4_callback_inside_begin() {
     let probe = Probe::new();
     let p = Arc::clone(&probe);
     let p2 = Arc::clone(&probe);
-    let mut future =
-        apm_tap::from_apm(move |cb| legacy_begin(&p, cb, 4, false, Fire::InsideBegin), move |h| p2.end(h));
+    let mut future = apm_tap::from_apm(
+        move |cb| legacy_begin(&p, cb, 4, false, Fire::InsideBegin),
+        move |h| p2.end(h),
+    );
     let (counter, waker) = CountingWaker::new();
     assert_eq!(poll_with(&mut future, &waker), Poll::Ready(Ok(4)));
     assert_eq!(probe.ends(), 1);
@@ -179,7 +201,11 @@ fn rule_4_callback_on_other_thread_before_begin_returns() {
                     fired_tx.send(()).unwrap();
                 });
                 fired_rx.recv().unwrap();
-                common::LegacyHandle { value: 5, synchronous: false, completed: Default::default() }
+                common::LegacyHandle {
+                    value: 5,
+                    synchronous: false,
+                    completed: Default::default(),
+                }
             })
         },
         move |h| p2.end(h),
@@ -199,14 +225,20 @@ fn rule_4_dropped_callback_is_abandoned() {
         let p = Arc::clone(&probe);
         let p2 = Arc::clone(&probe);
         let mode = if inside { Fire::Drop } else { Fire::Later(tx) };
-        let mut future = apm_tap::from_apm(move |cb| legacy_begin(&p, cb, 0, false, mode), move |h| p2.end(h));
+        let mut future = apm_tap::from_apm(
+            move |cb| legacy_begin(&p, cb, 0, false, mode),
+            move |h| p2.end(h),
+        );
         let (counter, waker) = CountingWaker::new();
         if !inside {
             assert!(poll_with(&mut future, &waker).is_pending());
             drop(rx.recv().unwrap());
             assert_eq!(counter.wakes(), 1);
         }
-        assert_eq!(poll_with(&mut future, &waker), Poll::Ready(Err(Error::Abandoned)));
+        assert_eq!(
+            poll_with(&mut future, &waker),
+            Poll::Ready(Err(Error::Abandoned))
+        );
         assert_eq!(probe.ends(), 0);
     }
 }
@@ -220,10 +252,13 @@ fn rule_4_callback_kept_forever_stays_pending() {
     let p = Arc::clone(&probe);
     let p2 = Arc::clone(&probe);
     let p3 = Arc::clone(&probe);
-    let mut future = apm_tap::from_apm(move |cb| legacy_begin(&p, cb, 0, false, Fire::Later(tx)), move |h| p2.end(h))
-        .on_cancel(move |_| {
-            p3.cancels.fetch_add(1, SeqCst);
-        });
+    let mut future = apm_tap::from_apm(
+        move |cb| legacy_begin(&p, cb, 0, false, Fire::Later(tx)),
+        move |h| p2.end(h),
+    )
+    .on_cancel(move |_| {
+        p3.cancels.fetch_add(1, SeqCst);
+    });
     let (counter, waker) = CountingWaker::new();
     let _kept = {
         assert!(poll_with(&mut future, &waker).is_pending());
@@ -278,7 +313,9 @@ fn rule_5_failing_begin_resolves_to_its_error() {
     let probe = Probe::new();
     let p = Arc::clone(&probe);
     let future = apm_tap::try_from_apm(
-        |_cb| -> io::Result<common::LegacyHandle> { Err(io::Error::new(io::ErrorKind::AddrInUse, "busy")) },
+        |_cb| -> io::Result<common::LegacyHandle> {
+            Err(io::Error::new(io::ErrorKind::AddrInUse, "busy"))
+        },
         move |h| -> io::Result<u32> { Ok(p.end(h)) },
     );
     let error = futures::executor::block_on(future).unwrap_err();
@@ -290,16 +327,35 @@ fn rule_5_failing_begin_resolves_to_its_error() {
 #[test]
 fn try_from_apm_flattens_errors() {
     let ok = apm_tap::try_from_apm(
-        |cb| Ok::<_, io::Error>(legacy_begin(&Probe::default(), cb, 9, false, Fire::InsideBegin)),
+        |cb| {
+            Ok::<_, io::Error>(legacy_begin(
+                &Probe::default(),
+                cb,
+                9,
+                false,
+                Fire::InsideBegin,
+            ))
+        },
         |h| -> io::Result<u32> { Ok(h.value) },
     );
     assert_eq!(futures::executor::block_on(ok).unwrap(), 9);
 
     let failed = apm_tap::try_from_apm(
-        |cb| Ok::<_, io::Error>(legacy_begin(&Probe::default(), cb, 9, false, Fire::InsideBegin)),
+        |cb| {
+            Ok::<_, io::Error>(legacy_begin(
+                &Probe::default(),
+                cb,
+                9,
+                false,
+                Fire::InsideBegin,
+            ))
+        },
         |_| -> io::Result<u32> { Err(io::ErrorKind::UnexpectedEof.into()) },
     );
-    assert_eq!(futures::executor::block_on(failed).unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+    assert_eq!(
+        futures::executor::block_on(failed).unwrap_err().kind(),
+        io::ErrorKind::UnexpectedEof
+    );
 
     let abandoned = apm_tap::try_from_apm(
         |cb| Ok::<_, io::Error>(legacy_begin(&Probe::default(), cb, 9, false, Fire::Drop)),
@@ -307,7 +363,10 @@ fn try_from_apm_flattens_errors() {
     );
     let error = futures::executor::block_on(abandoned).unwrap_err();
     assert_eq!(error.kind(), io::ErrorKind::BrokenPipe);
-    assert_eq!(error.into_inner().unwrap().downcast::<Error>().unwrap(), Box::new(Error::Abandoned));
+    assert_eq!(
+        error.into_inner().unwrap().downcast::<Error>().unwrap(),
+        Box::new(Error::Abandoned)
+    );
 }
 
 /// Rule 6: dropping before completion runs `on_cancel` once with the handle; when the
@@ -320,19 +379,25 @@ fn rule_6_on_cancel_runs_once_and_end_still_runs() {
     let p2 = Arc::clone(&probe);
     let p3 = Arc::clone(&probe);
     let (cancel_tx, cancel_rx) = mpsc::channel::<ApmCallback>();
-    let mut future = apm_tap::from_apm(move |cb| legacy_begin(&p, cb, 6, false, Fire::Later(tx)), move |h| p2.end(h))
-        .on_cancel(move |handle| {
-            assert_eq!(handle.value, 6);
-            p3.cancels.fetch_add(1, SeqCst);
-            // The legacy Cancel completes the operation at once.
-            cancel_rx.recv().unwrap().call();
-        });
+    let mut future = apm_tap::from_apm(
+        move |cb| legacy_begin(&p, cb, 6, false, Fire::Later(tx)),
+        move |h| p2.end(h),
+    )
+    .on_cancel(move |handle| {
+        assert_eq!(handle.value, 6);
+        p3.cancels.fetch_add(1, SeqCst);
+        // The legacy Cancel completes the operation at once.
+        cancel_rx.recv().unwrap().call();
+    });
     let (_, waker) = CountingWaker::new();
     assert!(poll_with(&mut future, &waker).is_pending());
     cancel_tx.send(rx.recv().unwrap()).unwrap();
     drop(future);
     assert_eq!((probe.cancels(), probe.ends()), (1, 1));
-    assert_eq!(*probe.end_thread.lock().unwrap(), Some(thread::current().id()));
+    assert_eq!(
+        *probe.end_thread.lock().unwrap(),
+        Some(thread::current().id())
+    );
 }
 
 /// Rule 6: `on_cancel` does not run when the operation completed before the drop.
@@ -343,10 +408,13 @@ fn rule_6_no_cancel_after_completion() {
     let p = Arc::clone(&probe);
     let p2 = Arc::clone(&probe);
     let p3 = Arc::clone(&probe);
-    let mut future = apm_tap::from_apm(move |cb| legacy_begin(&p, cb, 6, false, Fire::Later(tx)), move |h| p2.end(h))
-        .on_cancel(move |_| {
-            p3.cancels.fetch_add(1, SeqCst);
-        });
+    let mut future = apm_tap::from_apm(
+        move |cb| legacy_begin(&p, cb, 6, false, Fire::Later(tx)),
+        move |h| p2.end(h),
+    )
+    .on_cancel(move |_| {
+        p3.cancels.fetch_add(1, SeqCst);
+    });
     let (_, waker) = CountingWaker::new();
     assert!(poll_with(&mut future, &waker).is_pending());
     rx.recv().unwrap().call();
@@ -423,12 +491,22 @@ fn scenarios() -> BoxFuture<'static, ()> {
                     c.store(true, SeqCst);
                     cb.call();
                 });
-                common::LegacyHandle { value: 10, synchronous: false, completed }
+                common::LegacyHandle {
+                    value: 10,
+                    synchronous: false,
+                    completed,
+                }
             },
             |h| h.value,
         );
-        let sync = apm_tap::from_apm(|cb| legacy_begin(&Probe::default(), cb, 11, true, Fire::InsideBegin), |h| h.value);
-        let abandoned = apm_tap::from_apm(|cb| legacy_begin(&Probe::default(), cb, 12, false, Fire::Drop), |h| h.value);
+        let sync = apm_tap::from_apm(
+            |cb| legacy_begin(&Probe::default(), cb, 11, true, Fire::InsideBegin),
+            |h| h.value,
+        );
+        let abandoned = apm_tap::from_apm(
+            |cb| legacy_begin(&Probe::default(), cb, 12, false, Fire::Drop),
+            |h| h.value,
+        );
         let callback = apm_tap::from_callback(|done| {
             thread::spawn(move || done.complete((13, String::from("thirteen"))).unwrap());
         });
@@ -436,7 +514,16 @@ fn scenarios() -> BoxFuture<'static, ()> {
         thread::spawn(move || completer.complete(14_u32).unwrap());
         let started = apm_tap::from_async_result(handle, |h| h.end());
         let results = futures::join!(later, sync, abandoned, callback, started);
-        assert_eq!(results, (Ok(10), Ok(11), Err(Error::Abandoned), Ok((13, String::from("thirteen"))), Ok(14)));
+        assert_eq!(
+            results,
+            (
+                Ok(10),
+                Ok(11),
+                Err(Error::Abandoned),
+                Ok((13, String::from("thirteen"))),
+                Ok(14)
+            )
+        );
     }
     .boxed()
 }
@@ -447,7 +534,10 @@ fn rule_8_futures_executor() {
     futures::executor::block_on(scenarios());
     let pool = futures::executor::ThreadPool::new().unwrap();
     let (tx, rx) = mpsc::channel();
-    pool.spawn_ok(async move { tx.send(scenarios().await).unwrap() });
+    pool.spawn_ok(async move {
+        scenarios().await;
+        tx.send(()).unwrap();
+    });
     rx.recv().unwrap();
 }
 
@@ -470,12 +560,18 @@ fn rule_8_tokio_multi_thread() {
 fn composes_with_select_timeout_and_join_all() {
     common::current_thread().block_on(async {
         let (tx, _kept) = mpsc::channel();
-        let never = apm_tap::from_apm(move |cb| legacy_begin(&Probe::default(), cb, 0, false, Fire::Later(tx)), |h| h.value);
+        let never = apm_tap::from_apm(
+            move |cb| legacy_begin(&Probe::default(), cb, 0, false, Fire::Later(tx)),
+            |h| h.value,
+        );
         let timed_out = tokio::time::timeout(std::time::Duration::from_millis(5), never).await;
         assert!(timed_out.is_err());
 
         let all = futures::future::join_all((0..10).map(|i| {
-            apm_tap::from_apm(move |cb| legacy_begin(&Probe::default(), cb, i, false, Fire::InsideBegin), |h| h.value)
+            apm_tap::from_apm(
+                move |cb| legacy_begin(&Probe::default(), cb, i, false, Fire::InsideBegin),
+                |h| h.value,
+            )
         }))
         .await;
         assert_eq!(all, (0..10).map(Ok).collect::<Vec<_>>());
@@ -527,9 +623,10 @@ fn from_async_result_dropped_after_completion_ends_in_drop() {
     let (end_tx, end_rx) = mpsc::channel();
     let cancels = Arc::new(AtomicUsize::new(0));
     let c = Arc::clone(&cancels);
-    let mut future = apm_tap::from_async_result(handle, move |h| end_tx.send(h.end()).unwrap()).on_cancel(move |_| {
-        c.fetch_add(1, SeqCst);
-    });
+    let mut future = apm_tap::from_async_result(handle, move |h| end_tx.send(h.end()).unwrap())
+        .on_cancel(move |_| {
+            c.fetch_add(1, SeqCst);
+        });
     let (counter, waker) = CountingWaker::new();
     assert!(poll_with(&mut future, &waker).is_pending());
     completer.complete(5_u8).unwrap();
@@ -562,6 +659,10 @@ fn from_callback_delivers_tuple_or_abandoned() {
     let (_, waker) = CountingWaker::new();
     assert!(poll_with(&mut future, &waker).is_pending());
     drop(future);
-    assert!(rx.recv().unwrap().complete(DropCounter(Arc::clone(&drops))).is_ok());
+    assert!(rx
+        .recv()
+        .unwrap()
+        .complete(DropCounter(Arc::clone(&drops)))
+        .is_ok());
     assert_eq!(drops.load(SeqCst), 1);
 }

@@ -17,7 +17,10 @@ fn end_twice_gets_already_ended() {
     let handle = apm_tap::begin(async { 1 }, AsyncCallback::none(), State::none());
     assert_eq!(handle.clone().end(), Ok(1));
     assert_eq!(handle.clone().end(), Err(Error::AlreadyEnded));
-    assert_eq!(futures::executor::block_on(handle), Err(Error::AlreadyEnded));
+    assert_eq!(
+        futures::executor::block_on(handle),
+        Err(Error::AlreadyEnded)
+    );
 }
 
 #[test]
@@ -67,17 +70,37 @@ fn panicking_future_reports_message_and_runtime_survives() {
             AsyncCallback::<()>::none(),
             State::none(),
         );
-        assert_eq!(handle.end(), Err(Error::Panicked("owned message".to_owned())));
+        assert_eq!(
+            handle.end(),
+            Err(Error::Panicked("owned message".to_owned()))
+        );
     }
-    let odd = apm_tap::begin(async { std::panic::panic_any(42_u32) }, AsyncCallback::<()>::none(), State::none());
-    assert_eq!(odd.end(), Err(Error::Panicked("non-string panic payload".to_owned())));
-    let fine = apm_tap::begin(async { tokio::task::yield_now().await; "still serving" }, AsyncCallback::none(), State::none());
+    let odd = apm_tap::begin(
+        async { std::panic::panic_any(42_u32) },
+        AsyncCallback::<()>::none(),
+        State::none(),
+    );
+    assert_eq!(
+        odd.end(),
+        Err(Error::Panicked("non-string panic payload".to_owned()))
+    );
+    let fine = apm_tap::begin(
+        async {
+            tokio::task::yield_now().await;
+            "still serving"
+        },
+        AsyncCallback::none(),
+        State::none(),
+    );
     assert_eq!(fine.end(), Ok("still serving"));
 }
 
 #[test]
 fn panicking_callback_keeps_result_for_end() {
-    let (completer, handle) = Completer::new(AsyncCallback::new(|_: AsyncResult<u8>| panic!("callback")), State::none());
+    let (completer, handle) = Completer::new(
+        AsyncCallback::new(|_: AsyncResult<u8>| panic!("callback")),
+        State::none(),
+    );
     let panicked = thread::spawn(move || completer.complete(8)).join();
     assert!(panicked.is_err());
     assert!(handle.is_completed());
@@ -129,7 +152,10 @@ fn lying_handle_is_asked_once_and_ended_once() {
         let mut future = apm_tap::from_apm(
             move |cb| {
                 tx.send(cb).unwrap();
-                Liar { asked: a, first_answer }
+                Liar {
+                    asked: a,
+                    first_answer,
+                }
             },
             move |_| e.fetch_add(1, SeqCst),
         );
@@ -137,7 +163,11 @@ fn lying_handle_is_asked_once_and_ended_once() {
         let first = poll_with(&mut future, &waker);
         assert_eq!(first.is_ready(), first_answer);
         rx.recv().unwrap().call();
-        let outcome = if first_answer { first } else { poll_with(&mut future, &waker) };
+        let outcome = if first_answer {
+            first
+        } else {
+            poll_with(&mut future, &waker)
+        };
         assert_eq!(outcome, Poll::Ready(Ok(0)));
         drop(future);
         assert_eq!(ends.load(SeqCst), 1);
@@ -155,7 +185,11 @@ fn handle_claiming_sync_while_running_ends_once() {
     let future = apm_tap::from_apm(
         move |cb| {
             tx.send(cb).unwrap();
-            common::LegacyHandle { value: 1, synchronous: true, completed: Arc::new(AtomicBool::new(false)) }
+            common::LegacyHandle {
+                value: 1,
+                synchronous: true,
+                completed: Arc::new(AtomicBool::new(false)),
+            }
         },
         move |h| {
             e.fetch_add(1, SeqCst);
@@ -169,20 +203,41 @@ fn handle_claiming_sync_while_running_ends_once() {
 
 #[test]
 fn polling_a_finished_from_apm_future_panics() {
-    let mut future = apm_tap::from_apm(|cb| common::legacy_begin(&Probe::default(), cb, 2, true, common::Fire::Drop), |h| h.value);
+    let mut future = apm_tap::from_apm(
+        |cb| common::legacy_begin(&Probe::default(), cb, 2, true, common::Fire::Drop),
+        |h| h.value,
+    );
     let (_, waker) = CountingWaker::new();
     assert_eq!(poll_with(&mut future, &waker), Poll::Ready(Ok(2)));
-    let again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| poll_with(&mut future, &waker)));
+    let again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        poll_with(&mut future, &waker)
+    }));
     assert!(again.is_err());
 }
 
 #[test]
 fn errors_display_and_convert() {
     let cases = [
-        (Error::Cancelled, "operation was cancelled", io::ErrorKind::Interrupted),
-        (Error::Abandoned, "operation was abandoned before it completed", io::ErrorKind::BrokenPipe),
-        (Error::AlreadyEnded, "operation was already ended", io::ErrorKind::Other),
-        (Error::Panicked("x".into()), "operation panicked: x", io::ErrorKind::Other),
+        (
+            Error::Cancelled,
+            "operation was cancelled",
+            io::ErrorKind::Interrupted,
+        ),
+        (
+            Error::Abandoned,
+            "operation was abandoned before it completed",
+            io::ErrorKind::BrokenPipe,
+        ),
+        (
+            Error::AlreadyEnded,
+            "operation was already ended",
+            io::ErrorKind::Other,
+        ),
+        (
+            Error::Panicked("x".into()),
+            "operation panicked: x",
+            io::ErrorKind::Other,
+        ),
         (
             Error::WouldDeadlock,
             "blocking here would deadlock the runtime that must finish the operation",
@@ -193,12 +248,21 @@ fn errors_display_and_convert() {
         assert_eq!(error.to_string(), text);
         let io_error = io::Error::from(error.clone());
         assert_eq!(io_error.kind(), kind);
-        assert_eq!(io_error.into_inner().unwrap().downcast::<Error>().unwrap(), Box::new(error));
+        assert_eq!(
+            io_error.into_inner().unwrap().downcast::<Error>().unwrap(),
+            Box::new(error)
+        );
     }
     let nested: Result<Result<u8, io::Error>, Error> = Err(Error::Cancelled);
-    assert_eq!(apm_tap::flatten(nested).unwrap_err().kind(), io::ErrorKind::Interrupted);
+    assert_eq!(
+        apm_tap::flatten(nested).unwrap_err().kind(),
+        io::ErrorKind::Interrupted
+    );
     let inner: Result<Result<u8, io::Error>, Error> = Ok(Err(io::ErrorKind::NotFound.into()));
-    assert_eq!(apm_tap::flatten(inner).unwrap_err().kind(), io::ErrorKind::NotFound);
+    assert_eq!(
+        apm_tap::flatten(inner).unwrap_err().kind(),
+        io::ErrorKind::NotFound
+    );
 }
 
 #[test]

@@ -45,7 +45,10 @@ fn from_apm_over_begin_reports_panic() {
         tokio::task::yield_now().await;
         panic!("deep inside")
     }));
-    assert_eq!(outcome, Err::<(), _>(Error::Panicked("deep inside".to_owned())));
+    assert_eq!(
+        outcome,
+        Err::<(), _>(Error::Panicked("deep inside".to_owned()))
+    );
 }
 
 /// Dropping the outer future cancels the inner operation through `on_cancel`; `end`
@@ -105,7 +108,9 @@ fn begin_over_from_apm_behaves_like_the_pair() {
     let (tx, rx) = mpsc::channel();
     let handle = apm_tap::begin(
         wrapped,
-        AsyncCallback::new(move |h: AsyncResult<_>| tx.send(*h.state().downcast_ref::<u8>().unwrap()).unwrap()),
+        AsyncCallback::new(move |h: AsyncResult<_>| {
+            tx.send(*h.state().downcast_ref::<u8>().unwrap()).unwrap()
+        }),
         State::new(7_u8),
     );
     assert_eq!(handle.end(), Ok(Ok(Ok(42))));

@@ -99,7 +99,10 @@ fn rule_9_pending_future_is_never_synchronous() {
     tx.send(10).unwrap();
     let (seen, _) = seen.recv().unwrap();
     assert_ne!(seen.thread, thread::current().id());
-    assert!(seen.begin_had_returned && seen.completed && !seen.synchronous, "{seen:?}");
+    assert!(
+        seen.begin_had_returned && seen.completed && !seen.synchronous,
+        "{seen:?}"
+    );
     assert!(!handle.completed_synchronously());
     assert_eq!(handle.end(), Ok(10));
 
@@ -109,10 +112,16 @@ fn rule_9_pending_future_is_never_synchronous() {
         for _ in 0..100 {
             let returned = Arc::new(AtomicBool::new(false));
             let (callback, seen) = reporting_callback(&returned);
-            let handle = apm_tap::begin(async { tokio::task::yield_now().await }, callback, State::none());
+            let handle = apm_tap::begin(
+                async { tokio::task::yield_now().await },
+                callback,
+                State::none(),
+            );
             returned.store(true, SeqCst);
             assert!(!handle.completed_synchronously());
-            if tokio::runtime::Handle::try_current().is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread) {
+            if tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread)
+            {
                 // The current-thread runtime runs the task only once this thread yields.
                 assert!(seen.try_recv().is_err());
                 return;
@@ -121,7 +130,10 @@ fn rule_9_pending_future_is_never_synchronous() {
             // `recv` on a worker could starve it.
             assert_eq!(handle.end(), Ok(()));
             let (seen, _) = seen.recv().unwrap();
-            assert!(seen.thread != thread::current().id() || seen.begin_had_returned, "{seen:?}");
+            assert!(
+                seen.thread != thread::current().id() || seen.begin_had_returned,
+                "{seen:?}"
+            );
             assert!(!seen.synchronous);
         }
     });
@@ -161,9 +173,17 @@ fn rule_10_callback_sees_stored_result_on_a_clone() {
 #[test]
 fn rule_11_end_once_wait_does_not_consume() {
     let (tx, rx) = oneshot::channel::<u8>();
-    let handle = apm_tap::begin(async move { rx.await.unwrap() }, AsyncCallback::none(), State::none());
+    let handle = apm_tap::begin(
+        async move { rx.await.unwrap() },
+        AsyncCallback::none(),
+        State::none(),
+    );
     assert_eq!(handle.wait_timeout(Duration::ZERO), Ok(false));
-    assert_eq!(handle.wait_timeout(Duration::from_millis(5)), Ok(false), "completed early");
+    assert_eq!(
+        handle.wait_timeout(Duration::from_millis(5)),
+        Ok(false),
+        "completed early"
+    );
     tx.send(11).unwrap();
     handle.wait().unwrap();
     assert_eq!(handle.wait_timeout(Duration::from_secs(60)), Ok(true));
@@ -216,9 +236,16 @@ fn rule_11_racing_ends_deliver_once() {
 fn rule_12_current_thread_refuses_to_deadlock() {
     common::current_thread().block_on(async {
         let (tx, rx) = oneshot::channel::<u8>();
-        let handle = apm_tap::begin(async move { rx.await.unwrap() }, AsyncCallback::none(), State::none());
+        let handle = apm_tap::begin(
+            async move { rx.await.unwrap() },
+            AsyncCallback::none(),
+            State::none(),
+        );
         assert_eq!(handle.wait(), Err(Error::WouldDeadlock));
-        assert_eq!(handle.wait_timeout(Duration::from_secs(60)), Err(Error::WouldDeadlock));
+        assert_eq!(
+            handle.wait_timeout(Duration::from_secs(60)),
+            Err(Error::WouldDeadlock)
+        );
         assert_eq!(handle.wait_timeout(Duration::ZERO), Ok(false));
         assert_eq!(handle.clone().end(), Err(Error::WouldDeadlock));
         tx.send(12).unwrap();
@@ -258,7 +285,11 @@ fn rule_12_multi_thread_blocks_in_place() {
 #[test]
 fn rule_12_plain_thread_blocks_until_done() {
     let (tx, rx) = oneshot::channel::<&str>();
-    let handle = apm_tap::begin(async move { rx.await.unwrap() }, AsyncCallback::none(), State::none());
+    let handle = apm_tap::begin(
+        async move { rx.await.unwrap() },
+        AsyncCallback::none(),
+        State::none(),
+    );
     let sender = thread::spawn(move || tx.send("late").unwrap());
     assert_eq!(handle.end(), Ok("late"));
     sender.join().unwrap();
@@ -288,8 +319,20 @@ fn rule_13_panicking_future_is_reported() {
         assert_eq!(handle.completed_synchronously(), inline);
         assert_eq!(handle.end(), Err(Error::Panicked("boom 13".to_owned())));
         assert_eq!(calls.load(SeqCst), 1);
-        let next = apm_tap::begin_on(&runtime, async { tokio::task::yield_now().await; 1 }, AsyncCallback::none(), State::none());
-        assert_eq!(next.end(), Ok(1), "the runtime stopped serving after a panic");
+        let next = apm_tap::begin_on(
+            &runtime,
+            async {
+                tokio::task::yield_now().await;
+                1
+            },
+            AsyncCallback::none(),
+            State::none(),
+        );
+        assert_eq!(
+            next.end(),
+            Ok(1),
+            "the runtime stopped serving after a panic"
+        );
     }
 }
 
@@ -307,7 +350,15 @@ fn rule_13_panicking_callback_keeps_result() {
     );
     tx.send(13).unwrap();
     assert_eq!(handle.end(), Ok(13));
-    let next = apm_tap::begin_on(&runtime, async { tokio::task::yield_now().await; 2 }, AsyncCallback::none(), State::none());
+    let next = apm_tap::begin_on(
+        &runtime,
+        async {
+            tokio::task::yield_now().await;
+            2
+        },
+        AsyncCallback::none(),
+        State::none(),
+    );
     assert_eq!(next.end(), Ok(2));
 
     // Inline: the panic leaves `begin`, the handle the callback got still has the value.
@@ -323,7 +374,10 @@ fn rule_13_panicking_callback_keeps_result() {
         )
     }))
     .unwrap_err();
-    assert_eq!(panic.downcast_ref::<&str>(), Some(&"inline callback exploded"));
+    assert_eq!(
+        panic.downcast_ref::<&str>(),
+        Some(&"inline callback exploded")
+    );
     assert_eq!(keep_rx.recv().unwrap().end(), Ok(31));
 }
 
@@ -338,7 +392,9 @@ fn rule_14_cancel_drops_future_on_executor() {
     struct OnDrop(mpsc::Sender<Option<String>>);
     impl Drop for OnDrop {
         fn drop(&mut self) {
-            self.0.send(thread::current().name().map(str::to_owned)).unwrap();
+            self.0
+                .send(thread::current().name().map(str::to_owned))
+                .unwrap();
         }
     }
     let guard = OnDrop(dropped_tx);
@@ -367,9 +423,13 @@ fn rule_14_cancel_drops_future_on_executor() {
 fn rule_14_cancel_after_completion_keeps_result() {
     let calls = Arc::new(AtomicUsize::new(0));
     let c = Arc::clone(&calls);
-    let handle = apm_tap::begin(async { 14 }, AsyncCallback::new(move |_: AsyncResult<i32>| {
-        c.fetch_add(1, SeqCst);
-    }), State::none());
+    let handle = apm_tap::begin(
+        async { 14 },
+        AsyncCallback::new(move |_: AsyncResult<i32>| {
+            c.fetch_add(1, SeqCst);
+        }),
+        State::none(),
+    );
     handle.cancel();
     assert_eq!(handle.end(), Ok(14));
     assert_eq!(calls.load(SeqCst), 1);
@@ -428,31 +488,56 @@ fn rule_14_cancel_racing_completion() {
 /// runtime; `begin_on` takes a tokio `Handle` or a `futures` executor.
 #[test]
 fn rule_15_runtime_choice() {
-    fn where_it_ran() -> impl std::future::Future<Output = Option<String>> + Send {
-        async {
-            tokio::task::yield_now().await;
-            thread::current().name().map(str::to_owned)
-        }
+    async fn where_it_ran() -> Option<String> {
+        tokio::task::yield_now().await;
+        thread::current().name().map(str::to_owned)
     }
-    let from_plain = thread::spawn(|| apm_tap::begin(where_it_ran(), AsyncCallback::none(), State::none()).end())
-        .join()
-        .unwrap();
+    let from_plain = thread::spawn(|| {
+        apm_tap::begin(where_it_ran(), AsyncCallback::none(), State::none()).end()
+    })
+    .join()
+    .unwrap();
     assert_eq!(from_plain, Ok(Some("apm-tap-worker".to_owned())));
 
     let runtime = common::multi_thread(1, "rule-15");
-    let ambient = runtime.block_on(async { apm_tap::begin(where_it_ran(), AsyncCallback::none(), State::none()).await });
+    let ambient = runtime.block_on(async {
+        apm_tap::begin(where_it_ran(), AsyncCallback::none(), State::none()).await
+    });
     assert_eq!(ambient, Ok(Some("rule-15".to_owned())));
 
-    let by_handle = apm_tap::begin_on(runtime.handle(), where_it_ran(), AsyncCallback::none(), State::none()).end();
+    let by_handle = apm_tap::begin_on(
+        runtime.handle(),
+        where_it_ran(),
+        AsyncCallback::none(),
+        State::none(),
+    )
+    .end();
     assert_eq!(by_handle, Ok(Some("rule-15".to_owned())));
 
-    let pool = futures::executor::ThreadPool::builder().name_prefix("pool-").pool_size(1).create().unwrap();
+    let pool = futures::executor::ThreadPool::builder()
+        .name_prefix("pool-")
+        .pool_size(1)
+        .create()
+        .unwrap();
     let on_pool = |task| pool.spawn_ok(task);
-    let pooled = apm_tap::begin_on(&on_pool, async { thread::current().name().map(str::to_owned) }, AsyncCallback::none(), State::none());
+    let pooled = apm_tap::begin_on(
+        &on_pool,
+        async { thread::current().name().map(str::to_owned) },
+        AsyncCallback::none(),
+        State::none(),
+    );
     // Ready at once: it ran inline, on this thread.
     assert!(pooled.completed_synchronously());
     let (tx, rx) = futures::channel::oneshot::channel::<()>();
-    let pooled = apm_tap::begin_on(&on_pool, async move { rx.await.unwrap(); thread::current().name().map(str::to_owned) }, AsyncCallback::none(), State::none());
+    let pooled = apm_tap::begin_on(
+        &on_pool,
+        async move {
+            rx.await.unwrap();
+            thread::current().name().map(str::to_owned)
+        },
+        AsyncCallback::none(),
+        State::none(),
+    );
     tx.send(()).unwrap();
     assert_eq!(pooled.end(), Ok(Some("pool-0".to_owned())));
 }
@@ -464,15 +549,25 @@ fn rule_15_runtime_shutdown_abandons() {
     let runtime = common::multi_thread(1, "rule-15-down");
     let calls = Arc::new(AtomicUsize::new(0));
     let c = Arc::clone(&calls);
-    let handle = apm_tap::begin_on(&runtime, std::future::pending::<()>(), AsyncCallback::new(move |_: AsyncResult<()>| {
-        c.fetch_add(1, SeqCst);
-    }), State::none());
+    let handle = apm_tap::begin_on(
+        &runtime,
+        std::future::pending::<()>(),
+        AsyncCallback::new(move |_: AsyncResult<()>| {
+            c.fetch_add(1, SeqCst);
+        }),
+        State::none(),
+    );
     drop(runtime);
     assert_eq!(handle.end(), Err(Error::Abandoned));
     assert_eq!(calls.load(SeqCst), 1);
 
     let refusing = |task: futures::future::BoxFuture<'static, ()>| drop(task);
-    let refused = apm_tap::begin_on(&refusing, std::future::pending::<()>(), AsyncCallback::none(), State::none());
+    let refused = apm_tap::begin_on(
+        &refusing,
+        std::future::pending::<()>(),
+        AsyncCallback::none(),
+        State::none(),
+    );
     assert_eq!(refused.end(), Err(Error::Abandoned));
 }
 
@@ -490,8 +585,15 @@ fn rule_16_state_round_trips() {
     let inside = rx.recv().unwrap();
     assert!(inside.ptr_eq(&state));
     assert!(handle.clone().state().ptr_eq(&state));
-    assert_eq!(handle.state().downcast_ref::<String>().map(String::as_str), Some("request 16"));
-    assert!(apm_tap::begin(async {}, AsyncCallback::none(), State::none()).state().is_none());
+    assert_eq!(
+        handle.state().downcast_ref::<String>().map(String::as_str),
+        Some("request 16")
+    );
+    assert!(
+        apm_tap::begin(async {}, AsyncCallback::none(), State::none())
+            .state()
+            .is_none()
+    );
 }
 
 /// `callbackify` hands the value, or the bridge's error, to a plain callback, once.
@@ -499,9 +601,17 @@ fn rule_16_state_round_trips() {
 fn callbackify_delivers_once() {
     let (tx, rx) = mpsc::channel();
     let t = tx.clone();
-    apm_tap::callbackify(async { tokio::task::yield_now().await; 5 }, move |r| t.send(r).unwrap());
+    apm_tap::callbackify(
+        async {
+            tokio::task::yield_now().await;
+            5
+        },
+        move |r| t.send(r).unwrap(),
+    );
     assert_eq!(rx.recv().unwrap(), Ok(5));
-    apm_tap::callbackify(async { panic!("nope") }, move |r: Result<(), Error>| tx.send(r.map(|()| 0)).unwrap());
+    apm_tap::callbackify(async { panic!("nope") }, move |r: Result<(), Error>| {
+        tx.send(r.map(|()| 0)).unwrap()
+    });
     assert_eq!(rx.recv().unwrap(), Err(Error::Panicked("nope".to_owned())));
     assert!(rx.recv().is_err(), "a callback ran twice");
 }
@@ -513,6 +623,9 @@ fn handles_and_futures_are_send_and_sync() {
     fn send<T: Send>(_: &T) {}
     send_sync::<AsyncResult<String>>();
     send_sync::<State>();
-    send(&apm_tap::from_apm(|_cb| apm_tap::begin(async {}, AsyncCallback::none(), State::none()), |h| h.end()));
+    send(&apm_tap::from_apm(
+        |_cb| apm_tap::begin(async {}, AsyncCallback::none(), State::none()),
+        |h| h.end(),
+    ));
     send(&apm_tap::from_callback(|c: apm_tap::Completer<u8>| drop(c)));
 }

@@ -393,6 +393,10 @@ impl<T> AsyncCallback<T> {
 
 impl<T> fmt::Debug for AsyncCallback<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.is_none() { "AsyncCallback(None)" } else { "AsyncCallback(..)" })
+        f.write_str(if self.is_none() {
+            "AsyncCallback(None)"
+        } else {
+            "AsyncCallback(..)"
+        })
     }
 }

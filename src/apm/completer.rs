@@ -123,11 +123,15 @@ impl<T> Completer<T> {
     }
 
     fn finish(mut self, value: T, synchronous: bool) -> Result<(), T> {
-        let cell = self.cell.take().expect("a completer holds its cell until it finishes");
-        cell.complete(Ok(value), synchronous).map_err(|back| match back {
-            Ok(value) => value,
-            Err(_) => unreachable!("the completer only stores values"),
-        })
+        let cell = self
+            .cell
+            .take()
+            .expect("a completer holds its cell until it finishes");
+        cell.complete(Ok(value), synchronous)
+            .map_err(|back| match back {
+                Ok(value) => value,
+                Err(_) => unreachable!("the completer only stores values"),
+            })
     }
 
     /// Whether the operation was cancelled ([`AsyncResult::cancel`]): the work can stop,

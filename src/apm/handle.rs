@@ -24,6 +24,15 @@ use std::task::{Context, Poll};
 /// ```
 pub trait AsyncHandle {
     /// Whether the operation has finished (`IAsyncResult.IsCompleted`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use apm_tap::{AsyncCallback, AsyncHandle, State};
+    ///
+    /// let handle = apm_tap::begin(async {}, AsyncCallback::none(), State::none());
+    /// assert!(AsyncHandle::is_completed(&handle));
+    /// ```
     fn is_completed(&self) -> bool;
 
     /// Whether the operation finished on the thread that called Begin, before Begin
@@ -33,6 +42,15 @@ pub trait AsyncHandle {
     /// makes it call End at once and ignore the callback; `false` makes it wait for the
     /// callback. An answer that changes later is never read, so a handle that flips it
     /// cannot make End run twice.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use apm_tap::{AsyncCallback, AsyncHandle, State};
+    ///
+    /// let handle = apm_tap::begin(async {}, AsyncCallback::none(), State::none());
+    /// assert!(AsyncHandle::completed_synchronously(&handle));
+    /// ```
     fn completed_synchronously(&self) -> bool;
 }
 
@@ -54,5 +72,19 @@ pub trait AsyncHandle {
 pub trait PollHandle: AsyncHandle {
     /// Ready once the operation has finished; otherwise arranges for `cx`'s waker to be
     /// woken when it does. Must not consume the result: End still has to find it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use apm_tap::{AsyncCallback, Completer, PollHandle, State};
+    /// use futures::FutureExt;
+    /// use std::future::poll_fn;
+    ///
+    /// let (completer, mut handle) = Completer::new(AsyncCallback::none(), State::none());
+    /// assert!(poll_fn(|cx| handle.poll_completed(cx)).now_or_never().is_none());
+    /// completer.complete(1).unwrap();
+    /// assert!(poll_fn(|cx| handle.poll_completed(cx)).now_or_never().is_some());
+    /// assert_eq!(handle.end(), Ok(1)); // not consumed by the polls
+    /// ```
     fn poll_completed(&mut self, cx: &mut Context<'_>) -> Poll<()>;
 }

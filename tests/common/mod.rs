@@ -29,7 +29,9 @@ impl Wake for CountingWaker {
 
 impl CountingWaker {
     pub fn new() -> (Arc<CountingWaker>, Waker) {
-        let counter = Arc::new(CountingWaker { wakes: AtomicUsize::new(0) });
+        let counter = Arc::new(CountingWaker {
+            wakes: AtomicUsize::new(0),
+        });
         let waker = Waker::from(Arc::clone(&counter));
         (counter, waker)
     }
@@ -141,7 +143,11 @@ pub fn legacy_begin(
             Fire::Later(tx) => tx.send(callback).unwrap(),
             Fire::Drop => drop(callback),
         }
-        LegacyHandle { value, synchronous, completed }
+        LegacyHandle {
+            value,
+            synchronous,
+            completed,
+        }
     })
 }
 
@@ -156,7 +162,10 @@ impl Drop for DropCounter {
 
 /// A tokio current-thread runtime.
 pub fn current_thread() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// A tokio multi-thread runtime whose workers are named `name`.
