@@ -129,3 +129,8 @@ pub use from_callback::{from_callback, FromCallback};
 pub use runtime::Spawner;
 pub use state::State;
 pub use to_apm::{begin, begin_on, callbackify};
+
+/// The README's code blocks, run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

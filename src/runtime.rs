@@ -52,7 +52,7 @@ pub trait Spawner {
     ///
     /// let runtime = tokio::runtime::Runtime::new().unwrap();
     /// let mut inside = false;
-    /// runtime.enter(&mut || inside = tokio::runtime::Handle::try_current().is_ok());
+    /// Spawner::enter(&runtime, &mut || inside = tokio::runtime::Handle::try_current().is_ok());
     /// assert!(inside);
     /// ```
     fn enter(&self, f: &mut dyn FnMut()) {
