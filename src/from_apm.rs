@@ -401,8 +401,9 @@ enum Stage<B, H, E> {
         handle: H,
         end: E,
         signal: AsyncResult<()>,
-        /// `defer_end::<H, E, R>`, chosen in `poll_op` where `R` is known, so that `drop`
-        /// (which cannot name `R`) can still hand End to the callback.
+        /// `defer_end::<H, E, R>`, chosen in `poll_op` where `R` and `H: Send` are known,
+        /// so that `drop` (which can name neither) can still hand End and the handle to
+        /// the callback's thread.
         defer: fn(H, E) -> Deferred,
     },
     /// `end` ran or is running, or the operation failed: nothing left to do.

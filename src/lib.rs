@@ -96,6 +96,8 @@
 //! 15. [`begin`] uses the ambient tokio runtime, or a default runtime started lazily.
 //! 16. The [`State`] given to Begin is returned by every clone and in the callback.
 
+#![forbid(unsafe_code)]
+
 // Implementation notes
 //
 // - One allocation per operation holds its completion: `cell::Cell`, shared by `Arc`

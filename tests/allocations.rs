@@ -1,0 +1,106 @@
+//! Allocation counts: one allocation per bridged operation for the cell, and nothing
+//! allocated for blocking unless someone blocks (rule 11).
+
+// A global allocator can only be written with `unsafe`: it forwards to `System`.
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::future::Future;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use apm_tap::{AsyncCallback, AsyncHandle, Completer, State};
+use futures::task::noop_waker_ref;
+
+struct Counting;
+
+thread_local! {
+    // Const-initialised and without a destructor: safe to touch from the allocator.
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+// SAFETY: every call forwards to `System` with the caller's arguments unchanged; the
+// counter is a thread-local `Cell` that never allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.with(|n| n.set(n.get() + 1));
+        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, passed on as is.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` was allocated by `System` with `layout` (see `alloc`).
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Allocations made on this thread while `f` runs.
+fn allocations<R>(f: impl FnOnce() -> R) -> (usize, R) {
+    let before = ALLOCATIONS.with(Cell::get);
+    let result = f();
+    (ALLOCATIONS.with(Cell::get) - before, result)
+}
+
+#[test]
+fn completer_operation_allocates_only_its_cell() {
+    let (count, value) = allocations(|| {
+        let (completer, handle) = Completer::new(AsyncCallback::none(), State::none());
+        completer.complete(5_u64).unwrap();
+        handle.wait().unwrap();
+        handle.end()
+    });
+    assert_eq!(value, Ok(5));
+    assert_eq!(
+        count, 1,
+        "more than the cell was allocated, or a blocking primitive was made"
+    );
+}
+
+/// A legacy handle that allocates nothing, completing inside Begin.
+struct Inline;
+
+impl AsyncHandle for Inline {
+    fn is_completed(&self) -> bool {
+        true
+    }
+    fn completed_synchronously(&self) -> bool {
+        false
+    }
+}
+
+#[test]
+fn from_apm_allocates_only_its_cell() {
+    let (count, outcome) = allocations(|| {
+        let mut future = apm_tap::from_apm(
+            |callback| {
+                callback.call();
+                Inline
+            },
+            |_| 7,
+        );
+        std::pin::Pin::new(&mut future).poll(&mut Context::from_waker(noop_waker_ref()))
+    });
+    assert_eq!(outcome, Poll::Ready(Ok(7)));
+    assert_eq!(count, 1);
+}
+
+#[test]
+fn blocking_allocates_only_when_someone_blocks() {
+    let (completer, handle) = Completer::new(AsyncCallback::none(), State::none());
+    // Unfinished: the wait has to block, and registers this thread to be woken.
+    let (count, waited) = allocations(|| handle.wait_timeout(Duration::from_millis(1)));
+    assert_eq!(waited, Ok(false));
+    assert!(count >= 1, "a blocking wait registered nothing");
+    completer.complete(1_u8).unwrap();
+    // Finished: no blocking, so nothing is allocated for it.
+    let (count, value) = allocations(|| {
+        handle.wait().unwrap();
+        assert_eq!(handle.wait_timeout(Duration::from_secs(1)), Ok(true));
+        handle.end()
+    });
+    assert_eq!((count, value), (0, Ok(1)));
+}
