@@ -301,8 +301,7 @@ fn rule_12_plain_thread_blocks_until_done() {
 fn rule_13_panicking_future_is_reported() {
     let runtime = common::multi_thread(1, "rule-13");
     for inline in [true, false] {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let c = Arc::clone(&calls);
+        let (callback, probe) = common::callback_probe();
         let handle = apm_tap::begin_on(
             &runtime,
             async move {
@@ -311,14 +310,12 @@ fn rule_13_panicking_future_is_reported() {
                 }
                 panic!("boom {}", 13);
             },
-            AsyncCallback::new(move |_: AsyncResult<()>| {
-                c.fetch_add(1, SeqCst);
-            }),
+            callback,
             State::none(),
         );
         assert_eq!(handle.completed_synchronously(), inline);
         assert_eq!(handle.end(), Err(Error::Panicked("boom 13".to_owned())));
-        assert_eq!(calls.load(SeqCst), 1);
+        probe.ran_once();
         let next = apm_tap::begin_on(
             &runtime,
             async {
@@ -442,17 +439,15 @@ fn rule_14_cancel_racing_completion() {
     let (mut kept, mut cancelled) = (0, 0);
     for _ in 0..500 {
         let drops = Arc::new(AtomicUsize::new(0));
-        let calls = Arc::new(AtomicUsize::new(0));
-        let (d, c) = (Arc::clone(&drops), Arc::clone(&calls));
+        let d = Arc::clone(&drops);
+        let (callback, probe) = common::callback_probe();
         let (tx, rx) = oneshot::channel::<()>();
         let handle = apm_tap::begin(
             async move {
                 rx.await.unwrap();
                 DropCounter(d)
             },
-            AsyncCallback::new(move |_: AsyncResult<DropCounter>| {
-                c.fetch_add(1, SeqCst);
-            }),
+            callback,
             State::none(),
         );
         let start = Arc::new(Barrier::new(2));
@@ -479,7 +474,7 @@ fn rule_14_cancel_racing_completion() {
                 assert!(drops.load(SeqCst) <= 1);
             }
         }
-        assert_eq!(calls.load(SeqCst), 1);
+        probe.ran_once();
     }
     assert_eq!(kept + cancelled, 500);
 }
@@ -547,19 +542,16 @@ fn rule_15_runtime_choice() {
 #[test]
 fn rule_15_runtime_shutdown_abandons() {
     let runtime = common::multi_thread(1, "rule-15-down");
-    let calls = Arc::new(AtomicUsize::new(0));
-    let c = Arc::clone(&calls);
+    let (callback, probe) = common::callback_probe();
     let handle = apm_tap::begin_on(
         &runtime,
         std::future::pending::<()>(),
-        AsyncCallback::new(move |_: AsyncResult<()>| {
-            c.fetch_add(1, SeqCst);
-        }),
+        callback,
         State::none(),
     );
     drop(runtime);
     assert_eq!(handle.end(), Err(Error::Abandoned));
-    assert_eq!(calls.load(SeqCst), 1);
+    probe.ran_once();
 
     let refusing = |task: futures::future::BoxFuture<'static, ()>| drop(task);
     let refused = apm_tap::begin_on(

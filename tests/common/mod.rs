@@ -177,3 +177,31 @@ pub fn multi_thread(workers: usize, name: &str) -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+
+/// A callback that reports each call on a channel, and the receiving end. The callback
+/// runs after the result is stored, so `end` may return before it has run: wait for it
+/// with [`CallbackProbe::ran_once`].
+pub fn callback_probe<T: Send + 'static>() -> (apm_tap::AsyncCallback<T>, CallbackProbe) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let callback = apm_tap::AsyncCallback::new(move |h: apm_tap::AsyncResult<T>| {
+        assert!(
+            h.is_completed(),
+            "the callback ran before the result was stored"
+        );
+        tx.send(()).unwrap();
+    });
+    (callback, CallbackProbe(rx))
+}
+
+pub struct CallbackProbe(std::sync::mpsc::Receiver<()>);
+
+impl CallbackProbe {
+    /// Waits for the callback's call and asserts there was no second one. The time
+    /// limit only turns a callback that never runs into a failure instead of a hang.
+    pub fn ran_once(&self) {
+        self.0
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the callback never ran");
+        assert!(self.0.try_recv().is_err(), "the callback ran twice");
+    }
+}
