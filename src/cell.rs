@@ -32,14 +32,12 @@
 //!   push their `Thread` into `parked`, which is empty (no allocation) until someone
 //!   blocks.
 
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
-use std::thread::{self, Thread};
 use std::time::Instant;
 
-use futures::task::AtomicWaker;
-
+use crate::sync::{
+    self, Arc, AtomicU8, AtomicWaker, Mutex, MutexGuard, Ordering, PoisonError, Thread,
+};
 use crate::{AsyncResult, Error, State};
 
 /// The boxed callback stored in a cell, run once with a clone of the handle.
@@ -114,11 +112,11 @@ impl<T> Cell<T> {
     /// the callback with a clone of the handle. The first completion wins; a later one
     /// gets its result back.
     pub(crate) fn complete(
-        self: &Arc<Self>,
+        this: &Arc<Self>,
         result: Result<T, Error>,
         synchronous: bool,
     ) -> Result<(), Result<T, Error>> {
-        let mut inner = self.lock();
+        let mut inner = this.lock();
         if !matches!(inner.slot, Slot::Empty) {
             return Err(result);
         }
@@ -129,7 +127,7 @@ impl<T> Cell<T> {
             COMPLETED
         };
         // ORDERING: Release publishes the slot to lock-free readers of the flags.
-        self.flags.fetch_or(flags, Ordering::Release);
+        this.flags.fetch_or(flags, Ordering::Release);
         let wakers = std::mem::take(&mut inner.wakers);
         let parked = std::mem::take(&mut inner.parked);
         let callback = inner.callback.take();
@@ -141,9 +139,9 @@ impl<T> Cell<T> {
         for thread in parked {
             thread.unpark();
         }
-        self.runner.wake();
+        this.runner.wake();
         if let Some(callback) = callback {
-            callback(AsyncResult::from_cell(Arc::clone(self)));
+            callback(AsyncResult::from_cell(Arc::clone(this)));
         }
         Ok(())
     }
@@ -255,7 +253,7 @@ impl<T> Cell<T> {
         if self.is_completed() {
             return true;
         }
-        let me = thread::current();
+        let me = sync::current();
         {
             let mut inner = self.lock();
             if !matches!(inner.slot, Slot::Empty) {
@@ -263,20 +261,20 @@ impl<T> Cell<T> {
             }
             inner.parked.push(me.clone());
         }
+        // A completion after the check above unparks `me` (it took `parked` under the
+        // lock), and an unpark that comes before the park makes the park return at once.
         loop {
             if self.is_completed() {
                 return true;
             }
             match deadline {
-                None => thread::park(),
+                None => sync::park(),
                 Some(deadline) => {
-                    let now = Instant::now();
-                    if now >= deadline {
+                    if sync::park_until(deadline) {
                         let mut inner = self.lock();
                         inner.parked.retain(|t| t.id() != me.id());
                         return !matches!(inner.slot, Slot::Empty);
                     }
-                    thread::park_timeout(deadline - now);
                 }
             }
         }

@@ -5,12 +5,12 @@ use std::fmt;
 use std::future::Future;
 use std::mem;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, TryLockError};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::task::{waker, ArcWake};
 
+use crate::sync::{AtomicU8, Mutex, Ordering, PoisonError};
 use crate::{AsyncCallback, AsyncHandle, AsyncResult, Completer, Error, PollHandle, State};
 
 type OnCancel<H> = Box<dyn FnOnce(&H) + Send>;
@@ -665,36 +665,42 @@ where
 
 /// Polls a handle whose future was dropped, with a waker that polls it again, and runs
 /// End once it completes: on the thread that wakes it, with no executor.
+///
+/// Wakes may come from any thread at any time, also while a poll is running. One word
+/// hands the polling over: whoever sets `RUNNING` polls (and owns `parts`); a wake that
+/// finds `RUNNING` set leaves `NOTIFIED` behind, and the runner polls again before it
+/// lets go. Both bits live in one atomic, so a wake cannot slip between the runner's
+/// last check and its release.
 struct Reaper<H> {
+    state: AtomicU8,
+    /// Only touched by the thread holding `RUNNING`, so the lock is never contended.
     parts: Mutex<Option<(H, ErasedEnd<H>)>>,
-    /// Set by every wake; whoever holds `parts` polls again while it is set.
-    notified: AtomicBool,
 }
+
+/// A thread is polling the handle (or End ran). Set by the wake that finds it clear.
+const RUNNING: u8 = 1 << 0;
+/// A wake arrived since the runner last polled. Cleared by the runner before each poll.
+const NOTIFIED: u8 = 1 << 1;
 
 impl<H: PollHandle + Send + 'static> Reaper<H> {
     fn start(handle: H, end: ErasedEnd<H>) {
         let reaper = Arc::new(Reaper {
+            state: AtomicU8::new(0),
             parts: Mutex::new(Some((handle, end))),
-            notified: AtomicBool::new(false),
         });
         reaper.run();
     }
 
     fn run(self: &Arc<Self>) {
-        // ORDERING: SeqCst on both sides: a wake that fails to take the lock must be seen
-        // by the holder's next `swap`, or the wake would be lost.
-        self.notified.store(true, Ordering::SeqCst);
+        // ORDERING: AcqRel: Acquire to see `parts` as the previous runner left them,
+        // Release so that a runner that sees our NOTIFIED also sees what preceded it.
+        if self.state.fetch_or(RUNNING | NOTIFIED, Ordering::AcqRel) & RUNNING != 0 {
+            return; // The runner will see NOTIFIED and poll again.
+        }
         loop {
-            let mut parts = match self.parts.try_lock() {
-                Ok(parts) => parts,
-                Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-                // The holder will see `notified` and poll again.
-                Err(TryLockError::WouldBlock) => return,
-            };
-            // ORDERING: see `store` above.
-            if !self.notified.swap(false, Ordering::SeqCst) {
-                return;
-            }
+            // ORDERING: AcqRel, as above; this consumes the wakes that led here.
+            self.state.fetch_and(!NOTIFIED, Ordering::AcqRel);
+            let mut parts = self.parts.lock().unwrap_or_else(PoisonError::into_inner);
             let Some((handle, _)) = parts.as_mut() else {
                 return;
             };
@@ -705,8 +711,19 @@ impl<H: PollHandle + Send + 'static> Reaper<H> {
             {
                 let (handle, end) = parts.take().expect("checked just above");
                 drop(parts);
+                // RUNNING stays set: later wakes have nothing to do.
                 end(handle);
                 return;
+            }
+            drop(parts);
+            // ORDERING: AcqRel: Release hands `parts` to the next runner; Acquire pairs
+            // with a waker's fetch_or when the exchange fails.
+            match self
+                .state
+                .compare_exchange(RUNNING, 0, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return,
+                Err(_) => continue, // NOTIFIED arrived while polling: poll again.
             }
         }
     }

@@ -120,6 +120,7 @@ mod from_apm;
 mod from_callback;
 mod runtime;
 mod state;
+mod sync;
 mod to_apm;
 
 pub use apm::{AsyncCallback, AsyncHandle, AsyncResult, Completer, PollHandle};

@@ -3,7 +3,6 @@
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::task::noop_waker_ref;
@@ -12,6 +11,7 @@ use tokio::runtime::Handle;
 
 use crate::cell::Cell;
 use crate::runtime::{default_handle, Spawner};
+use crate::sync::Arc;
 use crate::{AsyncCallback, AsyncResult, Error, State};
 
 /// Starts `future` and returns its handle: the Begin half of a Begin/End pair
@@ -159,7 +159,7 @@ struct AbandonOnDrop<T>(Arc<Cell<T>>);
 impl<T> Drop for AbandonOnDrop<T> {
     fn drop(&mut self) {
         // Refused, harmlessly, when the task already stored a result.
-        let _ = self.0.complete(Err(Error::Abandoned), false);
+        let _ = Cell::complete(&self.0, Err(Error::Abandoned), false);
     }
 }
 
@@ -179,7 +179,7 @@ impl<F: Future> Task<F> {
             Err(payload) => Err(Error::from_panic(payload)),
         };
         // Refused when `cancel` won the race: the value is dropped here.
-        let _ = cell.complete(outcome, synchronous);
+        let _ = Cell::complete(cell, outcome, synchronous);
         Poll::Ready(())
     }
 }

@@ -616,6 +616,31 @@ fn from_async_result_dropped_early_ends_once_on_completing_thread() {
     assert_eq!((cancels.load(SeqCst), ends.load(SeqCst)), (1, 1));
 }
 
+/// `from_async_result` never polled, dropped while another thread completes the
+/// operation: `end` runs exactly once whoever wins. Loom model 04b is what found the
+/// lost wake-up that once left `end` unrun here (its window is too narrow for real
+/// threads to hit reliably); this runs the same race on real threads.
+#[test]
+fn from_async_result_dropped_racing_completion_ends_once() {
+    for _ in 0..2_000 {
+        let (completer, handle) = Completer::new(AsyncCallback::none(), State::none());
+        let (end_tx, end_rx) = mpsc::channel();
+        let future = apm_tap::from_async_result(handle, move |h| end_tx.send(h.end()).unwrap());
+        let start = Arc::new(Barrier::new(2));
+        let s = Arc::clone(&start);
+        let completing = thread::spawn(move || {
+            s.wait();
+            completer.complete(1_u8).unwrap();
+        });
+        start.wait();
+        drop(future);
+        completing.join().unwrap();
+        let ended = end_rx.recv_timeout(std::time::Duration::from_secs(30));
+        assert_eq!(ended, Ok(Ok(1)));
+        assert!(end_rx.try_recv().is_err(), "end ran twice");
+    }
+}
+
 /// `from_async_result`: dropped after completion, `end` runs once in `drop`, no cancel.
 #[test]
 fn from_async_result_dropped_after_completion_ends_in_drop() {

@@ -1,12 +1,12 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::cell::{Callback, Cell};
 use crate::runtime::blocking;
+use crate::sync::Arc;
 use crate::{AsyncHandle, Error, PollHandle, State};
 
 /// The handle of an operation in flight: the crate's `IAsyncResult`.
@@ -214,7 +214,7 @@ impl<T> AsyncResult<T> {
     /// ```
     pub fn cancel(&self) {
         // Refused when a result is already stored: that result is kept.
-        let _ = self.cell.complete(Err(Error::Cancelled), false);
+        let _ = Cell::complete(&self.cell, Err(Error::Cancelled), false);
     }
 
     /// Whether `self` and `other` are handles of the same operation.

@@ -1,7 +1,7 @@
 use std::fmt;
-use std::sync::Arc;
 
 use crate::cell::Cell;
+use crate::sync::Arc;
 use crate::{AsyncCallback, AsyncResult, Error, State};
 
 /// What the implementation of a Begin method holds to finish its operation: the
@@ -127,11 +127,10 @@ impl<T> Completer<T> {
             .cell
             .take()
             .expect("a completer holds its cell until it finishes");
-        cell.complete(Ok(value), synchronous)
-            .map_err(|back| match back {
-                Ok(value) => value,
-                Err(_) => unreachable!("the completer only stores values"),
-            })
+        Cell::complete(&cell, Ok(value), synchronous).map_err(|back| match back {
+            Ok(value) => value,
+            Err(_) => unreachable!("the completer only stores values"),
+        })
     }
 
     /// Whether the operation was cancelled ([`AsyncResult::cancel`]): the work can stop,
@@ -157,7 +156,7 @@ impl<T> Drop for Completer<T> {
     fn drop(&mut self) {
         if let Some(cell) = self.cell.take() {
             // Refused if already cancelled: nothing to do then.
-            let _ = cell.complete(Err(Error::Abandoned), false);
+            let _ = Cell::complete(&cell, Err(Error::Abandoned), false);
         }
     }
 }

@@ -1,0 +1,78 @@
+//! Every synchronisation primitive of the completion machinery, in one place, so that
+//! loom can swap them in: build with `RUSTFLAGS="--cfg apm_tap_loom"` to run
+//! `tests/loom.rs`.
+//!
+//! `State` keeps `std::sync::Arc` (it is immutable data behind an `Arc<dyn Any>`, which
+//! loom's `Arc` cannot hold), and so does the `Arc` behind the reaper's waker in
+//! `from_apm.rs` (`futures::task::ArcWake` needs std's).
+
+use std::task::Waker;
+use std::time::Instant;
+
+#[cfg(not(apm_tap_loom))]
+pub(crate) use std::{
+    sync::atomic::{AtomicU8, Ordering},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    thread::{current, park, Thread},
+};
+
+#[cfg(apm_tap_loom)]
+pub(crate) use loom::{
+    sync::atomic::{AtomicU8, Ordering},
+    sync::{Arc, Mutex, MutexGuard},
+    thread::{current, park, Thread},
+};
+#[cfg(apm_tap_loom)]
+pub(crate) use std::sync::PoisonError;
+
+/// Parks the current thread until `deadline` at the latest (spurious wake-ups allowed);
+/// returns `true` once the deadline has passed.
+#[cfg(not(apm_tap_loom))]
+pub(crate) fn park_until(deadline: Instant) -> bool {
+    let now = Instant::now();
+    if now >= deadline {
+        return true;
+    }
+    std::thread::park_timeout(deadline - now);
+    false
+}
+
+/// Loom has no clock: a timed park is modelled as a yield after which the deadline has
+/// passed, so loom explores the timeout firing at every point.
+#[cfg(apm_tap_loom)]
+pub(crate) fn park_until(_deadline: Instant) -> bool {
+    loom::thread::yield_now();
+    true
+}
+
+/// A waker slot written by one task and woken from anywhere (futures' or loom's
+/// `AtomicWaker`).
+pub(crate) struct AtomicWaker {
+    #[cfg(not(apm_tap_loom))]
+    inner: futures::task::AtomicWaker,
+    #[cfg(apm_tap_loom)]
+    inner: loom::future::AtomicWaker,
+}
+
+impl AtomicWaker {
+    pub(crate) fn new() -> Self {
+        AtomicWaker {
+            #[cfg(not(apm_tap_loom))]
+            inner: futures::task::AtomicWaker::new(),
+            #[cfg(apm_tap_loom)]
+            inner: loom::future::AtomicWaker::new(),
+        }
+    }
+
+    /// Stores `waker` (not cloned again if it would wake the same task).
+    pub(crate) fn register(&self, waker: &Waker) {
+        #[cfg(not(apm_tap_loom))]
+        self.inner.register(waker);
+        #[cfg(apm_tap_loom)]
+        self.inner.register_by_ref(waker);
+    }
+
+    pub(crate) fn wake(&self) {
+        self.inner.wake();
+    }
+}

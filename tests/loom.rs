@@ -1,0 +1,320 @@
+//! Loom models of the completion machinery: every interleaving (up to the preemption
+//! bound) of legacy callbacks, polls, drops, blocking waits and cancels.
+//!
+//! ```sh
+//! RUSTFLAGS="--cfg apm_tap_loom" LOOM_MAX_PREEMPTIONS=2 \
+//!     cargo test --release --test loom -- --nocapture --test-threads=1
+//! ```
+//!
+//! Each model prints how many interleavings it explored.
+#![cfg(apm_tap_loom)]
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{mpsc, Arc};
+use std::task::Poll;
+use std::time::Duration;
+
+use apm_tap::{ApmCallback, AsyncCallback, AsyncHandle, AsyncResult, Completer, Error, State};
+use common::{poll_with, CountingWaker, DropCounter};
+use loom::thread;
+
+/// Runs `f` under loom and reports the number of interleavings explored.
+fn model(name: &str, f: impl Fn() + Sync + Send + 'static) {
+    let iterations = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&iterations);
+    loom::model(move || {
+        counted.fetch_add(1, SeqCst);
+        f();
+    });
+    println!("loom model {name}: {} iterations", iterations.load(SeqCst));
+}
+
+/// A legacy handle that allocates nothing and counts its drops.
+struct Handle {
+    drops: Arc<AtomicUsize>,
+}
+
+impl AsyncHandle for Handle {
+    fn is_completed(&self) -> bool {
+        false
+    }
+    fn completed_synchronously(&self) -> bool {
+        false
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.drops.fetch_add(1, SeqCst);
+    }
+}
+
+/// Counters for one run of a model: ends, values dropped, handles dropped.
+#[derive(Clone, Default)]
+struct Counts {
+    ends: Arc<AtomicUsize>,
+    values: Arc<AtomicUsize>,
+    handles: Arc<AtomicUsize>,
+}
+
+impl Counts {
+    fn get(&self) -> (usize, usize, usize) {
+        (
+            self.ends.load(SeqCst),
+            self.values.load(SeqCst),
+            self.handles.load(SeqCst),
+        )
+    }
+}
+
+/// `from_apm` whose Begin hands the callback to the test through `tx` (or calls it at
+/// once) and whose End counts itself and returns a drop-counted value.
+fn bridged(
+    counts: &Counts,
+    tx: Option<mpsc::Sender<ApmCallback>>,
+) -> impl std::future::Future<Output = Result<DropCounter, Error>> + Unpin {
+    let (handles, ends, values) = (
+        Arc::clone(&counts.handles),
+        Arc::clone(&counts.ends),
+        Arc::clone(&counts.values),
+    );
+    apm_tap::from_apm(
+        move |cb| {
+            match tx {
+                Some(tx) => tx.send(cb).unwrap(),
+                None => cb.call(),
+            }
+            Handle { drops: handles }
+        },
+        move |_handle| {
+            ends.fetch_add(1, SeqCst);
+            DropCounter(values)
+        },
+    )
+}
+
+#[test]
+fn model_01_callback_inside_begin() {
+    model("01 callback inside begin", || {
+        let counts = Counts::default();
+        let value = loom::future::block_on(bridged(&counts, None)).unwrap();
+        drop(value);
+        assert_eq!(counts.get(), (1, 1, 1));
+
+        let (completer_done, handle) = Completer::new(AsyncCallback::none(), State::none());
+        completer_done.complete(3_u8).unwrap();
+        assert_eq!(
+            loom::future::block_on(apm_tap::from_async_result(handle, |h| h.end())),
+            Ok(3)
+        );
+    });
+}
+
+#[test]
+fn model_02_callback_on_other_thread_races_first_poll() {
+    model("02 callback on another thread races the first poll", || {
+        let counts = Counts::default();
+        let (tx, rx) = mpsc::channel();
+        let mut future = bridged(&counts, Some(tx));
+        let (_, waker) = CountingWaker::new();
+        let first = poll_with(&mut future, &waker);
+        assert!(
+            first.is_pending(),
+            "the callback is not called inside begin here"
+        );
+        let callback = rx.try_recv().unwrap();
+        let caller = thread::spawn(move || callback.call());
+        let value = loom::future::block_on(future).unwrap();
+        caller.join().unwrap();
+        drop(value);
+        assert_eq!(counts.get(), (1, 1, 1));
+    });
+}
+
+#[test]
+fn model_03_waker_replaced_between_polls() {
+    model("03 waker replaced between polls", || {
+        let counts = Counts::default();
+        let (tx, rx) = mpsc::channel();
+        let mut future = bridged(&counts, Some(tx));
+        let (old, old_waker) = CountingWaker::new();
+        let (new, new_waker) = CountingWaker::new();
+        assert!(poll_with(&mut future, &old_waker).is_pending());
+        assert!(poll_with(&mut future, &old_waker).is_pending());
+        assert_eq!(
+            old.clones_held(),
+            1,
+            "re-polling with the same waker cloned it"
+        );
+        let callback = rx.try_recv().unwrap();
+        let caller = thread::spawn(move || callback.call());
+        let second = poll_with(&mut future, &new_waker);
+        caller.join().unwrap();
+        match second {
+            Poll::Pending => {
+                assert_eq!((old.wakes(), new.wakes()), (0, 1));
+                assert!(matches!(
+                    poll_with(&mut future, &new_waker),
+                    Poll::Ready(Ok(_))
+                ));
+            }
+            Poll::Ready(value) => {
+                assert!(value.is_ok());
+                assert!(old.wakes() <= 1);
+                assert_eq!(new.wakes(), 0);
+            }
+        }
+        drop(future);
+        assert_eq!(counts.get(), (1, 1, 1));
+        assert_eq!((old.clones_held(), new.clones_held()), (0, 0));
+    });
+}
+
+#[test]
+fn model_04_future_dropped_while_callback_completes() {
+    model(
+        "04a future polled once, dropped while the callback completes",
+        || {
+            let counts = Counts::default();
+            let (tx, rx) = mpsc::channel();
+            let mut future = bridged(&counts, Some(tx));
+            let (_, waker) = CountingWaker::new();
+            assert!(poll_with(&mut future, &waker).is_pending());
+            let callback = rx.try_recv().unwrap();
+            let caller = thread::spawn(move || callback.call());
+            drop(future);
+            caller.join().unwrap();
+            assert_eq!(counts.get(), (1, 1, 1));
+        },
+    );
+    model(
+        "04b future never polled, dropped while the operation completes",
+        || {
+            let ends = Arc::new(AtomicUsize::new(0));
+            let (completer, handle) = Completer::new(AsyncCallback::none(), State::none());
+            let e = Arc::clone(&ends);
+            let future = apm_tap::from_async_result(handle, move |h: AsyncResult<u8>| {
+                assert_eq!(h.end(), Ok(4));
+                e.fetch_add(1, SeqCst);
+            });
+            let completing = thread::spawn(move || completer.complete(4).unwrap());
+            drop(future);
+            completing.join().unwrap();
+            assert_eq!(ends.load(SeqCst), 1);
+        },
+    );
+}
+
+#[test]
+fn model_05_callback_after_future_dropped() {
+    model("05 callback fires after the future was dropped", || {
+        let counts = Counts::default();
+        let (tx, rx) = mpsc::channel();
+        let mut future = bridged(&counts, Some(tx));
+        let (_, waker) = CountingWaker::new();
+        assert!(poll_with(&mut future, &waker).is_pending());
+        drop(future);
+        assert_eq!(counts.get(), (0, 0, 0));
+        let callback = rx.try_recv().unwrap();
+        thread::spawn(move || callback.call()).join().unwrap();
+        assert_eq!(counts.get(), (1, 1, 1));
+    });
+}
+
+#[test]
+fn model_06_callback_never_fires() {
+    model("06 callback never fires, future dropped", || {
+        let counts = Counts::default();
+        let (tx, rx) = mpsc::channel();
+        let mut future = bridged(&counts, Some(tx));
+        let (waker_counts, waker) = CountingWaker::new();
+        assert!(poll_with(&mut future, &waker).is_pending());
+        let callback = rx.try_recv().unwrap();
+        let dropper = thread::spawn(move || drop(callback));
+        drop(future);
+        dropper.join().unwrap();
+        // End is not called for an abandoned operation; the handle is still released.
+        assert_eq!(counts.get(), (0, 0, 1));
+        assert_eq!(waker_counts.clones_held(), 0);
+    });
+}
+
+#[test]
+fn model_07_blocking_wait_races_completion() {
+    model("07a blocking end races completion", || {
+        let (completer, handle) = Completer::new(AsyncCallback::none(), State::none());
+        let completing = thread::spawn(move || completer.complete(7_u8).unwrap());
+        assert_eq!(handle.end(), Ok(7));
+        completing.join().unwrap();
+    });
+    model("07b wait_timeout races completion", || {
+        let (completer, handle) = Completer::new(AsyncCallback::none(), State::none());
+        let completing = thread::spawn(move || completer.complete(7_u8).unwrap());
+        let completed = handle.wait_timeout(Duration::from_secs(1)).unwrap();
+        // `true` only if the result really is there; `false` (the modelled timeout)
+        // must not lose the completion.
+        assert!(!completed || handle.is_completed());
+        completing.join().unwrap();
+        assert!(handle.is_completed());
+        assert_eq!(handle.end(), Ok(7));
+    });
+}
+
+#[test]
+fn model_08_two_clones_race_to_end() {
+    model("08 two clones race to end", || {
+        let (completer, handle) = Completer::new(AsyncCallback::none(), State::none());
+        let other = handle.clone();
+        let completing = thread::spawn(move || completer.complete(8_u8).unwrap());
+        let racer = thread::spawn(move || other.end());
+        let mine = handle.end();
+        let theirs = racer.join().unwrap();
+        completing.join().unwrap();
+        let mut outcomes = [mine, theirs];
+        outcomes.sort_by_key(Result::is_err);
+        assert_eq!(outcomes, [Ok(8), Err(Error::AlreadyEnded)]);
+    });
+}
+
+#[test]
+fn model_09_cancel_races_completion() {
+    model("09 cancel races completion", || {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = Arc::clone(&calls);
+        let (completer, handle) = Completer::new(
+            AsyncCallback::new(move |h: AsyncResult<u8>| {
+                assert!(h.is_completed());
+                c.fetch_add(1, SeqCst);
+            }),
+            State::none(),
+        );
+        let completing = thread::spawn(move || completer.complete(9));
+        handle.cancel();
+        let completed = completing.join().unwrap();
+        match handle.end() {
+            Ok(value) => assert_eq!((value, completed), (9, Ok(()))),
+            Err(error) => assert_eq!((error, completed), (Error::Cancelled, Err(9))),
+        }
+        assert_eq!(calls.load(SeqCst), 1);
+    });
+}
+
+#[test]
+fn model_10_dropped_completer_races_waiter() {
+    model("10 completer dropped unfinished races a waiter", || {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = Arc::clone(&calls);
+        let (completer, handle) = Completer::<u8>::new(
+            AsyncCallback::new(move |_: AsyncResult<u8>| {
+                c.fetch_add(1, SeqCst);
+            }),
+            State::none(),
+        );
+        let dropping = thread::spawn(move || drop(completer));
+        assert_eq!(handle.end(), Err(Error::Abandoned));
+        dropping.join().unwrap();
+        assert_eq!(calls.load(SeqCst), 1);
+    });
+}
