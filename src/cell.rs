@@ -32,6 +32,7 @@
 //!   push their `Thread` into `parked`, which is empty (no allocation) until someone
 //!   blocks.
 
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
@@ -111,6 +112,9 @@ impl<T> Cell<T> {
     /// Stores the result unless one is already there, then wakes every waiter and runs
     /// the callback with a clone of the handle. The first completion wins; a later one
     /// gets its result back.
+    ///
+    /// A panicking waker is re-raised only after every other waiter was woken and the
+    /// callback ran; a panicking callback propagates (the result is stored by then).
     pub(crate) fn complete(
         this: &Arc<Self>,
         result: Result<T, Error>,
@@ -133,8 +137,13 @@ impl<T> Cell<T> {
         let callback = inner.callback.take();
         drop(inner);
 
+        // A waker that panics must not keep the other waiters asleep or skip the
+        // callback: wake everyone, run the callback, then re-raise the first panic.
+        let mut waker_panic = None;
         for waker in wakers.into_iter().flatten() {
-            waker.wake();
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| waker.wake())) {
+                waker_panic.get_or_insert(payload);
+            }
         }
         for thread in parked {
             thread.unpark();
@@ -142,6 +151,9 @@ impl<T> Cell<T> {
         this.runner.wake();
         if let Some(callback) = callback {
             callback(AsyncResult::from_cell(Arc::clone(this)));
+        }
+        if let Some(payload) = waker_panic {
+            resume_unwind(payload);
         }
         Ok(())
     }
