@@ -297,3 +297,101 @@ impl<T> Cell<T> {
         self.runner.register(waker);
     }
 }
+
+#[cfg(all(test, not(apm_tap_loom)))]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::task::Wake;
+    use std::time::Duration;
+
+    use super::*;
+
+    struct CountWakes(AtomicUsize);
+
+    impl Wake for CountWakes {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, SeqCst);
+        }
+    }
+
+    fn counting_waker() -> (std::sync::Arc<CountWakes>, Waker) {
+        let count = std::sync::Arc::new(CountWakes(AtomicUsize::new(0)));
+        (std::sync::Arc::clone(&count), Waker::from(count))
+    }
+
+    #[test]
+    fn first_completion_wins_and_result_is_taken_once() {
+        let cell = Cell::<u8>::new(None, State::none());
+        assert!(!cell.is_completed());
+        assert_eq!(Cell::complete(&cell, Ok(1), true), Ok(()));
+        assert_eq!(Cell::complete(&cell, Ok(2), false), Err(Ok(2)));
+        assert!(cell.is_completed() && cell.completed_synchronously());
+        assert_eq!(cell.try_take(), Some(Ok(1)));
+        assert_eq!(cell.try_take(), Some(Err(Error::AlreadyEnded)));
+    }
+
+    #[test]
+    fn each_entry_keeps_only_its_latest_waker() {
+        let cell = Cell::<u8>::new(None, State::none());
+        let (first, first_waker) = counting_waker();
+        let (second, second_waker) = counting_waker();
+        let (other, other_waker) = counting_waker();
+        let (mut entry, mut other_entry) = (None, None);
+        let mut cx = Context::from_waker(&first_waker);
+        assert!(cell.poll_take(&mut cx, &mut entry).is_pending());
+        let mut cx = Context::from_waker(&second_waker);
+        assert!(cell.poll_take(&mut cx, &mut entry).is_pending());
+        let mut cx = Context::from_waker(&other_waker);
+        assert!(cell.poll_completed(&mut cx, &mut other_entry).is_pending());
+        assert_ne!(entry, other_entry);
+        assert_eq!(Cell::complete(&cell, Ok(3), false), Ok(()));
+        let wakes = |c: &CountWakes| c.0.load(SeqCst);
+        assert_eq!((wakes(&first), wakes(&second), wakes(&other)), (0, 1, 1));
+        let mut cx = Context::from_waker(&second_waker);
+        assert_eq!(cell.poll_take(&mut cx, &mut entry), Poll::Ready(Ok(3)));
+    }
+
+    #[test]
+    fn released_entry_is_reused_and_not_woken() {
+        let cell = Cell::<u8>::new(None, State::none());
+        let (gone, gone_waker) = counting_waker();
+        let mut entry = None;
+        let mut cx = Context::from_waker(&gone_waker);
+        assert!(cell.poll_completed(&mut cx, &mut entry).is_pending());
+        cell.release_entry(entry.unwrap());
+        let (_, waker) = counting_waker();
+        let mut next = None;
+        let mut cx = Context::from_waker(&waker);
+        assert!(cell.poll_completed(&mut cx, &mut next).is_pending());
+        assert_eq!(next, entry, "a freed entry was not reused");
+        Cell::complete(&cell, Err(Error::Cancelled), false).unwrap();
+        assert_eq!(gone.0.load(SeqCst), 0);
+    }
+
+    #[test]
+    fn callback_runs_once_after_the_result_is_stored() {
+        let calls = std::sync::Arc::new(AtomicUsize::new(0));
+        let c = std::sync::Arc::clone(&calls);
+        let callback: Callback<u8> = Box::new(move |handle| {
+            assert!(handle.is_completed());
+            c.fetch_add(1, SeqCst);
+        });
+        let cell = Cell::new(Some(callback), State::none());
+        Cell::complete(&cell, Ok(4), false).unwrap();
+        let _ = Cell::complete(&cell, Ok(5), false);
+        assert_eq!(calls.load(SeqCst), 1);
+        let late: Callback<u8> = Box::new(|_| unreachable!("installed after completion"));
+        assert!(cell.set_callback(late).is_err());
+    }
+
+    #[test]
+    fn timed_wait_times_out_then_sees_completion() {
+        let cell = Cell::<u8>::new(None, State::none());
+        assert!(!cell.wait_until(Some(Instant::now() + Duration::from_millis(1))));
+        let completer = Arc::clone(&cell);
+        let thread = std::thread::spawn(move || Cell::complete(&completer, Ok(6), false));
+        assert!(cell.wait_until(None));
+        thread.join().unwrap().unwrap();
+        assert!(cell.wait_until(Some(Instant::now())));
+    }
+}

@@ -426,7 +426,7 @@ fn rule_6_no_cancel_after_completion() {
 /// exactly once and its result is dropped exactly once, whoever wins.
 #[test]
 fn rule_6_completion_racing_drop_ends_once() {
-    for _ in 0..2_000 {
+    for _ in 0..common::rounds(2_000) {
         let ends = Arc::new(AtomicUsize::new(0));
         let drops = Arc::new(AtomicUsize::new(0));
         let (tx, rx) = mpsc::channel();
@@ -622,7 +622,7 @@ fn from_async_result_dropped_early_ends_once_on_completing_thread() {
 /// threads to hit reliably); this runs the same race on real threads.
 #[test]
 fn from_async_result_dropped_racing_completion_ends_once() {
-    for _ in 0..2_000 {
+    for _ in 0..common::rounds(2_000) {
         let (completer, handle) = Completer::new(AsyncCallback::none(), State::none());
         let (end_tx, end_rx) = mpsc::channel();
         let future = apm_tap::from_async_result(handle, move |h| end_tx.send(h.end()).unwrap());

@@ -109,7 +109,7 @@ fn rule_9_pending_future_is_never_synchronous() {
     // A future that finishes on a worker at once may complete before `begin` returns,
     // but on another thread, never inside `begin`.
     in_every_context(|| {
-        for _ in 0..100 {
+        for _ in 0..common::rounds(100) {
             let returned = Arc::new(AtomicBool::new(false));
             let (callback, seen) = reporting_callback(&returned);
             let handle = apm_tap::begin(
@@ -199,7 +199,7 @@ fn rule_11_end_once_wait_does_not_consume() {
 /// is dropped exactly once.
 #[test]
 fn rule_11_racing_ends_deliver_once() {
-    for _ in 0..500 {
+    for _ in 0..common::rounds(500) {
         let drops = Arc::new(AtomicUsize::new(0));
         let d = Arc::clone(&drops);
         let (tx, rx) = oneshot::channel::<()>();
@@ -437,7 +437,7 @@ fn rule_14_cancel_after_completion_keeps_result() {
 #[test]
 fn rule_14_cancel_racing_completion() {
     let (mut kept, mut cancelled) = (0, 0);
-    for _ in 0..500 {
+    for _ in 0..common::rounds(500) {
         let drops = Arc::new(AtomicUsize::new(0));
         let d = Arc::clone(&drops);
         let (callback, probe) = common::callback_probe();
@@ -476,7 +476,7 @@ fn rule_14_cancel_racing_completion() {
         }
         probe.ran_once();
     }
-    assert_eq!(kept + cancelled, 500);
+    assert_eq!(kept + cancelled, common::rounds(500));
 }
 
 /// Rule 15: a plain thread uses the default runtime; inside a tokio runtime, that

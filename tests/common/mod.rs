@@ -205,3 +205,13 @@ impl CallbackProbe {
         assert!(self.0.try_recv().is_err(), "the callback ran twice");
     }
 }
+
+/// How many rounds a race test runs: fewer under Miri, which interprets every step and
+/// explores schedules through its seeds instead.
+pub fn rounds(native: usize) -> usize {
+    if cfg!(miri) {
+        3
+    } else {
+        native
+    }
+}
