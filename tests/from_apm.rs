@@ -577,7 +577,9 @@ fn composes_with_select_timeout_and_join_all() {
         assert_eq!(all, (0..10).map(Ok).collect::<Vec<_>>());
 
         let fast = apm_tap::from_callback(|done| done.complete("fast").unwrap());
-        let slow = apm_tap::from_callback(|done: Completer<&str>| std::mem::forget(done));
+        // Kept, never completed: the slow operation stays pending.
+        let mut unfinished = None;
+        let slow = apm_tap::from_callback(|done: Completer<&str>| unfinished = Some(done));
         tokio::select! {
             value = fast => assert_eq!(value, Ok("fast")),
             _ = slow => unreachable!("the slow operation never completes"),
