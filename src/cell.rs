@@ -31,6 +31,8 @@
 //!   can be awaited at once and a re-poll replaces only its own waker); blocked threads
 //!   push their `Thread` into `parked`, which is empty (no allocation) until someone
 //!   blocks.
+//! - Every atomic, lock, `Arc` and park comes from [`crate::sync`], so that the loom
+//!   models in `tests/loom.rs` explore this code's interleavings.
 
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::task::{Context, Poll, Waker};

@@ -42,12 +42,7 @@ fn rule_1_begin_runs_once_on_first_poll() {
 fn rule_2_end_runs_once_in_poll() {
     let probe = Probe::new();
     let (tx, rx) = mpsc::channel();
-    let p = Arc::clone(&probe);
-    let p2 = Arc::clone(&probe);
-    let mut future = apm_tap::from_apm(
-        move |cb| legacy_begin(&p, cb, 7, false, Fire::Later(tx)),
-        move |h| p2.end(h),
-    );
+    let mut future = common::probed(&probe, 7, false, Fire::Later(tx));
     let (counter, waker) = CountingWaker::new();
     assert!(poll_with(&mut future, &waker).is_pending());
     let callback = rx.recv().unwrap();
@@ -73,12 +68,7 @@ fn rule_2_end_runs_once_in_poll() {
 fn rule_2_end_runs_once_in_drop_after_completion() {
     let probe = Probe::new();
     let (tx, rx) = mpsc::channel();
-    let p = Arc::clone(&probe);
-    let p2 = Arc::clone(&probe);
-    let mut future = apm_tap::from_apm(
-        move |cb| legacy_begin(&p, cb, 7, false, Fire::Later(tx)),
-        move |h| p2.end(h),
-    );
+    let mut future = common::probed(&probe, 7, false, Fire::Later(tx));
     let (_, waker) = CountingWaker::new();
     assert!(poll_with(&mut future, &waker).is_pending());
     let callback = rx.recv().unwrap();
@@ -97,16 +87,12 @@ fn rule_2_end_runs_once_in_drop_after_completion() {
 fn rule_2_end_runs_once_from_late_callback() {
     let probe = Probe::new();
     let (tx, rx) = mpsc::channel();
-    let p = Arc::clone(&probe);
-    let p2 = Arc::clone(&probe);
-    let mut future = apm_tap::from_apm(
-        move |cb| legacy_begin(&p, cb, 7, false, Fire::Later(tx)),
-        move |h| p2.end(h),
-    );
+    let mut future = common::probed(&probe, 7, false, Fire::Later(tx));
     let (_, waker) = CountingWaker::new();
     assert!(poll_with(&mut future, &waker).is_pending());
     drop(future);
     assert_eq!(probe.ends(), 0, "end ran before the operation completed");
+    assert_eq!(probe.cancels(), 1);
     let callback = rx.recv().unwrap();
     let late = thread::spawn(move || {
         callback.call();
@@ -141,17 +127,12 @@ fn rule_3_synchronous_completion_ends_after_begin() {
     for fire in ["inside", "drop", "later"] {
         let probe = Probe::new();
         let (tx, rx) = mpsc::channel();
-        let p = Arc::clone(&probe);
-        let p2 = Arc::clone(&probe);
         let mode = match fire {
             "inside" => Fire::InsideBegin,
             "drop" => Fire::Drop,
             _ => Fire::Later(tx),
         };
-        let mut future = apm_tap::from_apm(
-            move |cb| legacy_begin(&p, cb, 3, true, mode),
-            move |h| p2.end(h),
-        );
+        let mut future = common::probed(&probe, 3, true, mode);
         let (counter, waker) = CountingWaker::new();
         assert_eq!(poll_with(&mut future, &waker), Poll::Ready(Ok(3)), "{fire}");
         assert_eq!(probe.ends(), 1, "{fire}");
@@ -172,12 +153,7 @@ fn rule_3_synchronous_completion_ends_after_begin() {
 #[test]
 fn rule_4_callback_inside_begin() {
     let probe = Probe::new();
-    let p = Arc::clone(&probe);
-    let p2 = Arc::clone(&probe);
-    let mut future = apm_tap::from_apm(
-        move |cb| legacy_begin(&p, cb, 4, false, Fire::InsideBegin),
-        move |h| p2.end(h),
-    );
+    let mut future = common::probed(&probe, 4, false, Fire::InsideBegin);
     let (counter, waker) = CountingWaker::new();
     assert_eq!(poll_with(&mut future, &waker), Poll::Ready(Ok(4)));
     assert_eq!(probe.ends(), 1);
@@ -222,13 +198,8 @@ fn rule_4_dropped_callback_is_abandoned() {
     for inside in [true, false] {
         let probe = Probe::new();
         let (tx, rx) = mpsc::channel();
-        let p = Arc::clone(&probe);
-        let p2 = Arc::clone(&probe);
         let mode = if inside { Fire::Drop } else { Fire::Later(tx) };
-        let mut future = apm_tap::from_apm(
-            move |cb| legacy_begin(&p, cb, 0, false, mode),
-            move |h| p2.end(h),
-        );
+        let mut future = common::probed(&probe, 0, false, mode);
         let (counter, waker) = CountingWaker::new();
         if !inside {
             assert!(poll_with(&mut future, &waker).is_pending());
@@ -249,16 +220,7 @@ fn rule_4_dropped_callback_is_abandoned() {
 fn rule_4_callback_kept_forever_stays_pending() {
     let probe = Probe::new();
     let (tx, rx) = mpsc::channel();
-    let p = Arc::clone(&probe);
-    let p2 = Arc::clone(&probe);
-    let p3 = Arc::clone(&probe);
-    let mut future = apm_tap::from_apm(
-        move |cb| legacy_begin(&p, cb, 0, false, Fire::Later(tx)),
-        move |h| p2.end(h),
-    )
-    .on_cancel(move |_| {
-        p3.cancels.fetch_add(1, SeqCst);
-    });
+    let mut future = common::probed(&probe, 0, false, Fire::Later(tx));
     let (counter, waker) = CountingWaker::new();
     let _kept = {
         assert!(poll_with(&mut future, &waker).is_pending());
@@ -405,16 +367,7 @@ fn rule_6_on_cancel_runs_once_and_end_still_runs() {
 fn rule_6_no_cancel_after_completion() {
     let probe = Probe::new();
     let (tx, rx) = mpsc::channel();
-    let p = Arc::clone(&probe);
-    let p2 = Arc::clone(&probe);
-    let p3 = Arc::clone(&probe);
-    let mut future = apm_tap::from_apm(
-        move |cb| legacy_begin(&p, cb, 6, false, Fire::Later(tx)),
-        move |h| p2.end(h),
-    )
-    .on_cancel(move |_| {
-        p3.cancels.fetch_add(1, SeqCst);
-    });
+    let mut future = common::probed(&probe, 6, false, Fire::Later(tx));
     let (_, waker) = CountingWaker::new();
     assert!(poll_with(&mut future, &waker).is_pending());
     rx.recv().unwrap().call();

@@ -215,3 +215,20 @@ pub fn rounds(native: usize) -> usize {
         native
     }
 }
+
+/// `from_apm` over [`legacy_begin`], counted by `probe`: Begin, End and `on_cancel`.
+pub fn probed(
+    probe: &Arc<Probe>,
+    value: u32,
+    synchronous: bool,
+    fire: Fire,
+) -> impl Future<Output = Result<u32, apm_tap::Error>> + Unpin + Send {
+    let (b, e, c) = (Arc::clone(probe), Arc::clone(probe), Arc::clone(probe));
+    apm_tap::from_apm(
+        move |cb| legacy_begin(&b, cb, value, synchronous, fire),
+        move |h| e.end(h),
+    )
+    .on_cancel(move |_| {
+        c.cancels.fetch_add(1, SeqCst);
+    })
+}
