@@ -318,3 +318,79 @@ fn model_10_dropped_completer_races_waiter() {
         assert_eq!(calls.load(SeqCst), 1);
     });
 }
+
+/// A `Spawner` that runs each task on a loom thread, and the threads to join.
+fn loom_spawner() -> (
+    impl Fn(futures::future::BoxFuture<'static, ()>),
+    Arc<std::sync::Mutex<Vec<thread::JoinHandle<()>>>>,
+) {
+    let threads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let t = Arc::clone(&threads);
+    let spawner = move |task| {
+        t.lock()
+            .unwrap()
+            .push(thread::spawn(move || loom::future::block_on(task)));
+    };
+    (spawner, threads)
+}
+
+#[test]
+fn model_11_cancel_races_the_running_future() {
+    model(
+        "11a cancel wakes the task of a future that never finishes",
+        || {
+            let (spawner, threads) = loom_spawner();
+            let (callback, calls) = counting_callback::<()>();
+            let handle = apm_tap::begin_on(
+                &spawner,
+                std::future::pending::<()>(),
+                callback,
+                State::none(),
+            );
+            handle.cancel();
+            // The task must see the cancel, drop the future and finish: a lost wake-up would
+            // leave this join (and loom) waiting forever.
+            for task in threads.lock().unwrap().drain(..) {
+                task.join().unwrap();
+            }
+            assert_eq!(handle.end(), Err(Error::Cancelled));
+            assert_eq!(calls.load(SeqCst), 1);
+        },
+    );
+    model("11b cancel races the future's own completion", || {
+        let (spawner, threads) = loom_spawner();
+        let (callback, calls) = counting_callback::<u8>();
+        let (completer, inner) = Completer::new(AsyncCallback::none(), State::none());
+        let handle = apm_tap::begin_on(
+            &spawner,
+            async move { inner.await.unwrap() },
+            callback,
+            State::none(),
+        );
+        let completing = thread::spawn(move || {
+            let _ = completer.complete(11);
+        });
+        handle.cancel();
+        completing.join().unwrap();
+        for task in threads.lock().unwrap().drain(..) {
+            task.join().unwrap();
+        }
+        let ended = handle.end();
+        assert!(
+            ended == Ok(11) || ended == Err(Error::Cancelled),
+            "{ended:?}"
+        );
+        assert_eq!(calls.load(SeqCst), 1);
+    });
+}
+
+/// A callback that counts its calls.
+fn counting_callback<T: Send + 'static>() -> (AsyncCallback<T>, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&calls);
+    let callback = AsyncCallback::new(move |h: AsyncResult<T>| {
+        assert!(h.is_completed());
+        c.fetch_add(1, SeqCst);
+    });
+    (callback, calls)
+}
