@@ -1,0 +1,710 @@
+//! apm-tap against the hand-rolled bridges (`tokio::sync::oneshot`,
+//! `futures::channel::oneshot`, the `oneshot` crate), side by side in one run.
+//!
+//! `cargo bench --bench bridge` runs the criterion groups, then prints one summary:
+//! medians, the ratio apm-tap / fastest baseline, allocations per operation, the
+//! blocking hand-off latency, the CPU time of a 10 ms wait, and the 10^6-pending scale
+//! test. See BENCHMARKS.md for the table of the last run.
+
+// The counting global allocator needs `unsafe impl GlobalAlloc`; it forwards to `System`.
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering::SeqCst};
+use std::sync::{mpsc, Arc};
+use std::task::{Context, Poll};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use apm_tap::{AsyncCallback, AsyncHandle, AsyncResult, Completer, State};
+use criterion::Criterion;
+use futures::task::noop_waker_ref;
+
+// ---------------------------------------------------------------------------------------
+// Counting allocator
+
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: both methods forward to `System` with the caller's arguments; the counters
+// are atomics that never allocate.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, SeqCst);
+        LIVE_BYTES.fetch_add(layout.size() as isize, SeqCst);
+        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, passed on as is.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE_BYTES.fetch_sub(layout.size() as isize, SeqCst);
+        // SAFETY: `ptr` was allocated by `System` with `layout` (see `alloc`).
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Allocations per call of `op`, over `n` calls.
+fn allocations_per_op(n: usize, mut op: impl FnMut(usize)) -> f64 {
+    let before = ALLOCATIONS.load(SeqCst);
+    for i in 0..n {
+        op(i);
+    }
+    (ALLOCATIONS.load(SeqCst) - before) as f64 / n as f64
+}
+
+// ---------------------------------------------------------------------------------------
+// The legacy side: a callback API that completes inline, or on a worker thread.
+
+/// A legacy operation: calls `callback` with `value`, now or later.
+trait Legacy: Copy + Send + 'static {
+    fn call(self, value: u64, callback: impl FnOnce(u64) + Send + 'static);
+}
+
+/// Completes inside the call, on the caller's thread.
+#[derive(Clone, Copy)]
+struct Inline;
+
+impl Legacy for Inline {
+    fn call(self, value: u64, callback: impl FnOnce(u64) + Send + 'static) {
+        callback(value);
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Completes later, on a legacy worker thread.
+#[derive(Clone, Copy)]
+struct Worker(&'static mpsc::SyncSender<Job>);
+
+impl Worker {
+    fn start() -> Worker {
+        let (tx, rx) = mpsc::sync_channel::<Job>(200_000);
+        thread::Builder::new()
+            .name("legacy-worker".into())
+            .spawn(move || {
+                for job in rx {
+                    job();
+                }
+            })
+            .unwrap();
+        Worker(Box::leak(Box::new(tx)))
+    }
+}
+
+impl Legacy for Worker {
+    fn call(self, value: u64, callback: impl FnOnce(u64) + Send + 'static) {
+        self.0.send(Box::new(move || callback(value))).unwrap();
+    }
+}
+
+/// A legacy handle type that completes inside Begin.
+struct SyncHandle(u64);
+
+impl AsyncHandle for SyncHandle {
+    fn is_completed(&self) -> bool {
+        true
+    }
+    fn completed_synchronously(&self) -> bool {
+        true
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The bridges: each turns one legacy call into a future of `Result<u64, _>`.
+
+fn apm_tap<L: Legacy>(
+    legacy: L,
+    value: u64,
+) -> impl Future<Output = Result<u64, apm_tap::Error>> + Send {
+    apm_tap::from_callback(move |done: Completer<u64>| {
+        legacy.call(value, move |v| {
+            let _ = done.complete(v);
+        })
+    })
+}
+
+fn tokio_oneshot<L: Legacy>(
+    legacy: L,
+    value: u64,
+) -> impl Future<Output = Result<u64, impl std::fmt::Debug>> + Send {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    legacy.call(value, move |v| {
+        let _ = tx.send(v);
+    });
+    rx
+}
+
+fn futures_oneshot<L: Legacy>(
+    legacy: L,
+    value: u64,
+) -> impl Future<Output = Result<u64, impl std::fmt::Debug>> + Send {
+    let (tx, rx) = futures::channel::oneshot::channel();
+    legacy.call(value, move |v| {
+        let _ = tx.send(v);
+    });
+    rx
+}
+
+fn oneshot_crate<L: Legacy>(
+    legacy: L,
+    value: u64,
+) -> impl Future<Output = Result<u64, impl std::fmt::Debug>> + Send {
+    let (tx, rx) = oneshot::channel();
+    legacy.call(value, move |v| {
+        let _ = tx.send(v);
+    });
+    std::future::IntoFuture::into_future(rx)
+}
+
+/// Runs `$body!(name, bridge_fn)` for apm-tap and each baseline.
+macro_rules! each_variant {
+    ($body:ident) => {
+        $body!("apm_tap", apm_tap);
+        $body!("tokio_oneshot", tokio_oneshot);
+        $body!("futures_oneshot", futures_oneshot);
+        $body!("oneshot_crate", oneshot_crate);
+    };
+}
+
+/// Polls once with a no-op waker; the future must be ready.
+fn ready<F: Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(noop_waker_ref()))
+    {
+        Poll::Ready(value) => value,
+        Poll::Pending => panic!("a synchronous completion was not ready"),
+    }
+}
+
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn multi_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+// ---------------------------------------------------------------------------------------
+// Scenarios 1-4, timed by criterion.
+
+/// 1. The legacy operation completes inside the call; the future is awaited to its value.
+fn sync_completion(c: &mut Criterion, allocs: &mut Vec<(String, f64)>) {
+    let mut group = c.benchmark_group("1_sync_completion");
+    macro_rules! run {
+        ($name:literal, $bridge:ident) => {
+            group.bench_function($name, |b| {
+                b.iter(|| ready($bridge(Inline, black_box(7))).unwrap())
+            });
+            allocs.push((
+                format!("1_sync_completion/{}", $name),
+                allocations_per_op(10_000, |i| {
+                    black_box(ready($bridge(Inline, i as u64)).unwrap());
+                }),
+            ));
+        };
+    }
+    each_variant!(run);
+    group.bench_function("apm_tap_from_apm_sync_handle", |b| {
+        b.iter(|| ready(apm_tap::from_apm(|_cb| SyncHandle(black_box(7)), |h| h.0)).unwrap())
+    });
+    group.finish();
+}
+
+/// 2. A legacy worker thread fires the callback; the task awaits on a current-thread
+///    runtime, one operation at a time.
+fn cross_thread_one(c: &mut Criterion, worker: Worker, allocs: &mut Vec<(String, f64)>) {
+    let runtime = current_thread();
+    let mut group = c.benchmark_group("2_cross_thread_one_at_a_time");
+    macro_rules! run {
+        ($name:literal, $bridge:ident) => {
+            group.bench_function($name, |b| {
+                b.iter_custom(|iters| {
+                    runtime.block_on(async {
+                        let start = Instant::now();
+                        for i in 0..iters {
+                            black_box($bridge(worker, i).await.unwrap());
+                        }
+                        start.elapsed()
+                    })
+                })
+            });
+            allocs.push((
+                format!("2_cross_thread_one_at_a_time/{}", $name),
+                allocations_per_op(10_000, |i| {
+                    black_box(runtime.block_on($bridge(worker, i as u64)).unwrap());
+                }),
+            ));
+        };
+    }
+    each_variant!(run);
+    group.finish();
+}
+
+/// 3. `n` operations in flight on the legacy worker at once; time per batch.
+fn cross_thread_in_flight(c: &mut Criterion, worker: Worker, n: usize) {
+    let runtime = current_thread();
+    let mut group = c.benchmark_group(format!("3_in_flight_{n}"));
+    group.sample_size(10);
+    macro_rules! run {
+        ($name:literal, $bridge:ident) => {
+            group.bench_function($name, |b| {
+                b.iter(|| {
+                    runtime.block_on(async {
+                        let all =
+                            futures::future::join_all((0..n as u64).map(|i| $bridge(worker, i)))
+                                .await;
+                        black_box(all.len())
+                    })
+                })
+            });
+        };
+    }
+    each_variant!(run);
+    group.finish();
+}
+
+/// 4. Future to APM, driven from a plain thread: `begin` + blocking `end` and `begin` +
+///    callback, against `spawn` + oneshot + blocking receive.
+fn future_to_apm(c: &mut Criterion, allocs: &mut Vec<(String, f64)>) {
+    let runtime = multi_thread();
+    let handle = runtime.handle().clone();
+    let job = |v: u64| async move {
+        tokio::task::yield_now().await;
+        v
+    };
+    let (done_tx, done_rx) = mpsc::channel::<u64>();
+    let mut group = c.benchmark_group("4_future_to_apm");
+    let mut both = |name: &str, op: &mut dyn FnMut(u64) -> u64| {
+        group.bench_function(name, |b| b.iter(|| op(black_box(7))));
+        allocs.push((
+            format!("4_future_to_apm/{name}"),
+            allocations_per_op(10_000, |i| {
+                black_box(op(i as u64));
+            }),
+        ));
+    };
+    both("apm_tap_begin_end", &mut |v| {
+        apm_tap::begin_on(&handle, job(v), AsyncCallback::none(), State::none())
+            .end()
+            .unwrap()
+    });
+    both("tokio_spawn_oneshot_blocking_recv", &mut |v| {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        handle.spawn(async move {
+            let _ = tx.send(job(v).await);
+        });
+        rx.blocking_recv().unwrap()
+    });
+    both("oneshot_crate_spawn_recv", &mut |v| {
+        let (tx, rx) = oneshot::channel();
+        handle.spawn(async move {
+            let _ = tx.send(job(v).await);
+        });
+        rx.recv().unwrap()
+    });
+    both("apm_tap_begin_callback", &mut |v| {
+        let tx = done_tx.clone();
+        let callback =
+            AsyncCallback::new(move |h: AsyncResult<u64>| tx.send(h.end().unwrap()).unwrap());
+        drop(apm_tap::begin_on(&handle, job(v), callback, State::none()));
+        done_rx.recv().unwrap()
+    });
+    both("tokio_spawn_callback", &mut |v| {
+        let tx = done_tx.clone();
+        handle.spawn(async move { tx.send(job(v).await).unwrap() });
+        done_rx.recv().unwrap()
+    });
+    group.finish();
+}
+
+// ---------------------------------------------------------------------------------------
+// Custom measurements: blocking hand-off, CPU time of a long wait, scale.
+
+/// A thread that spins (never parks) waiting for jobs, so that a job runs a few
+/// microseconds after it is sent, not after an OS wake-up.
+struct Spinner {
+    tx: mpsc::Sender<Job>,
+    thread: thread::JoinHandle<()>,
+}
+
+impl Spinner {
+    fn start() -> Spinner {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let thread = thread::spawn(move || loop {
+            match rx.try_recv() {
+                Ok(job) => job(),
+                Err(mpsc::TryRecvError::Empty) => std::hint::spin_loop(),
+                Err(mpsc::TryRecvError::Disconnected) => return,
+            }
+        });
+        Spinner { tx, thread }
+    }
+
+    fn stop(self) {
+        drop(self.tx);
+        self.thread.join().unwrap();
+    }
+}
+
+fn spin_for(duration: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        std::hint::spin_loop();
+    }
+}
+
+/// Starts an operation whose result the spinner sends after a delay, and blocks for it.
+type Waiter = fn(&Spinner, Duration) -> Instant;
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// Median time from the moment the result is sent to the moment the blocked receiver
+/// has it, when the result comes `delay` after the receiver started waiting.
+/// `wait(send)` starts the operation, hands `send` (which stamps and delivers the
+/// completion instant) to the spinner, blocks for the instant and returns it.
+fn handoff(
+    delay: Duration,
+    samples: usize,
+    wait: &mut dyn FnMut(&Spinner, Duration) -> Instant,
+) -> Duration {
+    let spinner = Spinner::start();
+    let latencies = (0..samples)
+        .map(|_| {
+            let sent_at = wait(&spinner, delay);
+            Instant::now() - sent_at
+        })
+        .collect();
+    spinner.stop();
+    median(latencies)
+}
+
+fn handoff_apm_tap(spinner: &Spinner, delay: Duration) -> Instant {
+    let (completer, handle) = Completer::new(AsyncCallback::none(), State::none());
+    spinner
+        .tx
+        .send(Box::new(move || {
+            spin_for(delay);
+            let _ = completer.complete(Instant::now());
+        }))
+        .unwrap();
+    handle.end().unwrap()
+}
+
+fn handoff_oneshot_crate(spinner: &Spinner, delay: Duration) -> Instant {
+    let (tx, rx) = oneshot::channel();
+    spinner
+        .tx
+        .send(Box::new(move || {
+            spin_for(delay);
+            let _ = tx.send(Instant::now());
+        }))
+        .unwrap();
+    rx.recv().unwrap()
+}
+
+fn handoff_tokio_oneshot(spinner: &Spinner, delay: Duration) -> Instant {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    spinner
+        .tx
+        .send(Box::new(move || {
+            spin_for(delay);
+            let _ = tx.send(Instant::now());
+        }))
+        .unwrap();
+    rx.blocking_recv().unwrap()
+}
+
+/// The floor of a plain park/unpark hand-off.
+fn handoff_park(spinner: &Spinner, delay: Duration) -> Instant {
+    let slot = Arc::new((AtomicBool::new(false), std::sync::Mutex::new(None)));
+    let (s, me) = (Arc::clone(&slot), thread::current());
+    spinner
+        .tx
+        .send(Box::new(move || {
+            spin_for(delay);
+            *s.1.lock().unwrap() = Some(Instant::now());
+            s.0.store(true, SeqCst);
+            me.unpark();
+        }))
+        .unwrap();
+    while !slot.0.load(SeqCst) {
+        thread::park();
+    }
+    let sent = slot.1.lock().unwrap().take().unwrap();
+    sent
+}
+
+/// CPU time this thread has used so far, from the kernel's scheduler statistics.
+fn thread_cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    let nanos = stat
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    Duration::from_nanos(nanos)
+}
+
+/// Median CPU time the waiting thread burns while `end` waits 10 ms for its result.
+fn cpu_of_long_wait(
+    samples: usize,
+    wait: &mut dyn FnMut(&Spinner, Duration) -> Instant,
+) -> Duration {
+    let spinner = Spinner::start();
+    let cpu = (0..samples)
+        .map(|_| {
+            let before = thread_cpu_time();
+            wait(&spinner, Duration::from_millis(10));
+            thread_cpu_time() - before
+        })
+        .collect();
+    spinner.stop();
+    median(cpu)
+}
+
+struct Scale {
+    heap_bytes_per_op: f64,
+    inline_bytes: usize,
+    complete_ns_per_op: f64,
+}
+
+/// `n` bridged operations pending at once (each awaited once, so it holds a waker),
+/// then all completed and collected.
+fn scale_apm_tap(n: usize) -> Scale {
+    let mut completers = Vec::with_capacity(n);
+    let mut futures = Vec::with_capacity(n);
+    let before = LIVE_BYTES.load(SeqCst);
+    for _ in 0..n {
+        let (completer, mut handle) = Completer::<u64>::new(AsyncCallback::none(), State::none());
+        assert!(handle
+            .poll_end(&mut Context::from_waker(noop_waker_ref()))
+            .is_pending());
+        completers.push(completer);
+        futures.push(handle);
+    }
+    let heap = (LIVE_BYTES.load(SeqCst) - before) as f64 / n as f64;
+    let start = Instant::now();
+    for (i, completer) in completers.drain(..).enumerate() {
+        let _ = completer.complete(i as u64);
+    }
+    for handle in &mut futures {
+        assert!(handle
+            .poll_end(&mut Context::from_waker(noop_waker_ref()))
+            .is_ready());
+    }
+    drop(futures);
+    let ns = start.elapsed().as_nanos() as f64 / n as f64;
+    Scale {
+        heap_bytes_per_op: heap,
+        inline_bytes: std::mem::size_of::<AsyncResult<u64>>(),
+        complete_ns_per_op: ns,
+    }
+}
+
+fn scale_tokio_oneshot(n: usize) -> Scale {
+    let mut senders = Vec::with_capacity(n);
+    let mut receivers = Vec::with_capacity(n);
+    let before = LIVE_BYTES.load(SeqCst);
+    for _ in 0..n {
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<u64>();
+        assert!(Pin::new(&mut rx)
+            .poll(&mut Context::from_waker(noop_waker_ref()))
+            .is_pending());
+        senders.push(tx);
+        receivers.push(rx);
+    }
+    let heap = (LIVE_BYTES.load(SeqCst) - before) as f64 / n as f64;
+    let start = Instant::now();
+    for (i, tx) in senders.drain(..).enumerate() {
+        let _ = tx.send(i as u64);
+    }
+    for rx in &mut receivers {
+        assert!(Pin::new(rx)
+            .poll(&mut Context::from_waker(noop_waker_ref()))
+            .is_ready());
+    }
+    drop(receivers);
+    let ns = start.elapsed().as_nanos() as f64 / n as f64;
+    Scale {
+        heap_bytes_per_op: heap,
+        inline_bytes: std::mem::size_of::<tokio::sync::oneshot::Receiver<u64>>(),
+        complete_ns_per_op: ns,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The summary
+
+/// Criterion's median for `group/function`, in nanoseconds, from this run's files.
+fn criterion_median(group: &str, function: &str) -> Option<f64> {
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target").to_owned());
+    let path = format!("{target}/criterion/{group}/{function}/new/estimates.json");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    json["median"]["point_estimate"].as_f64()
+}
+
+fn show(ns: f64) -> String {
+    if ns >= 1_000_000.0 {
+        format!("{:.2} ms", ns / 1_000_000.0)
+    } else if ns >= 1_000.0 {
+        format!("{:.2} us", ns / 1_000.0)
+    } else {
+        format!("{ns:.1} ns")
+    }
+}
+
+/// One table row per criterion group: each variant's median and apm-tap's ratio to the
+/// fastest baseline.
+fn ratio_rows(group: &str, per: f64, apm: &[&str], baselines: &[&str], allocs: &[(String, f64)]) {
+    let alloc = |f: &str| {
+        allocs
+            .iter()
+            .find(|(name, _)| name == &format!("{group}/{f}"))
+            .map_or("-".to_owned(), |(_, a)| format!("{a:.2}"))
+    };
+    let fastest = baselines
+        .iter()
+        .filter_map(|b| criterion_median(group, b).map(|m| (m / per, *b)))
+        .min_by(|a, b| a.0.total_cmp(&b.0));
+    for b in baselines {
+        if let Some(m) = criterion_median(group, b) {
+            println!("| {group} | {b} | {} | | {} |", show(m / per), alloc(b));
+        }
+    }
+    for a in apm {
+        if let (Some(m), Some((base, name))) = (criterion_median(group, a), fastest) {
+            println!(
+                "| {group} | **{a}** | {} | **{:.2}** (vs {name}) | {} |",
+                show(m / per),
+                m / per / base,
+                alloc(a)
+            );
+        }
+    }
+}
+
+fn summary(allocs: &[(String, f64)]) {
+    println!("\n## Summary (medians of this run; time per operation)\n");
+    println!("| scenario | variant | median | apm-tap / fastest baseline | allocations per op |");
+    println!("|---|---|---|---|---|");
+    let bridges = ["tokio_oneshot", "futures_oneshot", "oneshot_crate"];
+    ratio_rows(
+        "1_sync_completion",
+        1.0,
+        &["apm_tap", "apm_tap_from_apm_sync_handle"],
+        &bridges,
+        allocs,
+    );
+    ratio_rows(
+        "2_cross_thread_one_at_a_time",
+        1.0,
+        &["apm_tap"],
+        &bridges,
+        allocs,
+    );
+    ratio_rows("3_in_flight_1000", 1_000.0, &["apm_tap"], &bridges, allocs);
+    ratio_rows(
+        "3_in_flight_100000",
+        100_000.0,
+        &["apm_tap"],
+        &bridges,
+        allocs,
+    );
+    ratio_rows(
+        "4_future_to_apm",
+        1.0,
+        &["apm_tap_begin_end"],
+        &[
+            "tokio_spawn_oneshot_blocking_recv",
+            "oneshot_crate_spawn_recv",
+        ],
+        allocs,
+    );
+    ratio_rows(
+        "4_future_to_apm",
+        1.0,
+        &["apm_tap_begin_callback"],
+        &["tokio_spawn_callback"],
+        allocs,
+    );
+
+    println!(
+        "\n## Blocking hand-off (result arrives 5 us after the waiter blocks; median of 2,000)\n"
+    );
+    println!("| variant | resume latency | CPU time of a 10 ms wait (median of 20) |");
+    println!("|---|---|---|");
+    let variants: [(&str, Waiter); 4] = [
+        ("apm_tap end", handoff_apm_tap),
+        ("oneshot crate recv", handoff_oneshot_crate),
+        ("tokio oneshot blocking_recv", handoff_tokio_oneshot),
+        ("plain park/unpark", handoff_park),
+    ];
+    for (name, mut wait) in variants {
+        let latency = handoff(Duration::from_micros(5), 2_000, &mut wait);
+        let cpu = cpu_of_long_wait(20, &mut wait);
+        println!(
+            "| {name} | {} | {} |",
+            show(latency.as_nanos() as f64),
+            show(cpu.as_nanos() as f64)
+        );
+    }
+
+    println!("\n## Scale: operations pending at once, then all completed\n");
+    println!("| variant | pending | heap bytes per pending op | inline bytes (handle) | complete + collect per op |");
+    println!("|---|---|---|---|---|");
+    for n in [1_000, 1_000_000] {
+        let a = scale_apm_tap(n);
+        let t = scale_tokio_oneshot(n);
+        println!(
+            "| apm_tap | {n} | {:.1} | {} | {} |",
+            a.heap_bytes_per_op,
+            a.inline_bytes,
+            show(a.complete_ns_per_op)
+        );
+        println!(
+            "| tokio_oneshot | {n} | {:.1} | {} | {} |",
+            t.heap_bytes_per_op,
+            t.inline_bytes,
+            show(t.complete_ns_per_op)
+        );
+    }
+}
+
+fn main() {
+    let mut criterion = Criterion::default()
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(30)
+        .configure_from_args();
+    let worker = Worker::start();
+    let mut allocs = Vec::new();
+    sync_completion(&mut criterion, &mut allocs);
+    cross_thread_one(&mut criterion, worker, &mut allocs);
+    cross_thread_in_flight(&mut criterion, worker, 1_000);
+    cross_thread_in_flight(&mut criterion, worker, 100_000);
+    future_to_apm(&mut criterion, &mut allocs);
+    criterion.final_summary();
+    summary(&allocs);
+}
