@@ -555,11 +555,18 @@ fn scale_tokio_oneshot(n: usize) -> Scale {
 // ---------------------------------------------------------------------------------------
 // The summary
 
-/// Criterion's median for `group/function`, in nanoseconds, from this run's files.
+/// When this run started: estimates written before it are from another run.
+static RUN_STARTED: std::sync::OnceLock<std::time::SystemTime> = std::sync::OnceLock::new();
+
+/// Criterion's median for `group/function`, in nanoseconds, if this run measured it.
 fn criterion_median(group: &str, function: &str) -> Option<f64> {
     let target = std::env::var("CARGO_TARGET_DIR")
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target").to_owned());
     let path = format!("{target}/criterion/{group}/{function}/new/estimates.json");
+    // Written before this run started: measured by another run, or filtered out of this one.
+    if std::fs::metadata(&path).ok()?.modified().ok()? < *RUN_STARTED.get()? {
+        return None;
+    }
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
     json["median"]["point_estimate"].as_f64()
@@ -693,6 +700,7 @@ fn summary(allocs: &[(String, f64)]) {
 }
 
 fn main() {
+    RUN_STARTED.get_or_init(std::time::SystemTime::now);
     let mut criterion = Criterion::default()
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(2))

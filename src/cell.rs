@@ -264,7 +264,7 @@ impl<T> Cell<T> {
     /// Blocks the current thread until the cell completes or `deadline` passes; returns
     /// whether it completed.
     pub(crate) fn wait_until(&self, deadline: Option<Instant>) -> bool {
-        if self.is_completed() {
+        if sync::spin_until(|| self.is_completed()) {
             return true;
         }
         let me = sync::current();
