@@ -8,85 +8,119 @@
 //!
 //! ```text
 //!            complete(Ok / Err)                  take (end / await)
-//!   Empty ---------------------------> Ready ---------------------------> Taken
-//!     |   sets COMPLETED (+ SYNCHRONOUS)           every later take gets
-//!     |   takes wakers, parked threads,            Err(AlreadyEnded)
-//!     |   callback; runs them after unlocking
+//!   Empty ---------------------------> Ready / Failed ------------------> Taken
+//!     |   records `synchronous`;                   every later take gets
+//!     |   takes wakers, parked threads,            Err(AlreadyEnded);
+//!     |   callback; runs them after unlocking      `synchronous` is kept
 //!     +-- a second complete is refused and hands its value back
 //! ```
-//!
-//! `flags` mirrors the slot for lock-free reads: `COMPLETED` is set, under the lock, in
-//! the same critical section that fills the slot, and never cleared. `SYNCHRONOUS` is set
-//! with `COMPLETED` or not at all, so it never changes after completion.
 //!
 //! # Implementation notes
 //!
 //! - The cell is owned by `Arc`: every handle clone, the completer, the running task and
 //!   a pending callback's handle hold one reference; the last to go frees the cell and
 //!   drops a result nobody took.
-//! - All mutable fields sit behind one mutex, held only for short bookkeeping. No user
+//! - Everything mutable sits behind one mutex, held only for short bookkeeping. No user
 //!   code (waker, callback, thread unpark) runs while it is held, except `Waker::clone`,
 //!   which leaves the state untouched if it panics.
-//! - Waiters: each awaiting handle owns one slot index in `wakers` (so several clones
-//!   can be awaited at once and a re-poll replaces only its own waker); blocked threads
-//!   push their `Thread` into `parked`, which is empty (no allocation) until someone
-//!   blocks.
-//! - Every atomic, lock, `Arc` and park comes from [`crate::sync`], so that the loom
-//!   models in `tests/loom.rs` explore this code's interleavings.
+//! - The cell is small on purpose (72 bytes for a `u64` result, counts included): what
+//!   most operations never use lives elsewhere. Errors are boxed (the cold path); the
+//!   state sits behind a pointer that is null when there is none; the callback, every
+//!   waiter but the first and the parked threads live in `More`, allocated only when an
+//!   operation has a callback, a second concurrent waiter, or a thread that blocks.
+//! - Waiters: each awaiting handle (and the task running a `begin` future) owns one
+//!   entry: entry 0 is the inline `waker`, entry `n > 0` is `More::wakers[n - 1]`. So
+//!   several clones can be awaited at once and a re-poll replaces only its own waker.
+//!   Blocked threads push their `Thread` into `More::parked`.
+//! - Every lock, `Arc` and park comes from [`crate::sync`], so that the loom models in
+//!   `tests/loom.rs` explore this code's interleavings.
 
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use crate::sync::{
-    self, Arc, AtomicU8, AtomicWaker, Mutex, MutexGuard, Ordering, PoisonError, Thread,
-};
+use crate::sync::{self, Arc, Mutex, MutexGuard, PoisonError, Thread, TryLockError};
 use crate::{AsyncResult, Error, State};
 
 /// The boxed callback stored in a cell, run once with a clone of the handle.
 pub(crate) type Callback<T> = Box<dyn FnOnce(AsyncResult<T>) + Send>;
 
-/// The result slot holds a value. Set by `complete`, under the lock; never cleared.
-const COMPLETED: u8 = 1 << 0;
-/// The operation completed on the thread that began it, before Begin returned. Set only
-/// together with `COMPLETED`.
-const SYNCHRONOUS: u8 = 1 << 1;
-
+/// The result slot. `synchronous`: the operation completed on the thread that began it,
+/// before Begin returned; set with the result and kept when it is taken.
 enum Slot<T> {
     Empty,
-    Ready(Result<T, Error>),
-    Taken,
+    Ready {
+        value: T,
+        synchronous: bool,
+    },
+    Failed {
+        error: Box<Error>,
+        synchronous: bool,
+    },
+    Taken {
+        synchronous: bool,
+    },
 }
 
 struct Inner<T> {
     slot: Slot<T>,
+    /// Waiter entry 0.
+    waker: Option<Waker>,
+    more: Option<Box<More<T>>>,
+}
+
+/// What most operations never need, allocated when one does.
+struct More<T> {
     callback: Option<Callback<T>>,
-    /// One entry per awaiting handle; `None` is a free entry.
+    /// Waiter entries 1, 2, ...; `None` is a free entry.
     wakers: Vec<Option<Waker>>,
     parked: Vec<Thread>,
 }
 
+// Not derived: that would require `T: Default`.
+impl<T> Default for More<T> {
+    fn default() -> Self {
+        More {
+            callback: None,
+            wakers: Vec::new(),
+            parked: Vec::new(),
+        }
+    }
+}
+
 pub(crate) struct Cell<T> {
-    flags: AtomicU8,
     inner: Mutex<Inner<T>>,
-    state: State,
-    /// The task running a future for `begin`: woken when the cell completes early
-    /// (cancelled) so that the task drops the future on its executor.
-    runner: AtomicWaker,
+    /// `None` for `State::none()`, which most operations have.
+    state: Option<Box<State>>,
+}
+
+static NO_STATE: State = State::none();
+
+impl<T> Inner<T> {
+    fn more(&mut self) -> &mut More<T> {
+        self.more.get_or_insert_with(Box::default)
+    }
+
+    fn is_completed(&self) -> bool {
+        !matches!(self.slot, Slot::Empty)
+    }
 }
 
 impl<T> Cell<T> {
     pub(crate) fn new(callback: Option<Callback<T>>, state: State) -> Arc<Self> {
+        let more = callback.map(|callback| {
+            Box::new(More {
+                callback: Some(callback),
+                ..More::default()
+            })
+        });
         Arc::new(Cell {
-            flags: AtomicU8::new(0),
             inner: Mutex::new(Inner {
                 slot: Slot::Empty,
-                callback,
-                wakers: Vec::new(),
-                parked: Vec::new(),
+                waker: None,
+                more,
             }),
-            state,
-            runner: AtomicWaker::new(),
+            state: (!state.is_none()).then(|| Box::new(state)),
         })
     }
 
@@ -97,18 +131,20 @@ impl<T> Cell<T> {
     }
 
     pub(crate) fn state(&self) -> &State {
-        &self.state
+        self.state.as_deref().unwrap_or(&NO_STATE)
     }
 
     pub(crate) fn is_completed(&self) -> bool {
-        // ORDERING: Acquire pairs with the Release in `complete`, so a caller that sees
-        // COMPLETED also sees the stored result (it is read under the lock anyway).
-        self.flags.load(Ordering::Acquire) & COMPLETED != 0
+        self.lock().is_completed()
     }
 
     pub(crate) fn completed_synchronously(&self) -> bool {
-        // ORDERING: as in `is_completed`; SYNCHRONOUS is only ever set with COMPLETED.
-        self.flags.load(Ordering::Acquire) & SYNCHRONOUS != 0
+        match self.lock().slot {
+            Slot::Empty => false,
+            Slot::Ready { synchronous, .. }
+            | Slot::Failed { synchronous, .. }
+            | Slot::Taken { synchronous } => synchronous,
+        }
     }
 
     /// Stores the result unless one is already there, then wakes every waiter and runs
@@ -123,26 +159,35 @@ impl<T> Cell<T> {
         synchronous: bool,
     ) -> Result<(), Result<T, Error>> {
         let mut inner = this.lock();
-        if !matches!(inner.slot, Slot::Empty) {
+        if inner.is_completed() {
             return Err(result);
         }
-        inner.slot = Slot::Ready(result);
-        let flags = if synchronous {
-            COMPLETED | SYNCHRONOUS
-        } else {
-            COMPLETED
+        inner.slot = match result {
+            Ok(value) => Slot::Ready { value, synchronous },
+            Err(error) => Slot::Failed {
+                error: Box::new(error),
+                synchronous,
+            },
         };
-        // ORDERING: Release publishes the slot to lock-free readers of the flags.
-        this.flags.fetch_or(flags, Ordering::Release);
-        let wakers = std::mem::take(&mut inner.wakers);
-        let parked = std::mem::take(&mut inner.parked);
-        let callback = inner.callback.take();
+        let first = inner.waker.take();
+        let more = inner.more.take();
         drop(inner);
 
+        let (callback, wakers, parked) = match more {
+            Some(more) => {
+                let More {
+                    callback,
+                    wakers,
+                    parked,
+                } = *more;
+                (callback, wakers, parked)
+            }
+            None => (None, Vec::new(), Vec::new()),
+        };
         // A waker that panics must not keep the other waiters asleep or skip the
         // callback: wake everyone, run the callback, then re-raise the first panic.
         let mut waker_panic = None;
-        for waker in wakers.into_iter().flatten() {
+        for waker in first.into_iter().chain(wakers.into_iter().flatten()) {
             if let Err(payload) = catch_unwind(AssertUnwindSafe(|| waker.wake())) {
                 waker_panic.get_or_insert(payload);
             }
@@ -150,7 +195,6 @@ impl<T> Cell<T> {
         for thread in parked {
             thread.unpark();
         }
-        this.runner.wake();
         if let Some(callback) = callback {
             callback(AsyncResult::from_cell(Arc::clone(this)));
         }
@@ -164,23 +208,23 @@ impl<T> Cell<T> {
     /// (the caller then runs it itself).
     pub(crate) fn set_callback(&self, callback: Callback<T>) -> Result<(), Callback<T>> {
         let mut inner = self.lock();
-        match inner.slot {
-            Slot::Empty => {
-                inner.callback = Some(callback);
-                Ok(())
-            }
-            _ => Err(callback),
+        if inner.is_completed() {
+            return Err(callback);
         }
+        inner.more().callback = Some(callback);
+        Ok(())
     }
 
     fn take_locked(inner: &mut Inner<T>) -> Option<Result<T, Error>> {
-        match std::mem::replace(&mut inner.slot, Slot::Taken) {
-            Slot::Ready(result) => Some(result),
-            Slot::Taken => Some(Err(Error::AlreadyEnded)),
-            Slot::Empty => {
-                inner.slot = Slot::Empty;
-                None
-            }
+        let synchronous = match inner.slot {
+            Slot::Empty => return None,
+            Slot::Taken { .. } => return Some(Err(Error::AlreadyEnded)),
+            Slot::Ready { synchronous, .. } | Slot::Failed { synchronous, .. } => synchronous,
+        };
+        match std::mem::replace(&mut inner.slot, Slot::Taken { synchronous }) {
+            Slot::Ready { value, .. } => Some(Ok(value)),
+            Slot::Failed { error, .. } => Some(Err(*error)),
+            Slot::Empty | Slot::Taken { .. } => unreachable!("matched above"),
         }
     }
 
@@ -213,11 +257,8 @@ impl<T> Cell<T> {
         cx: &mut Context<'_>,
         entry: &mut Option<usize>,
     ) -> Poll<()> {
-        if self.is_completed() {
-            return Poll::Ready(());
-        }
         let mut inner = self.lock();
-        if !matches!(inner.slot, Slot::Empty) {
+        if inner.is_completed() {
             return Poll::Ready(());
         }
         let old = Self::register_locked(&mut inner, cx.waker(), entry);
@@ -226,7 +267,7 @@ impl<T> Cell<T> {
         Poll::Pending
     }
 
-    /// Puts `waker` in the caller's entry (allocating one on first use) and returns the
+    /// Puts `waker` in the caller's entry (taking one on first use) and returns the
     /// waker it replaced, to be dropped after unlocking. An equal waker is not cloned.
     fn register_locked(
         inner: &mut Inner<T>,
@@ -234,46 +275,75 @@ impl<T> Cell<T> {
         entry: &mut Option<usize>,
     ) -> Option<Waker> {
         let index = match *entry {
-            Some(index) if index < inner.wakers.len() => index,
-            _ => {
-                let index = match inner.wakers.iter().position(Option::is_none) {
-                    Some(free) => free,
-                    None => {
-                        inner.wakers.push(None);
-                        inner.wakers.len() - 1
+            Some(index) => index,
+            None => {
+                // While pending, entry 0 is free exactly when it holds no waker.
+                let index = if inner.waker.is_none() {
+                    0
+                } else {
+                    let more = inner.more();
+                    match more.wakers.iter().position(Option::is_none) {
+                        Some(free) => free + 1,
+                        None => {
+                            more.wakers.push(None);
+                            more.wakers.len()
+                        }
                     }
                 };
                 *entry = Some(index);
                 index
             }
         };
-        match &inner.wakers[index] {
+        let slot = if index == 0 {
+            &mut inner.waker
+        } else {
+            &mut inner.more().wakers[index - 1]
+        };
+        match slot {
             Some(current) if current.will_wake(waker) => None,
-            _ => inner.wakers[index].replace(waker.clone()),
+            _ => slot.replace(waker.clone()),
         }
     }
 
     /// Frees a handle's waker entry when the handle goes away.
     pub(crate) fn release_entry(&self, entry: usize) {
         let mut inner = self.lock();
-        let old = inner.wakers.get_mut(entry).and_then(Option::take);
+        let old = if entry == 0 {
+            inner.waker.take()
+        } else {
+            inner
+                .more
+                .as_mut()
+                .and_then(|more| more.wakers.get_mut(entry - 1)?.take())
+        };
         drop(inner);
         drop(old);
     }
 
     /// Blocks the current thread until the cell completes or `deadline` passes; returns
     /// whether it completed.
+    /// Whether the cell has completed, if that can be seen without waiting for the
+    /// lock: the spinning waiter peeks with this so that it never makes the completer
+    /// wait for the lock (which would put the completer to sleep on it).
+    fn peek_completed(&self) -> bool {
+        match self.inner.try_lock() {
+            Ok(inner) => inner.is_completed(),
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner().is_completed(),
+            Err(TryLockError::WouldBlock) => false,
+        }
+    }
+
     pub(crate) fn wait_until(&self, deadline: Option<Instant>) -> bool {
-        if sync::spin_until(|| self.is_completed()) {
+        if sync::spin_until(|| self.peek_completed()) {
             return true;
         }
         let me = sync::current();
         {
             let mut inner = self.lock();
-            if !matches!(inner.slot, Slot::Empty) {
+            if inner.is_completed() {
                 return true;
             }
-            inner.parked.push(me.clone());
+            inner.more().parked.push(me.clone());
         }
         // A completion after the check above unparks `me` (it took `parked` under the
         // lock), and an unpark that comes before the park makes the park return at once.
@@ -286,17 +356,14 @@ impl<T> Cell<T> {
                 Some(deadline) => {
                     if sync::park_until(deadline) {
                         let mut inner = self.lock();
-                        inner.parked.retain(|t| t.id() != me.id());
-                        return !matches!(inner.slot, Slot::Empty);
+                        if let Some(more) = inner.more.as_mut() {
+                            more.parked.retain(|t| t.id() != me.id());
+                        }
+                        return inner.is_completed();
                     }
                 }
             }
         }
-    }
-
-    /// Registers the waker of the task running the operation's future.
-    pub(crate) fn register_runner(&self, waker: &Waker) {
-        self.runner.register(waker);
     }
 }
 
@@ -319,6 +386,15 @@ mod tests {
     fn counting_waker() -> (std::sync::Arc<CountWakes>, Waker) {
         let count = std::sync::Arc::new(CountWakes(AtomicUsize::new(0)));
         (std::sync::Arc::clone(&count), Waker::from(count))
+    }
+
+    /// The layout budget: 64 bytes of overhead per pending operation beyond a `u64`
+    /// result, the `Arc`'s two counts included.
+    #[test]
+    fn cell_stays_within_its_size_budget() {
+        let arc_counts = 2 * std::mem::size_of::<usize>();
+        let overhead = arc_counts + std::mem::size_of::<Cell<u64>>() - std::mem::size_of::<u64>();
+        assert!(overhead <= 64, "{overhead} bytes");
     }
 
     #[test]

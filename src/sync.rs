@@ -6,13 +6,12 @@
 //! loom's `Arc` cannot hold), and so does the `Arc` behind the reaper's waker in
 //! `from_apm.rs` (`futures::task::ArcWake` needs std's).
 
-use std::task::Waker;
 use std::time::Instant;
 
 #[cfg(not(apm_tap_loom))]
 pub(crate) use std::{
     sync::atomic::{AtomicU8, Ordering},
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError},
     thread::{current, park, Thread},
 };
 
@@ -23,7 +22,7 @@ pub(crate) use loom::{
     thread::{current, park, Thread},
 };
 #[cfg(apm_tap_loom)]
-pub(crate) use std::sync::PoisonError;
+pub(crate) use std::sync::{PoisonError, TryLockError};
 
 /// Parks the current thread until `deadline` at the latest (spurious wake-ups allowed);
 /// returns `true` once the deadline has passed.
@@ -43,38 +42,6 @@ pub(crate) fn park_until(deadline: Instant) -> bool {
 pub(crate) fn park_until(_deadline: Instant) -> bool {
     loom::thread::yield_now();
     true
-}
-
-/// A waker slot written by one task and woken from anywhere (futures' or loom's
-/// `AtomicWaker`).
-pub(crate) struct AtomicWaker {
-    #[cfg(not(apm_tap_loom))]
-    inner: futures::task::AtomicWaker,
-    #[cfg(apm_tap_loom)]
-    inner: loom::future::AtomicWaker,
-}
-
-impl AtomicWaker {
-    pub(crate) fn new() -> Self {
-        AtomicWaker {
-            #[cfg(not(apm_tap_loom))]
-            inner: futures::task::AtomicWaker::new(),
-            #[cfg(apm_tap_loom)]
-            inner: loom::future::AtomicWaker::new(),
-        }
-    }
-
-    /// Stores `waker` (not cloned again if it would wake the same task).
-    pub(crate) fn register(&self, waker: &Waker) {
-        #[cfg(not(apm_tap_loom))]
-        self.inner.register(waker);
-        #[cfg(apm_tap_loom)]
-        self.inner.register_by_ref(waker);
-    }
-
-    pub(crate) fn wake(&self) {
-        self.inner.wake();
-    }
 }
 
 /// Spins briefly until `done()` holds, before a waiter registers itself and parks: a

@@ -97,7 +97,7 @@ where
     let handle = AsyncResult::from_cell(Arc::clone(&cell));
     let mut task = Box::pin(Task {
         future,
-        guard: AbandonOnDrop(cell),
+        guard: TaskCell { cell, entry: None },
     });
     let mut first = Poll::Pending;
     spawner.enter(&mut || {
@@ -149,27 +149,33 @@ struct Task<F: Future> {
     #[pin]
     future: F,
     // Declared after `future`, so it is dropped after the future.
-    guard: AbandonOnDrop<F::Output>,
+    guard: TaskCell<F::Output>,
 }
 
-/// Completes the operation with `Abandoned` if the task is dropped before finishing
-/// (the executor shut down or refused it).
-struct AbandonOnDrop<T>(Arc<Cell<T>>);
+/// The task's hold on the cell: a waker entry, so that `cancel` wakes the task, and
+/// completion with `Abandoned` if the task is dropped before finishing (the executor
+/// shut down or refused it).
+struct TaskCell<T> {
+    cell: Arc<Cell<T>>,
+    entry: Option<usize>,
+}
 
-impl<T> Drop for AbandonOnDrop<T> {
+impl<T> Drop for TaskCell<T> {
     fn drop(&mut self) {
         // Refused, harmlessly, when the task already stored a result.
-        let _ = Cell::complete(&self.0, Err(Error::Abandoned), false);
+        let _ = Cell::complete(&self.cell, Err(Error::Abandoned), false);
+        if let Some(entry) = self.entry {
+            self.cell.release_entry(entry);
+        }
     }
 }
 
 impl<F: Future> Task<F> {
     fn poll_step(self: Pin<&mut Self>, cx: &mut Context<'_>, synchronous: bool) -> Poll<()> {
         let this = self.project();
-        let cell = &this.guard.0;
-        // Register before checking, so a `cancel` between the two still wakes us.
-        cell.register_runner(cx.waker());
-        if cell.is_completed() {
+        let TaskCell { cell, entry } = this.guard;
+        // Checks for a `cancel` and, in the same step, registers to be woken by one.
+        if cell.poll_completed(cx, entry).is_ready() {
             // Cancelled: finishing the task drops the future, on this executor.
             return Poll::Ready(());
         }
