@@ -334,9 +334,17 @@ impl<T> Cell<T> {
     }
 
     pub(crate) fn wait_until(&self, deadline: Option<Instant>) -> bool {
+        let started = Instant::now();
         if sync::spin_until(|| self.peek_completed()) {
             return true;
         }
+        let completed = self.park_until(deadline);
+        sync::record_wait(started.elapsed());
+        completed
+    }
+
+    /// The blocking part of `wait_until`, once spinning did not see the result.
+    fn park_until(&self, deadline: Option<Instant>) -> bool {
         let me = sync::current();
         {
             let mut inner = self.lock();

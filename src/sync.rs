@@ -44,35 +44,37 @@ pub(crate) fn park_until(_deadline: Instant) -> bool {
     true
 }
 
-/// Spins briefly until `done()` holds, before a waiter registers itself and parks: a
-/// result that arrives within microseconds is then picked up without an OS sleep and
-/// wake-up, which costs tens of microseconds (80-100 on small VMs). Returns `done()`.
+/// The adaptive spin of blocking waits (not under loom or Miri, which only spin once).
 ///
-/// The spin is bounded by a per-thread budget that adapts: it doubles (up to
-/// `MAX_SPIN`) each time a spin sees the result arrive, and halves (down to
-/// `MIN_SPIN`) each time the thread had to park anyway, so a thread whose waits are long
-/// soon stops burning CPU on them. Loom and Miri skip the spin.
-pub(crate) fn spin_until(done: impl Fn() -> bool) -> bool {
-    #[cfg(not(any(apm_tap_loom, miri)))]
-    {
-        use std::cell::Cell;
-        use std::time::Duration;
+/// A waiter spins briefly before it registers and parks: a result that arrives within
+/// microseconds is then picked up without an OS sleep and wake-up, which costs tens of
+/// microseconds (80-100 on small VMs). The spin is bounded by a per-thread budget,
+/// between `MIN_SPIN` and `MAX_SPIN`, that follows how long this thread's waits really
+/// take: after a wait that ended within `MAX_SPIN`, the next spin is long enough to
+/// catch one like it (twice its length); after a longer one the budget halves, so a
+/// thread whose waits are long soon stops burning CPU on them.
+#[cfg(not(any(apm_tap_loom, miri)))]
+mod spin {
+    use std::cell::Cell;
+    use std::time::{Duration, Instant};
 
-        const MIN_SPIN: Duration = Duration::from_micros(2);
-        const MAX_SPIN: Duration = Duration::from_micros(50);
-        thread_local! {
-            static BUDGET: Cell<Duration> = const { Cell::new(Duration::from_micros(20)) };
-        }
+    const MIN_SPIN: Duration = Duration::from_micros(2);
+    const MAX_SPIN: Duration = Duration::from_micros(50);
+
+    thread_local! {
+        static BUDGET: Cell<Duration> = const { Cell::new(Duration::from_micros(20)) };
+    }
+
+    /// Spins until `done()` holds or the budget runs out; returns `done()`.
+    pub(crate) fn spin_until(done: impl Fn() -> bool) -> bool {
         let budget = BUDGET.with(Cell::get);
         let start = Instant::now();
         let mut backoff = 1_u32;
         loop {
             if done() {
-                BUDGET.with(|b| b.set((budget * 2).min(MAX_SPIN)));
                 return true;
             }
             if start.elapsed() >= budget {
-                BUDGET.with(|b| b.set((budget / 2).max(MIN_SPIN)));
                 return false;
             }
             if backoff <= 64 {
@@ -85,6 +87,27 @@ pub(crate) fn spin_until(done: impl Fn() -> bool) -> bool {
             }
         }
     }
-    #[cfg(any(apm_tap_loom, miri))]
-    done()
+
+    /// Records how long a wait that had to park took in all.
+    pub(crate) fn record_wait(waited: Duration) {
+        BUDGET.with(|budget| {
+            let next = if waited <= MAX_SPIN {
+                waited * 2
+            } else {
+                budget.get() / 2
+            };
+            budget.set(next.clamp(MIN_SPIN, MAX_SPIN));
+        });
+    }
 }
+
+#[cfg(any(apm_tap_loom, miri))]
+mod spin {
+    pub(crate) fn spin_until(done: impl Fn() -> bool) -> bool {
+        done()
+    }
+
+    pub(crate) fn record_wait(_waited: std::time::Duration) {}
+}
+
+pub(crate) use spin::{record_wait, spin_until};
