@@ -149,8 +149,9 @@ impl<T> AsyncResult<T> {
     /// assert_eq!(handle.wait_timeout(Duration::from_secs(5)), Ok(true));
     /// ```
     pub fn wait_timeout(&self, timeout: Duration) -> Result<bool, Error> {
-        if self.is_completed() || timeout.is_zero() {
-            return Ok(self.is_completed());
+        let completed = self.is_completed();
+        if completed || timeout.is_zero() {
+            return Ok(completed);
         }
         // A timeout too large to represent waits without a deadline.
         let deadline = Instant::now().checked_add(timeout);
