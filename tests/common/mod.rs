@@ -232,3 +232,21 @@ pub fn probed(
         c.cancels.fetch_add(1, SeqCst);
     })
 }
+
+/// Asserts that `runtime` still runs new operations after one of its tasks panicked.
+pub fn assert_still_serving(runtime: &tokio::runtime::Runtime) {
+    let next = apm_tap::begin_on(
+        runtime,
+        async {
+            tokio::task::yield_now().await;
+            1
+        },
+        apm_tap::AsyncCallback::none(),
+        apm_tap::State::none(),
+    );
+    assert_eq!(
+        next.end(),
+        Ok(1),
+        "the runtime stopped serving after a panic"
+    );
+}
