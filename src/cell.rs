@@ -2,235 +2,698 @@
 //! [`AsyncResult`], the [`Completer`](crate::Completer) or task that finishes it, and
 //! the callback.
 //!
+//! # Owners
+//!
+//! A cell has one *writer* ([`Writer`]: a `Completer`, or the task running a `begin`
+//! future), which alone stores a result, and any number of *handles* ([`Shared`]: every
+//! `AsyncResult`), which wait, take the result or cancel. Both are counted in the state
+//! word; the last owner to go frees the cell, dropping a result nobody took.
+//!
 //! # States
 //!
-//! The result slot moves one way only:
-//!
 //! ```text
-//!            complete(Ok / Err)                  take (end / await)
-//!   Empty ---------------------------> Ready / Failed ------------------> Taken
-//!     |   records `synchronous`;                   every later take gets
-//!     |   takes wakers, parked threads,            Err(AlreadyEnded);
-//!     |   callback; runs them after unlocking      `synchronous` is kept
-//!     +-- a second complete is refused and hands its value back
+//!            writer stores a value or error (VALUE)           take (end / await)
+//!   pending ------------------------------------> complete --------------------> TAKEN
+//!      |     or a handle cancels first (CANCELLED)    |     every later take gets
+//!      |     the winner wakes the waiters and runs     |     Err(AlreadyEnded)
+//!      |     the callback; the loser's value goes back  |
 //! ```
 //!
 //! # Implementation notes
 //!
-//! - The cell is owned by `Arc`: every handle clone, the completer, the running task and
-//!   a pending callback's handle hold one reference; the last to go frees the cell and
-//!   drops a result nobody took.
-//! - Everything mutable sits behind one mutex, held only for short bookkeeping. No user
-//!   code (waker, callback, thread unpark) runs while it is held, except `Waker::clone`,
-//!   which leaves the state untouched if it panics.
-//! - The cell is small on purpose (72 bytes for a `u64` result, counts included): what
-//!   most operations never use lives elsewhere. Errors are boxed (the cold path); the
-//!   state sits behind a pointer that is null when there is none; the callback, every
-//!   waiter but the first and the parked threads live in `More`, allocated only when an
-//!   operation has a callback, a second concurrent waiter, or a thread that blocks.
-//! - Waiters: each awaiting handle (and the task running a `begin` future) owns one
-//!   entry: entry 0 is the inline `waker`, entry `n > 0` is `More::wakers[n - 1]`. So
-//!   several clones can be awaited at once and a re-poll replaces only its own waker.
-//!   Blocked threads push their `Thread` into `More::parked`.
-//! - Every lock, `Arc` and park comes from [`crate::sync`], so that the loom models in
-//!   `tests/loom.rs` explore this code's interleavings.
+//! - Lock-free on the paths every operation takes: one atomic word (`state`) holds the
+//!   completion, the waiter flags and the owner counts; the result, the first waiter's
+//!   waker and the task's waker sit in `UnsafeCell`s whose ownership the state word
+//!   hands over (see the flag constants). An uncontended synchronous completion costs
+//!   one compare-and-swap; a handle that sees it is the last owner takes the result and
+//!   frees the cell without any further read-modify-write.
+//! - What most operations never need lives in `More`, allocated on first need: the
+//!   callback (an `UnsafeCell` handed over by the `CALLBACK` flag, so still lock-free)
+//!   and, behind a mutex, every waiting handle but the first and the threads blocked in
+//!   `end` or `wait`. The completer takes that mutex only when the `WAITERS` flag says
+//!   somebody used it.
+//! - The cell is small on purpose: 72 bytes for a `u64` result, counts included.
+//! - Every atomic, `UnsafeCell`, lock and park comes from [`crate::sync`], so that the
+//!   loom models in `tests/loom.rs` explore this code's interleavings and check each
+//!   `UnsafeCell` access for data races; Miri checks the pointer handling.
 
+// The protocol's invariants and the `unsafe` they justify are written at each use.
+#![allow(unsafe_code)]
+
+use std::marker::PhantomData;
+use std::mem::{self, ManuallyDrop};
+use std::ops::Deref;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::ptr::{self, NonNull};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use crate::sync::{self, Arc, Mutex, MutexGuard, PoisonError, Thread, TryLockError};
+use crate::sync::{
+    self, AtomicPtr, AtomicUsize, Mutex, MutexGuard,
+    Ordering::{AcqRel, Acquire, Relaxed},
+    PoisonError, Thread, UnsafeCell,
+};
 use crate::{AsyncResult, Error, State};
 
 /// The boxed callback stored in a cell, run once with a clone of the handle.
 pub(crate) type Callback<T> = Box<dyn FnOnce(AsyncResult<T>) + Send>;
 
-/// The result slot. `synchronous`: the operation completed on the thread that began it,
-/// before Begin returned; set with the result and kept when it is taken.
-enum Slot<T> {
-    Empty,
-    Ready {
-        value: T,
-        synchronous: bool,
-    },
-    Failed {
-        error: Box<Error>,
-        synchronous: bool,
-    },
-    Taken {
-        synchronous: bool,
-    },
+/// What the writer stores. Errors are boxed: they are the cold path, and the slot stays
+/// as small as `T` plus a word.
+type Outcome<T> = Result<T, Box<Error>>;
+
+// The state word. Flags in the low bits, the number of handles above them.
+
+/// The writer stored its outcome in `slot`. Set once, only by the writer, only while
+/// `CANCELLED` is clear; from then on a handle that sets `TAKEN` owns the slot.
+const VALUE: usize = 1;
+/// A handle cancelled before the writer stored anything: the result is
+/// `Err(Cancelled)` and `slot` stays the writer's (it takes back what it stores).
+const CANCELLED: usize = 1 << 1;
+/// Either of the two: the cell is complete.
+const COMPLETE: usize = VALUE | CANCELLED;
+/// The result was taken; later takes get `AlreadyEnded`.
+const TAKEN: usize = 1 << 2;
+/// The writer completed on the thread that began the operation, inside Begin.
+const SYNC: usize = 1 << 3;
+/// `waker` holds the waker of the handle that owns entry 0. While set and the cell is
+/// pending, the completer may take the waker at any moment, so the owner must clear
+/// the flag (which fails once complete) before it touches `waker`; while clear, the
+/// owner alone touches it. Whoever completes the cell takes the waker if the flag was
+/// set at that moment.
+const WAKER: usize = 1 << 4;
+/// Entry 0 (`waker`) belongs to a handle.
+const ENTRY0: usize = 1 << 5;
+/// `task_waker` holds the writer's own waker (a running `begin` task waiting to learn
+/// of a cancel), under the same rules as `WAKER`, with the writer as owner.
+const TASK_WAKER: usize = 1 << 6;
+/// `More::waiters` may hold wakers or parked threads: the completer must lock it.
+const WAITERS: usize = 1 << 7;
+/// `More::callback` holds the callback: whoever completes the cell takes it.
+const CALLBACK: usize = 1 << 8;
+/// The writer still owns the cell.
+const WRITER: usize = 1 << 9;
+/// One handle. The count of handles takes every bit from here up.
+const REF: usize = 1 << 10;
+
+/// The number of handles counted in `state`.
+const fn handles(state: usize) -> usize {
+    state / REF
 }
 
-struct Inner<T> {
-    slot: Slot<T>,
-    /// Waiter entry 0.
-    waker: Option<Waker>,
-    more: Option<Box<More<T>>>,
+/// Whether `state`, as seen by a handle, says that this handle is the cell's only
+/// owner: no other handle, no writer. Only the owner itself could create another (by
+/// cloning), so once true it stays true for as long as that owner does not clone.
+const fn is_sole(state: usize) -> bool {
+    handles(state) == 1 && state & WRITER == 0
+}
+
+pub(crate) struct Cell<T> {
+    state: AtomicUsize,
+    slot: UnsafeCell<Option<Outcome<T>>>,
+    /// Waiter entry 0: the first awaiting handle's waker (see `WAKER`).
+    waker: UnsafeCell<Option<Waker>>,
+    /// The writer's waker (see `TASK_WAKER`).
+    task_waker: UnsafeCell<Option<Waker>>,
+    /// Null until first needed; set once, freed with the cell.
+    more: AtomicPtr<More<T>>,
+    /// `None` for `State::none()`, which most operations have.
+    state_object: Option<Box<State>>,
 }
 
 /// What most operations never need, allocated when one does.
 struct More<T> {
-    callback: Option<Callback<T>>,
-    /// Waiter entries 1, 2, ...; `None` is a free entry.
+    /// See `CALLBACK`: written by whoever installs the callback while the flag is clear
+    /// (once per cell), taken by the completer once it is set.
+    callback: UnsafeCell<Option<Callback<T>>>,
+    waiters: Mutex<Waiters>,
+}
+
+/// Waiter entries 1, 2, ... and blocked threads.
+#[derive(Default)]
+struct Waiters {
+    /// Entry `n` is `wakers[n - 1]`; `None` is a free entry.
     wakers: Vec<Option<Waker>>,
     parked: Vec<Thread>,
 }
 
-// Not derived: that would require `T: Default`.
-impl<T> Default for More<T> {
-    fn default() -> Self {
-        More {
-            callback: None,
-            wakers: Vec::new(),
-            parked: Vec::new(),
-        }
-    }
-}
-
-pub(crate) struct Cell<T> {
-    inner: Mutex<Inner<T>>,
-    /// `None` for `State::none()`, which most operations have.
-    state: Option<Box<State>>,
-}
-
 static NO_STATE: State = State::none();
 
-impl<T> Inner<T> {
-    fn more(&mut self) -> &mut More<T> {
-        self.more.get_or_insert_with(Box::default)
+impl<T> More<T> {
+    /// The state behind the lock is consistent at every point where user code could
+    /// panic, so a poisoned lock is safe to keep using.
+    fn lock(&self) -> MutexGuard<'_, Waiters> {
+        self.waiters.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
 
-    fn is_completed(&self) -> bool {
-        !matches!(self.slot, Slot::Empty)
-    }
+/// Makes a pending operation: its writer and its first handle.
+pub(crate) fn new<T>(callback: Option<Callback<T>>, state: State) -> (Writer<T>, Shared<T>) {
+    let mut bits = WRITER | REF;
+    let more = match callback {
+        None => ptr::null_mut(),
+        Some(callback) => {
+            bits |= CALLBACK;
+            Box::into_raw(Box::new(More {
+                callback: UnsafeCell::new(Some(callback)),
+                waiters: Mutex::new(Waiters::default()),
+            }))
+        }
+    };
+    let cell = Box::new(Cell {
+        state: AtomicUsize::new(bits),
+        slot: UnsafeCell::new(None),
+        waker: UnsafeCell::new(None),
+        task_waker: UnsafeCell::new(None),
+        more: AtomicPtr::new(more),
+        state_object: (!state.is_none()).then(|| Box::new(state)),
+    });
+    let ptr = NonNull::from(Box::leak(cell));
+    (
+        Writer {
+            ptr,
+            _owns: PhantomData,
+        },
+        Shared {
+            ptr,
+            _owns: PhantomData,
+        },
+    )
 }
 
 impl<T> Cell<T> {
-    pub(crate) fn new(callback: Option<Callback<T>>, state: State) -> Arc<Self> {
-        let more = callback.map(|callback| {
-            Box::new(More {
-                callback: Some(callback),
-                ..More::default()
-            })
-        });
-        Arc::new(Cell {
-            inner: Mutex::new(Inner {
-                slot: Slot::Empty,
-                waker: None,
-                more,
-            }),
-            state: (!state.is_none()).then(|| Box::new(state)),
-        })
-    }
-
-    /// Locks the cell. The state behind the lock is consistent at every point where user
-    /// code could panic, so a poisoned lock is safe to keep using.
-    fn lock(&self) -> MutexGuard<'_, Inner<T>> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    fn load(&self) -> usize {
+        // ORDERING: Acquire pairs with the AcqRel read-modify-writes that publish the
+        // slots: a reader that sees a flag sees what was written before it was set.
+        self.state.load(Acquire)
     }
 
     pub(crate) fn state(&self) -> &State {
-        self.state.as_deref().unwrap_or(&NO_STATE)
+        self.state_object.as_deref().unwrap_or(&NO_STATE)
     }
 
     pub(crate) fn is_completed(&self) -> bool {
-        self.lock().is_completed()
+        self.load() & COMPLETE != 0
     }
 
     pub(crate) fn completed_synchronously(&self) -> bool {
-        match self.lock().slot {
-            Slot::Empty => false,
-            Slot::Ready { synchronous, .. }
-            | Slot::Failed { synchronous, .. }
-            | Slot::Taken { synchronous } => synchronous,
-        }
+        self.load() & SYNC != 0
     }
 
-    /// Stores the result unless one is already there, then wakes every waiter and runs
-    /// the callback with a clone of the handle. The first completion wins; a later one
-    /// gets its result back.
+    fn more(&self) -> Option<&More<T>> {
+        // ORDERING: Acquire pairs with the AcqRel install in `more_or_install`.
+        let more = self.more.load(Acquire);
+        // SAFETY: `more` is null or points to the `More` installed for this cell, which
+        // lives until the cell is freed.
+        unsafe { more.as_ref() }
+    }
+
+    fn more_or_install(&self) -> &More<T> {
+        if let Some(more) = self.more() {
+            return more;
+        }
+        let fresh = Box::into_raw(Box::new(More {
+            callback: UnsafeCell::new(None),
+            waiters: Mutex::new(Waiters::default()),
+        }));
+        // ORDERING: AcqRel: publishes the new `More` on success, acquires the winner's on
+        // failure.
+        let installed = match self
+            .more
+            .compare_exchange(ptr::null_mut(), fresh, AcqRel, Acquire)
+        {
+            Ok(_) => fresh,
+            Err(winner) => {
+                // SAFETY: `fresh` came from `Box::into_raw` above and was never shared.
+                drop(unsafe { Box::from_raw(fresh) });
+                winner
+            }
+        };
+        // SAFETY: non-null, installed for this cell, freed only with it.
+        unsafe { &*installed }
+    }
+
+    /// Puts `waker` in an inline waker slot that the caller owns under the rules of
+    /// `WAKER` (the caller passes `flag`, `WAKER` or `TASK_WAKER`) and publishes it,
+    /// also setting `extra`. Ready if the cell completed first; an equal waker is not
+    /// cloned.
+    fn register_inline(
+        &self,
+        slot: &UnsafeCell<Option<Waker>>,
+        flag: usize,
+        extra: usize,
+        waker: &Waker,
+    ) -> Poll<()> {
+        let mut state = self.load();
+        // Take the slot back from a possible completer first.
+        while state & flag != 0 {
+            if state & COMPLETE != 0 {
+                return Poll::Ready(());
+            }
+            match cas(&self.state, state, state & !flag) {
+                Ok(_) => state &= !flag,
+                Err(actual) => state = actual,
+            }
+        }
+        // SAFETY: `flag` is clear and the caller owns the slot's entry: nobody else
+        // touches the slot now (a completer takes it only if `flag` was set).
+        let old = unsafe {
+            access(slot, |slot| match slot {
+                Some(current) if current.will_wake(waker) => None,
+                _ => slot.replace(waker.clone()),
+            })
+        };
+        loop {
+            if state & COMPLETE != 0 {
+                // The completer did not see `flag`: the waker is still ours.
+                // SAFETY: as above, `flag` is clear.
+                let mine = unsafe { access(slot, Option::take) };
+                drop((mine, old));
+                return Poll::Ready(());
+            }
+            match cas(&self.state, state, state | flag | extra) {
+                Ok(_) => break,
+                Err(actual) => state = actual,
+            }
+        }
+        drop(old);
+        Poll::Pending
+    }
+
+    /// Registers `waker` in entry `n > 0` (or a new entry), or sees completion.
+    fn register_more(&self, state: usize, waker: &Waker, entry: &mut Option<usize>) -> Poll<()> {
+        let Some(mut waiters) = self.lock_waiters(state) else {
+            return Poll::Ready(());
+        };
+        let index = match *entry {
+            Some(index) => index,
+            None => {
+                let index = match waiters.wakers.iter().position(Option::is_none) {
+                    Some(free) => free + 1,
+                    None => {
+                        waiters.wakers.push(None);
+                        waiters.wakers.len()
+                    }
+                };
+                *entry = Some(index);
+                index
+            }
+        };
+        let slot = &mut waiters.wakers[index - 1];
+        let old = match slot {
+            Some(current) if current.will_wake(waker) => None,
+            _ => slot.replace(waker.clone()),
+        };
+        drop(waiters);
+        drop(old);
+        Poll::Pending
+    }
+
+    /// Locks `More::waiters` to add a waiter, after making sure that the completer will
+    /// look there; `None` if the cell completed (nothing to add then).
+    fn lock_waiters(&self, state: usize) -> Option<MutexGuard<'_, Waiters>> {
+        let more = self.more_or_install();
+        if state & WAITERS == 0 {
+            // ORDERING: AcqRel, and a read-modify-write: ordered against the completing
+            // one, so either the completer sees `WAITERS` or this sees completion.
+            let before = self.state.fetch_or(WAITERS, AcqRel);
+            if before & COMPLETE != 0 {
+                return None;
+            }
+        }
+        let waiters = more.lock();
+        // A completer that locked before us drained the list already; its completion
+        // is then visible here through the lock.
+        (!self.is_completed()).then_some(waiters)
+    }
+
+    /// Wakes every waiter and runs the callback, after the read-modify-write that
+    /// completed the cell; `before` is the state just before it. The writer's own task
+    /// waker is dropped, not woken.
     ///
     /// A panicking waker is re-raised only after every other waiter was woken and the
     /// callback ran; a panicking callback propagates (the result is stored by then).
-    pub(crate) fn complete(
-        this: &Arc<Self>,
-        result: Result<T, Error>,
-        synchronous: bool,
-    ) -> Result<(), Result<T, Error>> {
-        let mut inner = this.lock();
-        if inner.is_completed() {
-            return Err(result);
-        }
-        inner.slot = match result {
-            Ok(value) => Slot::Ready { value, synchronous },
-            Err(error) => Slot::Failed {
-                error: Box::new(error),
-                synchronous,
-            },
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is the pointer by which the caller (the completer) owns the cell, and the
+    /// caller keeps owning it until this returns.
+    unsafe fn wake_all(ptr: NonNull<Cell<T>>, before: usize, by_writer: bool) {
+        // SAFETY: the caller owns the cell.
+        let this = unsafe { ptr.as_ref() };
+        // A flag that was set when the cell completed can no longer be cleared by its
+        // owner: the completer (this thread) owns that slot now.
+        let first = if before & WAKER != 0 {
+            // SAFETY: `WAKER` was set, see above.
+            unsafe { access(&this.waker, Option::take) }
+        } else {
+            None
         };
-        let first = inner.waker.take();
-        let more = inner.more.take();
-        drop(inner);
-
-        let (callback, wakers, parked) = match more {
-            Some(more) => {
-                let More {
-                    callback,
-                    wakers,
-                    parked,
-                } = *more;
-                (callback, wakers, parked)
+        let task = if before & TASK_WAKER != 0 {
+            // SAFETY: `TASK_WAKER` was set, see above.
+            unsafe { access(&this.task_waker, Option::take) }
+        } else {
+            None
+        };
+        let more = this.more();
+        let wakers = match more {
+            Some(more) if before & WAITERS != 0 => {
+                let mut waiters = more.lock();
+                // Unparked under the lock: a blocked thread that saw the completion on
+                // its own locks before it returns (see `park_until`), so no unpark
+                // reaches it after it has left.
+                for thread in mem::take(&mut waiters.parked) {
+                    thread.unpark();
+                }
+                mem::take(&mut waiters.wakers)
             }
-            None => (None, Vec::new(), Vec::new()),
+            _ => Vec::new(),
         };
-        // A waker that panics must not keep the other waiters asleep or skip the
-        // callback: wake everyone, run the callback, then re-raise the first panic.
+        let callback = match more {
+            // SAFETY: `CALLBACK` was set when the cell completed: the installer is done
+            // with the slot, and only the completer takes it.
+            Some(more) if before & CALLBACK != 0 => unsafe { access(&more.callback, Option::take) },
+            _ => None,
+        };
+        let task = if by_writer {
+            drop(task);
+            None
+        } else {
+            task
+        };
         let mut waker_panic = None;
-        for waker in first.into_iter().chain(wakers.into_iter().flatten()) {
+        for waker in first
+            .into_iter()
+            .chain(task)
+            .chain(wakers.into_iter().flatten())
+        {
             if let Err(payload) = catch_unwind(AssertUnwindSafe(|| waker.wake())) {
                 waker_panic.get_or_insert(payload);
             }
         }
-        for thread in parked {
-            thread.unpark();
-        }
         if let Some(callback) = callback {
-            callback(AsyncResult::from_cell(Arc::clone(this)));
+            // SAFETY: the caller owns the cell by `ptr`.
+            callback(AsyncResult::from_shared(unsafe { Shared::new_from(ptr) }));
         }
         if let Some(payload) = waker_panic {
             resume_unwind(payload);
         }
-        Ok(())
     }
+}
 
-    /// Installs the completion callback, or hands it back if the cell already completed
-    /// (the caller then runs it itself).
-    pub(crate) fn set_callback(&self, callback: Callback<T>) -> Result<(), Callback<T>> {
-        let mut inner = self.lock();
-        if inner.is_completed() {
-            return Err(callback);
+impl<T> Drop for Cell<T> {
+    fn drop(&mut self) {
+        // ORDERING: the last owner acquired every other owner's writes when it found it
+        // was the last; Acquire is for loom, which checks that.
+        let more = self.more.load(Acquire);
+        if !more.is_null() {
+            // SAFETY: installed with `Box::into_raw` for this cell, freed only here.
+            drop(unsafe { Box::from_raw(more) });
         }
-        inner.more().callback = Some(callback);
-        Ok(())
+    }
+}
+
+/// One compare-and-swap step of a read-modify-write loop on the state word.
+///
+/// It takes the atomic alone, not `&Cell`: an update that gives up ownership lets
+/// another thread free the cell at once, while this call is still running, and a
+/// reference to the whole cell must not outlive the cell even then.
+fn cas(state: &AtomicUsize, current: usize, new: usize) -> Result<usize, usize> {
+    // ORDERING: AcqRel: a successful update both publishes this thread's writes to the
+    // slots it hands over and acquires the slots handed to it; the failure ordering
+    // matters only for the value read, which the loop re-examines.
+    state.compare_exchange_weak(current, new, AcqRel, Acquire)
+}
+
+/// Runs `f` on the contents of one of the cell's `UnsafeCell`s.
+///
+/// # Safety
+///
+/// The state word's protocol gives the caller exclusive access to that `UnsafeCell` for
+/// the call (each caller says why).
+unsafe fn access<U, R>(cell: &UnsafeCell<U>, f: impl FnOnce(&mut U) -> R) -> R {
+    // SAFETY: exclusive access, by this function's contract.
+    cell.with_mut(|contents| f(unsafe { &mut *contents }))
+}
+
+/// Frees the cell.
+///
+/// # Safety
+///
+/// The caller was its last owner, has acquired every other owner's writes, and does not
+/// touch the cell again.
+unsafe fn free<T>(ptr: NonNull<Cell<T>>) {
+    // SAFETY: allocated with `Box` in `new`; the caller guarantees exclusive access.
+    drop(unsafe { Box::from_raw(ptr.as_ptr()) });
+}
+
+/// The writer's ownership of a cell. Dropping it unfinished completes the cell with
+/// [`Error::Abandoned`].
+pub(crate) struct Writer<T> {
+    ptr: NonNull<Cell<T>>,
+    _owns: PhantomData<Box<Cell<T>>>,
+}
+
+// SAFETY: a writer moves a `T` into the cell, to be taken on another thread (so
+// `T: Send`), and never gives out a `&T`; everything else it touches is `Send + Sync`
+// or handed over by the state word's protocol.
+unsafe impl<T: Send> Send for Writer<T> {}
+// SAFETY: through `&Writer` only the atomic state and the immutable `State` are read.
+unsafe impl<T: Send> Sync for Writer<T> {}
+
+impl<T> Deref for Writer<T> {
+    type Target = Cell<T>;
+
+    fn deref(&self) -> &Cell<T> {
+        // SAFETY: the writer owns the cell until `finish` gives the ownership up.
+        unsafe { self.ptr.as_ref() }
+    }
+}
+
+impl<T> Writer<T> {
+    /// Stores the result unless a handle cancelled first (then the result comes back),
+    /// wakes every waiter and runs the callback.
+    pub(crate) fn complete(
+        self,
+        result: Result<T, Error>,
+        synchronous: bool,
+    ) -> Result<(), Result<T, Error>> {
+        let mut this = ManuallyDrop::new(self);
+        // SAFETY: `this` is never used or dropped again.
+        unsafe { this.finish(result, synchronous) }
     }
 
-    fn take_locked(inner: &mut Inner<T>) -> Option<Result<T, Error>> {
-        let synchronous = match inner.slot {
-            Slot::Empty => return None,
-            Slot::Taken { .. } => return Some(Err(Error::AlreadyEnded)),
-            Slot::Ready { synchronous, .. } | Slot::Failed { synchronous, .. } => synchronous,
+    /// Ready once a handle cancelled the cell; otherwise registers the writer's waker
+    /// to be woken by a cancel.
+    pub(crate) fn poll_cancelled(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.is_completed() {
+            return Poll::Ready(());
+        }
+        self.register_inline(&self.task_waker, TASK_WAKER, 0, cx.waker())
+    }
+
+    /// Completes the cell, then gives up the writer's ownership.
+    ///
+    /// # Safety
+    ///
+    /// Called once; the writer is not used or dropped afterwards.
+    unsafe fn finish(
+        &mut self,
+        result: Result<T, Error>,
+        synchronous: bool,
+    ) -> Result<(), Result<T, Error>> {
+        let ptr = self.ptr;
+        // SAFETY: the writer owns the cell until `release_writer` below.
+        let cell = unsafe { ptr.as_ref() };
+        let mut state = cell.load();
+        if state & COMPLETE != 0 {
+            // SAFETY: the writer owns its reference and gives it up here.
+            unsafe { release_writer(ptr) };
+            return Err(result);
+        }
+        // SAFETY: only the writer writes the slot, and nobody reads it before `VALUE`,
+        // which only the writer sets, below.
+        unsafe { access(&cell.slot, |slot| *slot = Some(result.map_err(Box::new))) };
+        let set = VALUE | if synchronous { SYNC } else { 0 };
+        let mut released;
+        loop {
+            if state & COMPLETE != 0 {
+                // Cancelled meanwhile: `VALUE` was never set, the slot is still ours.
+                // SAFETY: as above.
+                let back = unsafe { access(&cell.slot, Option::take) };
+                // SAFETY: as above.
+                unsafe { release_writer(ptr) };
+                let back = back.expect("the writer stored its outcome just above");
+                return Err(back.map_err(|error| *error));
+            }
+            // Nobody to wake and no callback: give up the writer's ownership in the same
+            // update.
+            released = state & (WAKER | TASK_WAKER | WAITERS | CALLBACK) == 0;
+            let new = if released {
+                (state | set) & !WRITER
+            } else {
+                state | set
+            };
+            match cas(&cell.state, state, new) {
+                Ok(_) => break,
+                Err(actual) => state = actual,
+            }
+        }
+        if released {
+            if handles(state) == 0 {
+                // SAFETY: no handle and the writer gone: this thread was the last owner,
+                // and its AcqRel update acquired the others' writes.
+                unsafe { free(ptr) };
+            }
+            return Ok(());
+        }
+        // Gives up the writer's ownership even if the callback panics.
+        struct Release<T>(NonNull<Cell<T>>);
+        impl<T> Drop for Release<T> {
+            fn drop(&mut self) {
+                // SAFETY: `finish` hands its ownership to this guard.
+                unsafe { release_writer(self.0) };
+            }
+        }
+        let _release = Release(ptr);
+        // SAFETY: `_release` keeps the writer's ownership, by `ptr`, until this returns.
+        unsafe { Cell::wake_all(ptr, state, true) };
+        Ok(())
+    }
+}
+
+impl<T> Drop for Writer<T> {
+    fn drop(&mut self) {
+        // Refused, harmlessly, when the cell was cancelled.
+        // SAFETY: this is the writer's last use.
+        let _ = unsafe { self.finish(Err(Error::Abandoned), false) };
+    }
+}
+
+/// Gives up the writer's ownership of the cell, freeing it if no handle is left.
+///
+/// # Safety
+///
+/// The caller owns the writer's ownership and does not touch the cell afterwards.
+unsafe fn release_writer<T>(ptr: NonNull<Cell<T>>) {
+    // SAFETY: the writer's ownership keeps the cell alive until this update.
+    let cell = unsafe { ptr.as_ref() };
+    // ORDERING: AcqRel: releases this writer's accesses to whoever frees the cell, and
+    // acquires the handles' if that is this thread.
+    let before = cell.state.fetch_sub(WRITER, AcqRel);
+    if handles(before) == 0 {
+        // SAFETY: the writer was the last owner.
+        unsafe { free(ptr) };
+    }
+}
+
+/// A handle's ownership of a cell: the inside of an [`AsyncResult`].
+pub(crate) struct Shared<T> {
+    ptr: NonNull<Cell<T>>,
+    _owns: PhantomData<Box<Cell<T>>>,
+}
+
+// SAFETY: a handle hands out a `T` only by value, taken once under the state word's
+// protocol (so `T: Send` is needed to take it on another thread, and suffices), and
+// never gives out a `&T`; the rest of the cell is `Send + Sync` or handed over by the
+// protocol. The same bounds as `Arc<Mutex<T>>`.
+unsafe impl<T: Send> Send for Shared<T> {}
+// SAFETY: as above; every method takes `&self` and follows the protocol.
+unsafe impl<T: Send> Sync for Shared<T> {}
+
+impl<T> Deref for Shared<T> {
+    type Target = Cell<T>;
+
+    fn deref(&self) -> &Cell<T> {
+        // SAFETY: a handle owns the cell until it is dropped.
+        unsafe { self.ptr.as_ref() }
+    }
+}
+
+impl<T> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        // SAFETY: this handle owns the cell by `self.ptr`.
+        unsafe { Shared::new_from(self.ptr) }
+    }
+}
+
+impl<T> Drop for Shared<T> {
+    fn drop(&mut self) {
+        if is_sole(self.load()) {
+            // SAFETY: the only owner (the Acquire load saw every other owner leave).
+            unsafe { free(self.ptr) };
+            return;
+        }
+        // ORDERING: AcqRel, as for the writer's release.
+        let before = self.state.fetch_sub(REF, AcqRel);
+        if is_sole(before) {
+            // SAFETY: this handle was the last owner.
+            unsafe { free(self.ptr) };
+        }
+    }
+}
+
+impl<T> Shared<T> {
+    /// A new handle of the cell at `ptr`.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is the pointer by which the caller owns the cell (as a handle or as the
+    /// writer): the new handle frees the cell through it if it is the last owner.
+    unsafe fn new_from(ptr: NonNull<Cell<T>>) -> Self {
+        // SAFETY: the caller owns the cell.
+        let cell = unsafe { ptr.as_ref() };
+        // ORDERING: Relaxed, as for `Arc::clone`: the caller's ownership keeps the cell
+        // alive, and handing the new handle to another thread synchronises by itself.
+        let before = cell.state.fetch_add(REF, Relaxed);
+        if handles(before) >= handles(usize::MAX) / 2 {
+            // As `Arc` does: a count this high means clones are being leaked.
+            std::process::abort();
+        }
+        Shared {
+            ptr,
+            _owns: PhantomData,
+        }
+    }
+
+    pub(crate) fn ptr_eq(&self, other: &Shared<T>) -> bool {
+        self.ptr == other.ptr
+    }
+
+    /// Takes the result of a complete cell (`state` has `COMPLETE`).
+    fn take(&self, state: usize) -> Result<T, Error> {
+        let state = if is_sole(state) {
+            if state & TAKEN != 0 {
+                return Err(Error::AlreadyEnded);
+            }
+            // ORDERING: nobody else can update the word (see `is_sole`), so a plain store
+            // does; a later clone publishes it with its own update.
+            self.state.store(state | TAKEN, Relaxed);
+            state
+        } else {
+            // ORDERING: AcqRel: exactly one handle sees `TAKEN` clear, and it acquires
+            // the writer's slot.
+            let before = self.state.fetch_or(TAKEN, AcqRel);
+            if before & TAKEN != 0 {
+                return Err(Error::AlreadyEnded);
+            }
+            before
         };
-        match std::mem::replace(&mut inner.slot, Slot::Taken { synchronous }) {
-            Slot::Ready { value, .. } => Some(Ok(value)),
-            Slot::Failed { error, .. } => Some(Err(*error)),
-            Slot::Empty | Slot::Taken { .. } => unreachable!("matched above"),
+        if state & VALUE == 0 {
+            return Err(Error::Cancelled);
         }
+        // SAFETY: `VALUE` is set (the writer is done with the slot) and this handle set
+        // `TAKEN`: nobody else reads the slot.
+        let outcome = unsafe { access(&self.slot, Option::take) };
+        outcome
+            .expect("a complete cell with VALUE holds an outcome")
+            .map_err(|error| *error)
     }
 
     /// Takes the result if there is one, without blocking.
     pub(crate) fn try_take(&self) -> Option<Result<T, Error>> {
-        Self::take_locked(&mut self.lock())
+        let state = self.load();
+        (state & COMPLETE != 0).then(|| self.take(state))
     }
 
     /// Takes the result, or registers `cx`'s waker in the caller's waker entry.
@@ -239,15 +702,9 @@ impl<T> Cell<T> {
         cx: &mut Context<'_>,
         entry: &mut Option<usize>,
     ) -> Poll<Result<T, Error>> {
-        let mut inner = self.lock();
-        match Self::take_locked(&mut inner) {
-            Some(result) => Poll::Ready(result),
-            None => {
-                let old = Self::register_locked(&mut inner, cx.waker(), entry);
-                drop(inner);
-                drop(old);
-                Poll::Pending
-            }
+        match self.poll_completed(cx, entry) {
+            Poll::Ready(()) => Poll::Ready(self.take(self.load())),
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -257,85 +714,125 @@ impl<T> Cell<T> {
         cx: &mut Context<'_>,
         entry: &mut Option<usize>,
     ) -> Poll<()> {
-        let mut inner = self.lock();
-        if inner.is_completed() {
+        let state = self.load();
+        if state & COMPLETE != 0 {
             return Poll::Ready(());
         }
-        let old = Self::register_locked(&mut inner, cx.waker(), entry);
-        drop(inner);
-        drop(old);
-        Poll::Pending
+        let waker = cx.waker();
+        match *entry {
+            Some(0) => self.register_inline(&self.waker, WAKER, 0, waker),
+            Some(_) => self.register_more(state, waker, entry),
+            None if state & ENTRY0 != 0 => self.register_more(state, waker, entry),
+            // The only handle: no other can compete for entry 0 (only this one could make
+            // another, by cloning), and the writer never uses it, so claiming the entry
+            // and publishing the waker is one update.
+            // The entry is recorded only once the waker is in place: if cloning it
+            // panics, `ENTRY0` stays clear and the entry free.
+            None if handles(state) == 1 => {
+                let registered = self.register_inline(&self.waker, WAKER, ENTRY0, waker);
+                *entry = Some(0);
+                registered
+            }
+            None => self.claim_entry0(state, waker, entry),
+        }
     }
 
-    /// Puts `waker` in the caller's entry (taking one on first use) and returns the
-    /// waker it replaced, to be dropped after unlocking. An equal waker is not cloned.
-    fn register_locked(
-        inner: &mut Inner<T>,
-        waker: &Waker,
-        entry: &mut Option<usize>,
-    ) -> Option<Waker> {
-        let index = match *entry {
-            Some(index) => index,
-            None => {
-                // While pending, entry 0 is free exactly when it holds no waker.
-                let index = if inner.waker.is_none() {
-                    0
-                } else {
-                    let more = inner.more();
-                    match more.wakers.iter().position(Option::is_none) {
-                        Some(free) => free + 1,
-                        None => {
-                            more.wakers.push(None);
-                            more.wakers.len()
-                        }
-                    }
-                };
-                *entry = Some(index);
-                index
+    /// Claims entry 0 for this handle if it is free, else registers in `More`.
+    fn claim_entry0(&self, mut state: usize, waker: &Waker, entry: &mut Option<usize>) -> Poll<()> {
+        loop {
+            if state & COMPLETE != 0 {
+                return Poll::Ready(());
             }
-        };
-        let slot = if index == 0 {
-            &mut inner.waker
-        } else {
-            &mut inner.more().wakers[index - 1]
-        };
-        match slot {
-            Some(current) if current.will_wake(waker) => None,
-            _ => slot.replace(waker.clone()),
+            if state & ENTRY0 != 0 {
+                return self.register_more(state, waker, entry);
+            }
+            match cas(&self.state, state, state | ENTRY0) {
+                Ok(_) => break,
+                Err(actual) => state = actual,
+            }
         }
+        *entry = Some(0);
+        self.register_inline(&self.waker, WAKER, 0, waker)
     }
 
     /// Frees a handle's waker entry when the handle goes away.
     pub(crate) fn release_entry(&self, entry: usize) {
-        let mut inner = self.lock();
-        let old = if entry == 0 {
-            inner.waker.take()
-        } else {
-            inner
-                .more
-                .as_mut()
-                .and_then(|more| more.wakers.get_mut(entry - 1)?.take())
-        };
-        drop(inner);
+        if entry > 0 {
+            let old = self
+                .more()
+                .and_then(|more| more.lock().wakers.get_mut(entry - 1)?.take());
+            drop(old);
+            return;
+        }
+        let mut state = self.load();
+        loop {
+            if state & COMPLETE != 0 {
+                // The completer took the waker, or it stays until the cell is freed.
+                return;
+            }
+            if state & WAKER == 0 {
+                break;
+            }
+            match cas(&self.state, state, state & !WAKER) {
+                Ok(_) => break,
+                Err(actual) => state = actual,
+            }
+        }
+        // SAFETY: `WAKER` is clear and this handle owns entry 0.
+        let old = unsafe { access(&self.waker, Option::take) };
+        // ORDERING: AcqRel: hands the (now empty) slot to the next handle that claims
+        // entry 0.
+        self.state.fetch_and(!ENTRY0, AcqRel);
         drop(old);
+    }
+
+    /// Asks the operation to stop: completes the cell with `Cancelled` unless it is
+    /// complete already.
+    pub(crate) fn cancel(&self) {
+        let mut state = self.load();
+        loop {
+            if state & COMPLETE != 0 {
+                return;
+            }
+            match cas(&self.state, state, state | CANCELLED) {
+                Ok(_) => break,
+                Err(actual) => state = actual,
+            }
+        }
+        // SAFETY: this handle owns the cell by `self.ptr` until this returns.
+        unsafe { Cell::wake_all(self.ptr, state, false) };
+    }
+
+    /// Installs the completion callback, or hands it back if the cell already completed
+    /// (the caller then runs it itself). Called at most once per cell, on a cell made
+    /// without a callback.
+    pub(crate) fn set_callback(&self, callback: Callback<T>) -> Result<(), Callback<T>> {
+        let more = self.more_or_install();
+        let mut state = self.load();
+        debug_assert_eq!(state & CALLBACK, 0, "a second callback");
+        if state & COMPLETE != 0 {
+            return Err(callback);
+        }
+        // SAFETY: `CALLBACK` is clear and this is the cell's only installer.
+        unsafe { access(&more.callback, |slot| *slot = Some(callback)) };
+        loop {
+            if state & COMPLETE != 0 {
+                // SAFETY: still clear: the completer did not take it.
+                let back = unsafe { access(&more.callback, Option::take) };
+                return Err(back.expect("installed just above"));
+            }
+            match cas(&self.state, state, state | CALLBACK) {
+                Ok(_) => return Ok(()),
+                Err(actual) => state = actual,
+            }
+        }
     }
 
     /// Blocks the current thread until the cell completes or `deadline` passes; returns
     /// whether it completed.
-    /// Whether the cell has completed, if that can be seen without waiting for the
-    /// lock: the spinning waiter peeks with this so that it never makes the completer
-    /// wait for the lock (which would put the completer to sleep on it).
-    fn peek_completed(&self) -> bool {
-        match self.inner.try_lock() {
-            Ok(inner) => inner.is_completed(),
-            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner().is_completed(),
-            Err(TryLockError::WouldBlock) => false,
-        }
-    }
-
     pub(crate) fn wait_until(&self, deadline: Option<Instant>) -> bool {
         let started = Instant::now();
-        if sync::spin_until(|| self.peek_completed()) {
+        if sync::spin_until(|| self.is_completed()) {
             return true;
         }
         let completed = self.park_until(deadline);
@@ -346,30 +843,25 @@ impl<T> Cell<T> {
     /// The blocking part of `wait_until`, once spinning did not see the result.
     fn park_until(&self, deadline: Option<Instant>) -> bool {
         let me = sync::current();
-        {
-            let mut inner = self.lock();
-            if inner.is_completed() {
-                return true;
-            }
-            inner.more().parked.push(me.clone());
+        match self.lock_waiters(self.load()) {
+            None => return true,
+            Some(mut waiters) => waiters.parked.push(me.clone()),
         }
-        // A completion after the check above unparks `me` (it took `parked` under the
+        // A completion after the check above unparks `me` (it takes `parked` under the
         // lock), and an unpark that comes before the park makes the park return at once.
         loop {
-            if self.is_completed() {
-                return true;
-            }
-            match deadline {
-                None => sync::park(),
-                Some(deadline) => {
-                    if sync::park_until(deadline) {
-                        let mut inner = self.lock();
-                        if let Some(more) = inner.more.as_mut() {
-                            more.parked.retain(|t| t.id() != me.id());
-                        }
-                        return inner.is_completed();
-                    }
+            let completed = self.is_completed();
+            let timed_out = !completed && deadline.is_some_and(sync::park_until);
+            if completed || timed_out {
+                // Leave the list, or wait for the completer (which unparks under the lock)
+                // to be done with `me`: no unpark arrives after this returns.
+                if let Some(more) = self.more() {
+                    more.lock().parked.retain(|t| t.id() != me.id());
                 }
+                return completed || self.is_completed();
+            }
+            if deadline.is_none() {
+                sync::park();
             }
         }
     }
@@ -397,60 +889,78 @@ mod tests {
     }
 
     /// The layout budget: 64 bytes of overhead per pending operation beyond a `u64`
-    /// result, the `Arc`'s two counts included.
+    /// result, the owner counts included (they live in the state word).
     #[test]
     fn cell_stays_within_its_size_budget() {
-        let arc_counts = 2 * std::mem::size_of::<usize>();
-        let overhead = arc_counts + std::mem::size_of::<Cell<u64>>() - std::mem::size_of::<u64>();
+        let overhead = std::mem::size_of::<Cell<u64>>() - std::mem::size_of::<u64>();
         assert!(overhead <= 64, "{overhead} bytes");
     }
 
     #[test]
     fn first_completion_wins_and_result_is_taken_once() {
-        let cell = Cell::<u8>::new(None, State::none());
-        assert!(!cell.is_completed());
-        assert_eq!(Cell::complete(&cell, Ok(1), true), Ok(()));
-        assert_eq!(Cell::complete(&cell, Ok(2), false), Err(Ok(2)));
-        assert!(cell.is_completed() && cell.completed_synchronously());
-        assert_eq!(cell.try_take(), Some(Ok(1)));
-        assert_eq!(cell.try_take(), Some(Err(Error::AlreadyEnded)));
+        let (writer, handle) = new::<u8>(None, State::none());
+        assert!(!handle.is_completed());
+        let other = handle.clone();
+        handle.cancel();
+        assert_eq!(writer.complete(Ok(2), false), Err(Ok(2)));
+        assert!(handle.is_completed() && !handle.completed_synchronously());
+        assert_eq!(other.try_take(), Some(Err(Error::Cancelled)));
+        assert_eq!(handle.try_take(), Some(Err(Error::AlreadyEnded)));
+
+        let (writer, handle) = new::<u8>(None, State::none());
+        assert_eq!(writer.complete(Ok(1), true), Ok(()));
+        handle.cancel();
+        assert!(handle.completed_synchronously());
+        assert_eq!(handle.try_take(), Some(Ok(1)));
+        assert_eq!(handle.try_take(), Some(Err(Error::AlreadyEnded)));
     }
 
     #[test]
     fn each_entry_keeps_only_its_latest_waker() {
-        let cell = Cell::<u8>::new(None, State::none());
+        let (writer, handle) = new::<u8>(None, State::none());
+        let other_handle = handle.clone();
         let (first, first_waker) = counting_waker();
         let (second, second_waker) = counting_waker();
         let (other, other_waker) = counting_waker();
         let (mut entry, mut other_entry) = (None, None);
         let mut cx = Context::from_waker(&first_waker);
-        assert!(cell.poll_take(&mut cx, &mut entry).is_pending());
+        assert!(handle.poll_take(&mut cx, &mut entry).is_pending());
         let mut cx = Context::from_waker(&second_waker);
-        assert!(cell.poll_take(&mut cx, &mut entry).is_pending());
+        assert!(handle.poll_take(&mut cx, &mut entry).is_pending());
         let mut cx = Context::from_waker(&other_waker);
-        assert!(cell.poll_completed(&mut cx, &mut other_entry).is_pending());
-        assert_ne!(entry, other_entry);
-        assert_eq!(Cell::complete(&cell, Ok(3), false), Ok(()));
+        assert!(other_handle
+            .poll_completed(&mut cx, &mut other_entry)
+            .is_pending());
+        assert_eq!((entry, other_entry), (Some(0), Some(1)));
+        assert_eq!(writer.complete(Ok(3), false), Ok(()));
         let wakes = |c: &CountWakes| c.0.load(SeqCst);
         assert_eq!((wakes(&first), wakes(&second), wakes(&other)), (0, 1, 1));
         let mut cx = Context::from_waker(&second_waker);
-        assert_eq!(cell.poll_take(&mut cx, &mut entry), Poll::Ready(Ok(3)));
+        assert_eq!(handle.poll_take(&mut cx, &mut entry), Poll::Ready(Ok(3)));
     }
 
     #[test]
-    fn released_entry_is_reused_and_not_woken() {
-        let cell = Cell::<u8>::new(None, State::none());
+    fn released_entries_are_reused_and_not_woken() {
+        let (writer, handle) = new::<u8>(None, State::none());
+        let second = handle.clone();
         let (gone, gone_waker) = counting_waker();
-        let mut entry = None;
         let mut cx = Context::from_waker(&gone_waker);
-        assert!(cell.poll_completed(&mut cx, &mut entry).is_pending());
-        cell.release_entry(entry.unwrap());
+        let (mut entry, mut second_entry) = (None, None);
+        assert!(handle.poll_completed(&mut cx, &mut entry).is_pending());
+        assert!(second
+            .poll_completed(&mut cx, &mut second_entry)
+            .is_pending());
+        handle.release_entry(entry.unwrap());
+        second.release_entry(second_entry.unwrap());
         let (_, waker) = counting_waker();
-        let mut next = None;
         let mut cx = Context::from_waker(&waker);
-        assert!(cell.poll_completed(&mut cx, &mut next).is_pending());
-        assert_eq!(next, entry, "a freed entry was not reused");
-        Cell::complete(&cell, Err(Error::Cancelled), false).unwrap();
+        let (mut next, mut second_next) = (None, None);
+        assert!(second.poll_completed(&mut cx, &mut next).is_pending());
+        assert!(handle
+            .poll_completed(&mut cx, &mut second_next)
+            .is_pending());
+        assert_eq!((next, second_next), (entry, second_entry));
+        writer.complete(Err(Error::Cancelled), false).unwrap();
         assert_eq!(gone.0.load(SeqCst), 0);
     }
 
@@ -462,22 +972,52 @@ mod tests {
             assert!(handle.is_completed());
             c.fetch_add(1, SeqCst);
         });
-        let cell = Cell::new(Some(callback), State::none());
-        Cell::complete(&cell, Ok(4), false).unwrap();
-        let _ = Cell::complete(&cell, Ok(5), false);
+        let (writer, handle) = new(Some(callback), State::none());
+        writer.complete(Ok(4), false).unwrap();
+        handle.cancel();
         assert_eq!(calls.load(SeqCst), 1);
+
+        let (writer, handle) = new(None, State::none());
+        writer.complete(Ok(5), false).unwrap();
         let late: Callback<u8> = Box::new(|_| unreachable!("installed after completion"));
-        assert!(cell.set_callback(late).is_err());
+        assert!(handle.set_callback(late).is_err());
+    }
+
+    #[test]
+    fn the_last_owner_frees_an_untaken_result() {
+        let drops = std::sync::Arc::new(AtomicUsize::new(0));
+        struct Counted(std::sync::Arc<AtomicUsize>);
+        impl Drop for Counted {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, SeqCst);
+            }
+        }
+        // Handles gone first, then the writer stores: the value is dropped at once.
+        let (writer, handle) = new(None, State::none());
+        drop(handle);
+        assert!(writer
+            .complete(Ok(Counted(std::sync::Arc::clone(&drops))), false)
+            .is_ok());
+        assert_eq!(drops.load(SeqCst), 1);
+        // Writer first, then the last of two handles.
+        let (writer, handle) = new(None, State::none());
+        let clone = handle.clone();
+        assert!(writer
+            .complete(Ok(Counted(std::sync::Arc::clone(&drops))), false)
+            .is_ok());
+        drop(handle);
+        assert_eq!(drops.load(SeqCst), 1);
+        drop(clone);
+        assert_eq!(drops.load(SeqCst), 2);
     }
 
     #[test]
     fn timed_wait_times_out_then_sees_completion() {
-        let cell = Cell::<u8>::new(None, State::none());
-        assert!(!cell.wait_until(Some(Instant::now() + Duration::from_millis(1))));
-        let completer = Arc::clone(&cell);
-        let thread = std::thread::spawn(move || Cell::complete(&completer, Ok(6), false));
-        assert!(cell.wait_until(None));
+        let (writer, handle) = new::<u8>(None, State::none());
+        assert!(!handle.wait_until(Some(Instant::now() + Duration::from_millis(1))));
+        let thread = std::thread::spawn(move || writer.complete(Ok(6), false));
+        assert!(handle.wait_until(None));
         thread.join().unwrap().unwrap();
-        assert!(cell.wait_until(Some(Instant::now())));
+        assert!(handle.wait_until(Some(Instant::now())));
     }
 }

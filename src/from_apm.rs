@@ -508,7 +508,7 @@ impl<B, H, E> Drop for Op<B, H, E> {
             }
         };
         // Hand End to the callback; if the callback already came, run End here.
-        if let Err(finish) = signal.cell().set_callback(Box::new(finish)) {
+        if let Err(finish) = signal.set_callback(Box::new(finish)) {
             finish(signal);
         }
     }

@@ -96,22 +96,25 @@
 //! 15. [`begin`] uses the ambient tokio runtime, or a default runtime started lazily.
 //! 16. The [`State`] given to Begin is returned by every clone and in the callback.
 
-#![forbid(unsafe_code)]
+// Denied everywhere but in the completion cell (`cell.rs`), which allows it for its
+// lock-free protocol.
+#![deny(unsafe_code)]
 
 // Implementation notes
 //
-// - One allocation per operation holds its completion: `cell::Cell`, shared by `Arc`
-//   between every `AsyncResult` clone, the `Completer` or spawned `Task`, and the
-//   callback's handle. The last owner frees it, dropping any result nobody took.
-// - Only the cell decides who wins: the first `complete` stores the result, later ones
-//   get theirs back. `AsyncResult::cancel`, a dropped `Completer` (Abandoned) and a
-//   dropped `Task` (Abandoned) are all just competing completions.
+// - One allocation per operation holds its completion: `cell::Cell`, owned by its one
+//   writer (the `Completer` or spawned `Task`) and by every `AsyncResult` clone
+//   (including the callback's handle), counted in the cell's atomic state word. The
+//   last owner frees it, dropping any result nobody took.
+// - Only the cell decides who wins: the writer stores the result unless a handle
+//   cancelled first, and then gets it back. A dropped `Completer` or `Task` stores
+//   `Abandoned`.
 // - `from_apm` uses a cell of its own, `AsyncResult<()>`, as the signal between the
 //   legacy callback (`ApmCallback` wraps its `Completer<()>`) and the future. When the
 //   future is dropped early it installs End as that cell's callback, so End runs on
 //   whichever side comes second.
 // - No user code (wakers, callbacks, End, on_cancel) runs while a lock is held, except
-//   `Waker::clone`.
+//   `Waker::clone` for a second concurrent waiter of one operation.
 
 mod apm;
 mod cell;

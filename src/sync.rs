@@ -10,19 +10,38 @@ use std::time::Instant;
 
 #[cfg(not(apm_tap_loom))]
 pub(crate) use std::{
-    sync::atomic::{AtomicU8, Ordering},
-    sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError},
+    sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering},
+    sync::{Mutex, MutexGuard, PoisonError},
     thread::{current, park, Thread},
 };
 
 #[cfg(apm_tap_loom)]
 pub(crate) use loom::{
-    sync::atomic::{AtomicU8, Ordering},
-    sync::{Arc, Mutex, MutexGuard},
+    cell::UnsafeCell,
+    sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering},
+    sync::{Mutex, MutexGuard},
     thread::{current, park, Thread},
 };
 #[cfg(apm_tap_loom)]
-pub(crate) use std::sync::{PoisonError, TryLockError};
+pub(crate) use std::sync::PoisonError;
+
+/// `std`'s `UnsafeCell` with (the part the crate uses of) loom's closure-based API, so that loom can check every
+/// access to the cell's slots for data races.
+#[cfg(not(apm_tap_loom))]
+#[derive(Debug)]
+pub(crate) struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
+
+#[cfg(not(apm_tap_loom))]
+impl<T> UnsafeCell<T> {
+    pub(crate) const fn new(value: T) -> Self {
+        UnsafeCell(std::cell::UnsafeCell::new(value))
+    }
+
+    /// Runs `f` with a pointer for writing.
+    pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        f(self.0.get())
+    }
+}
 
 /// Parks the current thread until `deadline` at the latest (spurious wake-ups allowed);
 /// returns `true` once the deadline has passed.

@@ -9,9 +9,8 @@ use futures::task::noop_waker_ref;
 use pin_project::pin_project;
 use tokio::runtime::Handle;
 
-use crate::cell::Cell;
+use crate::cell::{self, Writer};
 use crate::runtime::{default_handle, Spawner};
-use crate::sync::Arc;
 use crate::{AsyncCallback, AsyncResult, Error, State};
 
 /// Starts `future` and returns its handle: the Begin half of a Begin/End pair
@@ -93,11 +92,10 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    let cell = Cell::new(callback.into_inner(), state);
-    let handle = AsyncResult::from_cell(Arc::clone(&cell));
+    let (writer, handle) = cell::new(callback.into_inner(), state);
     let mut task = Box::pin(Task {
         future,
-        guard: TaskCell { cell, entry: None },
+        writer: Some(writer),
     });
     let mut first = Poll::Pending;
     spawner.enter(&mut || {
@@ -107,7 +105,7 @@ where
     if first.is_pending() {
         spawner.spawn(task);
     }
-    handle
+    AsyncResult::from_shared(handle)
 }
 
 /// Runs `future` and hands its result to `callback`, the way Node's
@@ -148,34 +146,21 @@ where
 struct Task<F: Future> {
     #[pin]
     future: F,
-    // Declared after `future`, so it is dropped after the future.
-    guard: TaskCell<F::Output>,
-}
-
-/// The task's hold on the cell: a waker entry, so that `cancel` wakes the task, and
-/// completion with `Abandoned` if the task is dropped before finishing (the executor
-/// shut down or refused it).
-struct TaskCell<T> {
-    cell: Arc<Cell<T>>,
-    entry: Option<usize>,
-}
-
-impl<T> Drop for TaskCell<T> {
-    fn drop(&mut self) {
-        // Refused, harmlessly, when the task already stored a result.
-        let _ = Cell::complete(&self.cell, Err(Error::Abandoned), false);
-        if let Some(entry) = self.entry {
-            self.cell.release_entry(entry);
-        }
-    }
+    /// Registers the task's waker so that `cancel` wakes it. `None` once the outcome is
+    /// stored. Dropped unfinished (the executor shut down or refused the task), it
+    /// completes the operation with `Abandoned`. Declared after `future`, so that it is
+    /// dropped after the future.
+    writer: Option<Writer<F::Output>>,
 }
 
 impl<F: Future> Task<F> {
     fn poll_step(self: Pin<&mut Self>, cx: &mut Context<'_>, synchronous: bool) -> Poll<()> {
         let this = self.project();
-        let TaskCell { cell, entry } = this.guard;
+        let Some(writer) = this.writer.as_mut() else {
+            return Poll::Ready(());
+        };
         // Checks for a `cancel` and, in the same step, registers to be woken by one.
-        if cell.poll_completed(cx, entry).is_ready() {
+        if writer.poll_cancelled(cx).is_ready() {
             // Cancelled: finishing the task drops the future, on this executor.
             return Poll::Ready(());
         }
@@ -184,8 +169,10 @@ impl<F: Future> Task<F> {
             Ok(Poll::Ready(value)) => Ok(value),
             Err(payload) => Err(Error::from_panic(payload)),
         };
-        // Refused when `cancel` won the race: the value is dropped here.
-        let _ = Cell::complete(cell, outcome, synchronous);
+        if let Some(writer) = this.writer.take() {
+            // Refused when `cancel` won the race: the value is dropped here.
+            let _ = writer.complete(outcome, synchronous);
+        }
         Poll::Ready(())
     }
 }

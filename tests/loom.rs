@@ -319,6 +319,71 @@ fn model_10_dropped_completer_races_waiter() {
     });
 }
 
+#[test]
+fn model_12_two_clones_awaited_while_the_writer_completes() {
+    model(
+        "12 two clones awaited at once while the writer completes",
+        || {
+            let values = Arc::new(AtomicUsize::new(0));
+            let (completer, mut first) = Completer::new(AsyncCallback::none(), State::none());
+            let mut second = first.clone();
+            let (a, waker_a) = CountingWaker::new();
+            let (b, waker_b) = CountingWaker::new();
+            assert!(poll_with(&mut first, &waker_a).is_pending());
+            let v = Arc::clone(&values);
+            let completing = thread::spawn(move || completer.complete(DropCounter(v)).is_ok());
+            // Registers in the second waker entry, racing the completion.
+            let raced = poll_with(&mut second, &waker_b);
+            assert!(completing.join().unwrap());
+            assert_eq!(a.wakes(), 1);
+            let second_result = match raced {
+                Poll::Ready(result) => result,
+                Poll::Pending => {
+                    assert_eq!(b.wakes(), 1);
+                    match poll_with(&mut second, &waker_b) {
+                        Poll::Ready(result) => result,
+                        Poll::Pending => panic!("woken but not ready"),
+                    }
+                }
+            };
+            assert!(second_result.is_ok());
+            assert!(matches!(
+                poll_with(&mut first, &waker_a),
+                Poll::Ready(Err(Error::AlreadyEnded))
+            ));
+            drop(second_result);
+            assert_eq!(values.load(SeqCst), 1);
+            drop((first, second));
+            assert_eq!((a.clones_held(), b.clones_held()), (0, 0));
+        },
+    );
+}
+
+#[test]
+fn model_13_handles_dropped_while_the_writer_completes() {
+    model(
+        "13 a waiting handle and its clone dropped while the writer completes",
+        || {
+            let values = Arc::new(AtomicUsize::new(0));
+            let (completer, mut handle) = Completer::new(AsyncCallback::none(), State::none());
+            let clone = handle.clone();
+            let (w, waker) = CountingWaker::new();
+            assert!(poll_with(&mut handle, &waker).is_pending());
+            let v = Arc::clone(&values);
+            let completing = thread::spawn(move || completer.complete(DropCounter(v)).is_ok());
+            let dropping = thread::spawn(move || drop(clone));
+            // Gives up its waker entry and its count while both of the others run.
+            drop(handle);
+            assert!(completing.join().unwrap());
+            dropping.join().unwrap();
+            // The value nobody took is dropped exactly once, by the last owner.
+            assert_eq!(values.load(SeqCst), 1);
+            assert_eq!(w.clones_held(), 0);
+            assert!(w.wakes() <= 1);
+        },
+    );
+}
+
 /// A `Spawner` that runs each task on a loom thread, and the threads to join.
 fn loom_spawner() -> (
     impl Fn(futures::future::BoxFuture<'static, ()>),

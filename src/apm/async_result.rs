@@ -4,9 +4,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use crate::cell::{Callback, Cell};
+use crate::cell::{Callback, Shared};
 use crate::runtime::blocking;
-use crate::sync::Arc;
 use crate::{AsyncHandle, Error, PollHandle, State};
 
 /// The handle of an operation in flight: the crate's `IAsyncResult`.
@@ -35,18 +34,20 @@ use crate::{AsyncHandle, Error, PollHandle, State};
 /// assert_eq!(handle.end(), Ok(42));
 /// ```
 pub struct AsyncResult<T> {
-    cell: Arc<Cell<T>>,
+    cell: Shared<T>,
     /// This handle's entry in the cell's waker list, once it has been polled.
     entry: Option<usize>,
 }
 
 impl<T> AsyncResult<T> {
-    pub(crate) fn from_cell(cell: Arc<Cell<T>>) -> Self {
+    pub(crate) fn from_shared(cell: Shared<T>) -> Self {
         AsyncResult { cell, entry: None }
     }
 
-    pub(crate) fn cell(&self) -> &Arc<Cell<T>> {
-        &self.cell
+    /// Installs the completion callback of an operation made without one, or hands it
+    /// back if the operation already completed.
+    pub(crate) fn set_callback(&self, callback: Callback<T>) -> Result<(), Callback<T>> {
+        self.cell.set_callback(callback)
     }
 
     /// Whether the operation has finished: its result (or error) is stored and
@@ -215,7 +216,7 @@ impl<T> AsyncResult<T> {
     /// ```
     pub fn cancel(&self) {
         // Refused when a result is already stored: that result is kept.
-        let _ = Cell::complete(&self.cell, Err(Error::Cancelled), false);
+        self.cell.cancel();
     }
 
     /// Whether `self` and `other` are handles of the same operation.
@@ -231,7 +232,7 @@ impl<T> AsyncResult<T> {
     /// assert!(!a.ptr_eq(&b));
     /// ```
     pub fn ptr_eq(&self, other: &AsyncResult<T>) -> bool {
-        Arc::ptr_eq(&self.cell, &other.cell)
+        self.cell.ptr_eq(&other.cell)
     }
 
     /// Polls for the result: the `Future` impl, for people writing their own futures.
@@ -288,7 +289,7 @@ impl<T> Future for AsyncResult<T> {
 
 impl<T> Clone for AsyncResult<T> {
     fn clone(&self) -> Self {
-        AsyncResult::from_cell(Arc::clone(&self.cell))
+        AsyncResult::from_shared(self.cell.clone())
     }
 }
 

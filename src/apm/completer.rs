@@ -1,8 +1,7 @@
 use std::fmt;
 
-use crate::cell::Cell;
-use crate::sync::Arc;
-use crate::{AsyncCallback, AsyncResult, Error, State};
+use crate::cell::{self, Writer};
+use crate::{AsyncCallback, AsyncResult, State};
 
 /// What the implementation of a Begin method holds to finish its operation: the
 /// counterpart of .NET's `TaskCompletionSource`.
@@ -11,7 +10,7 @@ use crate::{AsyncCallback, AsyncResult, Error, State};
 /// the [`AsyncResult`] to return from Begin. Completing consumes the completer, so a
 /// second completion does not compile.
 ///
-/// Dropping a completer unfinished completes the operation with [`Error::Abandoned`]:
+/// Dropping a completer unfinished completes the operation with [`Error::Abandoned`](crate::Error::Abandoned):
 /// the callback still runs and nobody waits forever.
 ///
 /// # Examples
@@ -46,7 +45,7 @@ use crate::{AsyncCallback, AsyncResult, Error, State};
 /// assert_eq!(end_double(h), Ok(800));
 /// ```
 pub struct Completer<T> {
-    cell: Option<Arc<Cell<T>>>,
+    writer: Writer<T>,
 }
 
 impl<T> Completer<T> {
@@ -68,9 +67,8 @@ impl<T> Completer<T> {
     /// assert_eq!(handle.end(), Ok("done"));
     /// ```
     pub fn new(callback: AsyncCallback<T>, state: State) -> (Completer<T>, AsyncResult<T>) {
-        let cell = Cell::new(callback.into_inner(), state);
-        let handle = AsyncResult::from_cell(Arc::clone(&cell));
-        (Completer { cell: Some(cell) }, handle)
+        let (writer, handle) = cell::new(callback.into_inner(), state);
+        (Completer { writer }, AsyncResult::from_shared(handle))
     }
 
     /// Finishes the operation asynchronously: `completed_synchronously` stays `false`.
@@ -122,15 +120,15 @@ impl<T> Completer<T> {
         self.finish(value, true)
     }
 
-    fn finish(mut self, value: T, synchronous: bool) -> Result<(), T> {
-        let cell = self
-            .cell
-            .take()
-            .expect("a completer holds its cell until it finishes");
-        Cell::complete(&cell, Ok(value), synchronous).map_err(|back| match back {
-            Ok(value) => value,
-            Err(_) => unreachable!("the completer only stores values"),
-        })
+    fn finish(self, value: T, synchronous: bool) -> Result<(), T> {
+        // Dropping the writer unfinished (the `Drop` of a `Completer`) completes the
+        // operation with `Abandoned`.
+        self.writer
+            .complete(Ok(value), synchronous)
+            .map_err(|back| match back {
+                Ok(value) => value,
+                Err(_) => unreachable!("the completer only stores values"),
+            })
     }
 
     /// Whether the operation was cancelled ([`AsyncResult::cancel`]): the work can stop,
@@ -148,16 +146,7 @@ impl<T> Completer<T> {
     /// assert_eq!(handle.end(), Err(Error::Cancelled));
     /// ```
     pub fn is_cancelled(&self) -> bool {
-        self.cell.as_ref().is_some_and(|cell| cell.is_completed())
-    }
-}
-
-impl<T> Drop for Completer<T> {
-    fn drop(&mut self) {
-        if let Some(cell) = self.cell.take() {
-            // Refused if already cancelled: nothing to do then.
-            let _ = Cell::complete(&cell, Err(Error::Abandoned), false);
-        }
+        self.writer.is_completed()
     }
 }
 
