@@ -58,9 +58,32 @@ use crate::{AsyncResult, Error, State};
 /// The boxed callback stored in a cell, run once with a clone of the handle.
 pub(crate) type Callback<T> = Box<dyn FnOnce(AsyncResult<T>) + Send>;
 
-/// What the writer stores. Errors are boxed: they are the cold path, and the slot stays
-/// as small as `T` plus a word.
-type Outcome<T> = Result<T, Box<Error>>;
+/// What the writer stores. Errors are boxed (the cold path), so that the slot stays as
+/// small as `T` plus a word; `Abandoned`, what every dropped `Completer` stores, needs
+/// no allocation.
+enum Outcome<T> {
+    Value(T),
+    Abandoned,
+    Failed(Box<Error>),
+}
+
+impl<T> Outcome<T> {
+    fn new(result: Result<T, Error>) -> Self {
+        match result {
+            Ok(value) => Outcome::Value(value),
+            Err(Error::Abandoned) => Outcome::Abandoned,
+            Err(error) => Outcome::Failed(Box::new(error)),
+        }
+    }
+
+    fn into_result(self) -> Result<T, Error> {
+        match self {
+            Outcome::Value(value) => Ok(value),
+            Outcome::Abandoned => Err(Error::Abandoned),
+            Outcome::Failed(error) => Err(*error),
+        }
+    }
+}
 
 // The state word. Flags in the low bits, the number of handles above them.
 
@@ -97,6 +120,7 @@ const WRITER: usize = 1 << 9;
 const REF: usize = 1 << 10;
 
 /// The number of handles counted in `state`.
+#[inline]
 const fn handles(state: usize) -> usize {
     state / REF
 }
@@ -104,6 +128,7 @@ const fn handles(state: usize) -> usize {
 /// Whether `state`, as seen by a handle, says that this handle is the cell's only
 /// owner: no other handle, no writer. Only the owner itself could create another (by
 /// cloning), so once true it stays true for as long as that owner does not clone.
+#[inline]
 const fn is_sole(state: usize) -> bool {
     handles(state) == 1 && state & WRITER == 0
 }
@@ -418,6 +443,7 @@ impl<T> Drop for Cell<T> {
 /// It takes the atomic alone, not `&Cell`: an update that gives up ownership lets
 /// another thread free the cell at once, while this call is still running, and a
 /// reference to the whole cell must not outlive the cell even then.
+#[inline]
 fn cas(state: &AtomicUsize, current: usize, new: usize) -> Result<usize, usize> {
     // ORDERING: AcqRel: a successful update both publishes this thread's writes to the
     // slots it hands over and acquires the slots handed to it; the failure ordering
@@ -497,6 +523,7 @@ impl<T> Writer<T> {
     /// # Safety
     ///
     /// Called once; the writer is not used or dropped afterwards.
+    #[inline]
     unsafe fn finish(
         &mut self,
         result: Result<T, Error>,
@@ -505,7 +532,7 @@ impl<T> Writer<T> {
         let ptr = self.ptr;
         // SAFETY: the writer owns the cell until `release_writer` below.
         let cell = unsafe { ptr.as_ref() };
-        let mut state = cell.load();
+        let state = cell.load();
         if state & COMPLETE != 0 {
             // SAFETY: the writer owns its reference and gives it up here.
             unsafe { release_writer(ptr) };
@@ -513,18 +540,47 @@ impl<T> Writer<T> {
         }
         // SAFETY: only the writer writes the slot, and nobody reads it before `VALUE`,
         // which only the writer sets, below.
-        unsafe { access(&cell.slot, |slot| *slot = Some(result.map_err(Box::new))) };
+        unsafe { access(&cell.slot, |slot| *slot = Some(Outcome::new(result))) };
         let set = VALUE | if synchronous { SYNC } else { 0 };
+        // The common case, inline: nobody to wake, no callback, a handle left to take the
+        // result. Publishing it also gives up the writer's ownership.
+        if state & (WAKER | TASK_WAKER | WAITERS | CALLBACK) == 0
+            && handles(state) != 0
+            // ORDERING: as in `cas`.
+            && cell
+                .state
+                .compare_exchange(state, (state | set) & !WRITER, AcqRel, Acquire)
+                .is_ok()
+        {
+            return Ok(());
+        }
+        // SAFETY: the writer's ownership passes to `publish`.
+        unsafe { Self::publish(ptr, set) }
+    }
+
+    /// The rest of `finish` once the outcome is in the slot: publishes it unless a
+    /// handle cancelled meanwhile, wakes the waiters, runs the callback and gives up the
+    /// writer's ownership.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the writer's ownership, by `ptr`, and gives it up.
+    #[cold]
+    #[inline(never)]
+    unsafe fn publish(ptr: NonNull<Cell<T>>, set: usize) -> Result<(), Result<T, Error>> {
+        // SAFETY: the writer owns the cell until `release_writer` or `free` below.
+        let cell = unsafe { ptr.as_ref() };
+        let mut state = cell.load();
         let mut released;
         loop {
             if state & COMPLETE != 0 {
-                // Cancelled meanwhile: `VALUE` was never set, the slot is still ours.
-                // SAFETY: as above.
+                // SAFETY: cancelled meanwhile: `VALUE` was never set, so no handle reads
+                // the slot, and the writer takes back what it stored.
                 let back = unsafe { access(&cell.slot, Option::take) };
-                // SAFETY: as above.
+                // SAFETY: the writer owns its reference and gives it up here.
                 unsafe { release_writer(ptr) };
                 let back = back.expect("the writer stored its outcome just above");
-                return Err(back.map_err(|error| *error));
+                return Err(back.into_result());
             }
             // Nobody to wake and no callback: give up the writer's ownership in the same
             // update.
@@ -687,7 +743,7 @@ impl<T> Shared<T> {
         let outcome = unsafe { access(&self.slot, Option::take) };
         outcome
             .expect("a complete cell with VALUE holds an outcome")
-            .map_err(|error| *error)
+            .into_result()
     }
 
     /// Takes the result if there is one, without blocking.
@@ -702,7 +758,11 @@ impl<T> Shared<T> {
         cx: &mut Context<'_>,
         entry: &mut Option<usize>,
     ) -> Poll<Result<T, Error>> {
-        match self.poll_completed(cx, entry) {
+        let state = self.load();
+        if state & COMPLETE != 0 {
+            return Poll::Ready(self.take(state));
+        }
+        match self.register(state, cx.waker(), entry) {
             Poll::Ready(()) => Poll::Ready(self.take(self.load())),
             Poll::Pending => Poll::Pending,
         }
@@ -718,7 +778,12 @@ impl<T> Shared<T> {
         if state & COMPLETE != 0 {
             return Poll::Ready(());
         }
-        let waker = cx.waker();
+        self.register(state, cx.waker(), entry)
+    }
+
+    /// Registers `waker` in the caller's waker entry (taking one on first use) while the
+    /// cell is pending (as `state` last said); Ready if it completed meanwhile.
+    fn register(&self, state: usize, waker: &Waker, entry: &mut Option<usize>) -> Poll<()> {
         match *entry {
             Some(0) => self.register_inline(&self.waker, WAKER, 0, waker),
             Some(_) => self.register_more(state, waker, entry),

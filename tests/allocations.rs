@@ -88,6 +88,36 @@ fn from_apm_allocates_only_its_cell() {
     assert_eq!(count, 1);
 }
 
+/// A legacy handle that completes inside Begin and says so.
+struct Synchronous;
+
+impl AsyncHandle for Synchronous {
+    fn is_completed(&self) -> bool {
+        true
+    }
+    fn completed_synchronously(&self) -> bool {
+        true
+    }
+}
+
+#[test]
+fn unused_callback_allocates_nothing_more() {
+    // Begin completes synchronously and drops its callback: the dropped `Completer`
+    // inside stores `Abandoned`, which must not allocate.
+    let (count, outcome) = allocations(|| {
+        let mut future = apm_tap::from_apm(|_callback| Synchronous, |_| 8);
+        std::pin::Pin::new(&mut future).poll(&mut Context::from_waker(noop_waker_ref()))
+    });
+    assert_eq!(outcome, Poll::Ready(Ok(8)));
+    assert_eq!(count, 1);
+    let (count, ended) = allocations(|| {
+        let (completer, handle) = Completer::<u8>::new(AsyncCallback::none(), State::none());
+        drop(completer);
+        handle.end()
+    });
+    assert_eq!((count, ended), (1, Err(apm_tap::Error::Abandoned)));
+}
+
 #[test]
 fn blocking_allocates_only_when_someone_blocks() {
     let (completer, handle) = Completer::new(AsyncCallback::none(), State::none());
