@@ -42,7 +42,8 @@
 #![allow(unsafe_code)]
 
 use std::marker::PhantomData;
-use std::mem::{self, ManuallyDrop};
+use std::mem::{self, ManuallyDrop, MaybeUninit};
+use std::num::NonZeroU32;
 use std::ops::Deref;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::ptr::{self, NonNull};
@@ -134,6 +135,25 @@ const fn is_sole(state: usize) -> bool {
     handles(state) == 1 && state & WRITER == 0
 }
 
+/// A handle's waiter entry, none until the handle first waits: entry 0 is the cell's
+/// inline `waker`, entry `n > 0` is `More::wakers[n - 1]`. Kept in four bytes (as
+/// `n + 1`), so that an `AsyncResult` is two words.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Entry(Option<NonZeroU32>);
+
+impl Entry {
+    pub(crate) fn get(self) -> Option<usize> {
+        self.0.map(|n| n.get() as usize - 1)
+    }
+
+    fn set(&mut self, index: usize) {
+        // More than 2^32 - 1 handles of one operation waiting at once would need far
+        // more memory than a machine has (a waker each).
+        let n = u32::try_from(index + 1).expect("fewer than 2^32 waiting handles");
+        self.0 = NonZeroU32::new(n);
+    }
+}
+
 pub(crate) struct Cell<T> {
     state: AtomicUsize,
     slot: UnsafeCell<Option<Outcome<T>>>,
@@ -191,14 +211,22 @@ pub(crate) fn new<T>(callback: Option<Callback<T>>, state: State) -> (Writer<T>,
             More::boxed(Some(callback))
         }
     };
-    let cell = Box::new(Cell {
-        state: AtomicUsize::new(bits),
-        slot: UnsafeCell::new(None),
-        waker: UnsafeCell::new(None),
-        more: AtomicPtr::new(more),
-        state_object: (!state.is_none()).then(|| Box::new(state)),
-    });
-    let ptr = NonNull::from(Box::leak(cell));
+    let state_object = (!state.is_none()).then(|| Box::new(state));
+    // Written field by field into the allocation: `Box::new(Cell { .. })` builds the cell
+    // on the stack and copies it, which costs more than the rest of a synchronous
+    // completion's bookkeeping.
+    let cell = Box::into_raw(Box::new(MaybeUninit::<Cell<T>>::uninit())).cast::<Cell<T>>();
+    // SAFETY: `cell` is a fresh allocation for a `Cell<T>`; each field is written once,
+    // through raw pointers (no reference to the uninitialised cell is made), so that
+    // afterwards it is fully initialised.
+    unsafe {
+        ptr::addr_of_mut!((*cell).state).write(AtomicUsize::new(bits));
+        ptr::addr_of_mut!((*cell).slot).write(UnsafeCell::new(None));
+        ptr::addr_of_mut!((*cell).waker).write(UnsafeCell::new(None));
+        ptr::addr_of_mut!((*cell).more).write(AtomicPtr::new(more));
+        ptr::addr_of_mut!((*cell).state_object).write(state_object);
+    }
+    let ptr = NonNull::new(cell).expect("`Box::into_raw` is never null");
     (
         Writer {
             ptr,
@@ -308,11 +336,11 @@ impl<T> Cell<T> {
     }
 
     /// Registers `waker` in entry `n > 0` (or a new entry), or sees completion.
-    fn register_more(&self, state: usize, waker: &Waker, entry: &mut Option<usize>) -> Poll<()> {
+    fn register_more(&self, state: usize, waker: &Waker, entry: &mut Entry) -> Poll<()> {
         let Some(mut waiters) = self.lock_waiters(state) else {
             return Poll::Ready(());
         };
-        let index = match *entry {
+        let index = match entry.get() {
             Some(index) => index,
             None => {
                 let index = match waiters.wakers.iter().position(Option::is_none) {
@@ -322,7 +350,7 @@ impl<T> Cell<T> {
                         waiters.wakers.len()
                     }
                 };
-                *entry = Some(index);
+                entry.set(index);
                 index
             }
         };
@@ -798,7 +826,7 @@ impl<T> Shared<T> {
     pub(crate) fn poll_take(
         &self,
         cx: &mut Context<'_>,
-        entry: &mut Option<usize>,
+        entry: &mut Entry,
     ) -> Poll<Result<T, Error>> {
         let state = self.load();
         if state & COMPLETE != 0 {
@@ -811,11 +839,7 @@ impl<T> Shared<T> {
     }
 
     /// Ready once the cell has completed; does not take the result.
-    pub(crate) fn poll_completed(
-        &self,
-        cx: &mut Context<'_>,
-        entry: &mut Option<usize>,
-    ) -> Poll<()> {
+    pub(crate) fn poll_completed(&self, cx: &mut Context<'_>, entry: &mut Entry) -> Poll<()> {
         let state = self.load();
         if state & COMPLETE != 0 {
             return Poll::Ready(());
@@ -825,8 +849,8 @@ impl<T> Shared<T> {
 
     /// Registers `waker` in the caller's waker entry (taking one on first use) while the
     /// cell is pending (as `state` last said); Ready if it completed meanwhile.
-    fn register(&self, state: usize, waker: &Waker, entry: &mut Option<usize>) -> Poll<()> {
-        match *entry {
+    fn register(&self, state: usize, waker: &Waker, entry: &mut Entry) -> Poll<()> {
+        match entry.get() {
             Some(0) => self.register_inline(&self.waker, WAKER, 0, waker),
             Some(_) => self.register_more(state, waker, entry),
             None if state & ENTRY0 != 0 => self.register_more(state, waker, entry),
@@ -837,7 +861,7 @@ impl<T> Shared<T> {
             // panics, `ENTRY0` stays clear and the entry free.
             None if handles(state) == 1 => {
                 let registered = self.register_inline(&self.waker, WAKER, ENTRY0, waker);
-                *entry = Some(0);
+                entry.set(0);
                 registered
             }
             None => self.claim_entry0(state, waker, entry),
@@ -845,7 +869,7 @@ impl<T> Shared<T> {
     }
 
     /// Claims entry 0 for this handle if it is free, else registers in `More`.
-    fn claim_entry0(&self, mut state: usize, waker: &Waker, entry: &mut Option<usize>) -> Poll<()> {
+    fn claim_entry0(&self, mut state: usize, waker: &Waker, entry: &mut Entry) -> Poll<()> {
         loop {
             if state & COMPLETE != 0 {
                 return Poll::Ready(());
@@ -858,7 +882,7 @@ impl<T> Shared<T> {
                 Err(actual) => state = actual,
             }
         }
-        *entry = Some(0);
+        entry.set(0);
         self.register_inline(&self.waker, WAKER, 0, waker)
     }
 
@@ -1030,7 +1054,7 @@ mod tests {
         let (first, first_waker) = counting_waker();
         let (second, second_waker) = counting_waker();
         let (other, other_waker) = counting_waker();
-        let (mut entry, mut other_entry) = (None, None);
+        let (mut entry, mut other_entry) = (Entry::default(), Entry::default());
         let mut cx = Context::from_waker(&first_waker);
         assert!(handle.poll_take(&mut cx, &mut entry).is_pending());
         let mut cx = Context::from_waker(&second_waker);
@@ -1039,7 +1063,7 @@ mod tests {
         assert!(other_handle
             .poll_completed(&mut cx, &mut other_entry)
             .is_pending());
-        assert_eq!((entry, other_entry), (Some(0), Some(1)));
+        assert_eq!((entry.get(), other_entry.get()), (Some(0), Some(1)));
         assert_eq!(writer.complete(Ok(3), false), Ok(()));
         let wakes = |c: &CountWakes| c.0.load(SeqCst);
         assert_eq!((wakes(&first), wakes(&second), wakes(&other)), (0, 1, 1));
@@ -1053,16 +1077,16 @@ mod tests {
         let second = handle.clone();
         let (gone, gone_waker) = counting_waker();
         let mut cx = Context::from_waker(&gone_waker);
-        let (mut entry, mut second_entry) = (None, None);
+        let (mut entry, mut second_entry) = (Entry::default(), Entry::default());
         assert!(handle.poll_completed(&mut cx, &mut entry).is_pending());
         assert!(second
             .poll_completed(&mut cx, &mut second_entry)
             .is_pending());
-        handle.release_entry(entry.unwrap());
-        second.release_entry(second_entry.unwrap());
+        handle.release_entry(entry.get().unwrap());
+        second.release_entry(second_entry.get().unwrap());
         let (_, waker) = counting_waker();
         let mut cx = Context::from_waker(&waker);
-        let (mut next, mut second_next) = (None, None);
+        let (mut next, mut second_next) = (Entry::default(), Entry::default());
         assert!(second.poll_completed(&mut cx, &mut next).is_pending());
         assert!(handle
             .poll_completed(&mut cx, &mut second_next)

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::mem;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -45,8 +46,7 @@ where
     F: FnOnce(Completer<T>),
 {
     FromCallback {
-        start: Some(start),
-        handle: None,
+        stage: Stage::Start(start),
     }
 }
 
@@ -70,8 +70,14 @@ where
 /// ```
 #[must_use = "futures do nothing unless polled"]
 pub struct FromCallback<F, T> {
-    start: Option<F>,
-    handle: Option<AsyncResult<T>>,
+    stage: Stage<F, T>,
+}
+
+/// Two variants only, so that the future is as small as it can be (the handle's non-null
+/// pointer tells them apart): futures are moved around a lot.
+enum Stage<F, T> {
+    Start(F),
+    Waiting(AsyncResult<T>),
 }
 
 // `start` is moved out before it runs, never pinned.
@@ -85,22 +91,25 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        if let Some(start) = this.start.take() {
+        if let Stage::Start(_) = this.stage {
             let (completer, handle) = Completer::new(AsyncCallback::none(), State::none());
-            this.handle = Some(handle);
-            start(completer);
+            // The handle is in place before `start` runs: if `start` panics, the completer
+            // it dropped has completed the operation with `Abandoned`.
+            if let Stage::Start(start) = mem::replace(&mut this.stage, Stage::Waiting(handle)) {
+                start(completer);
+            }
         }
-        this.handle
-            .as_mut()
-            .expect("`from_callback` future polled after `start` panicked")
-            .poll_end(cx)
+        match &mut this.stage {
+            Stage::Waiting(handle) => handle.poll_end(cx),
+            Stage::Start(_) => unreachable!("started just above"),
+        }
     }
 }
 
 impl<F, T> fmt::Debug for FromCallback<F, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FromCallback")
-            .field("started", &self.start.is_none())
+            .field("started", &matches!(self.stage, Stage::Waiting(_)))
             .finish()
     }
 }

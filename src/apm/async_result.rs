@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use crate::cell::{Callback, Shared};
+use crate::cell::{Callback, Entry, Shared};
 use crate::runtime::blocking;
 use crate::{AsyncHandle, Error, PollHandle, State};
 
@@ -36,12 +36,15 @@ use crate::{AsyncHandle, Error, PollHandle, State};
 pub struct AsyncResult<T> {
     cell: Shared<T>,
     /// This handle's entry in the cell's waker list, once it has been polled.
-    entry: Option<usize>,
+    entry: Entry,
 }
 
 impl<T> AsyncResult<T> {
     pub(crate) fn from_shared(cell: Shared<T>) -> Self {
-        AsyncResult { cell, entry: None }
+        AsyncResult {
+            cell,
+            entry: Entry::default(),
+        }
     }
 
     /// Installs the completion callback of an operation made without one, or hands it
@@ -295,7 +298,7 @@ impl<T> Clone for AsyncResult<T> {
 
 impl<T> Drop for AsyncResult<T> {
     fn drop(&mut self) {
-        if let Some(entry) = self.entry {
+        if let Some(entry) = self.entry.get() {
             self.cell.release_entry(entry);
         }
     }
