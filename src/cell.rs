@@ -22,16 +22,18 @@
 //! # Implementation notes
 //!
 //! - Lock-free on the paths every operation takes: one atomic word (`state`) holds the
-//!   completion, the waiter flags and the owner counts; the result, the first waiter's
-//!   waker and the task's waker sit in `UnsafeCell`s whose ownership the state word
-//!   hands over (see the flag constants). An uncontended synchronous completion costs
-//!   one compare-and-swap; a handle that sees it is the last owner takes the result and
-//!   frees the cell without any further read-modify-write.
+//!   completion, the waiter flags and the owner counts; the result and the first
+//!   waiter's waker sit in `UnsafeCell`s whose ownership the state word hands over (see
+//!   the flag constants). An uncontended synchronous completion costs one
+//!   compare-and-swap; a handle that sees it is the last owner takes the result and
+//!   frees the cell without any further read-modify-write. A completer takes the
+//!   wakers and the callback out and gives up its ownership before it wakes anyone, so
+//!   that the woken task usually finds itself the last owner.
 //! - What most operations never need lives in `More`, allocated on first need: the
-//!   callback and the waker of a running `begin` task (`UnsafeCell`s handed over by
-//!   the `CALLBACK` and `TASK_WAKER` flags, so still lock-free) and, behind a mutex, every waiting handle but the first and the threads blocked in
-//!   `end` or `wait`. The completer takes that mutex only when the `WAITERS` flag says
-//!   somebody used it.
+//!   callback and the waker of a running `begin` task (`UnsafeCell`s handed over by the
+//!   `CALLBACK` and `TASK_WAKER` flags, so still lock-free) and, behind a mutex, every
+//!   waiting handle but the first and the threads blocked in `end` or `wait`. The
+//!   completer takes that mutex only when the `WAITERS` flag says somebody used it.
 //! - The cell is small on purpose: 56 bytes for a `u64` result, counts included (a
 //!   64-byte block from the allocator).
 //! - Every atomic, `UnsafeCell`, lock and park comes from [`crate::sync`], so that the
