@@ -10,8 +10,9 @@ use crate::{AsyncCallback, AsyncResult, State};
 /// the [`AsyncResult`] to return from Begin. Completing consumes the completer, so a
 /// second completion does not compile.
 ///
-/// Dropping a completer unfinished completes the operation with [`Error::Abandoned`](crate::Error::Abandoned):
-/// the callback still runs and nobody waits forever.
+/// Dropping a completer unfinished completes the operation with
+/// [`Error::Abandoned`](crate::Error::Abandoned): the callback still runs and nobody
+/// waits forever.
 ///
 /// # Examples
 ///
@@ -45,6 +46,8 @@ use crate::{AsyncCallback, AsyncResult, State};
 /// assert_eq!(end_double(h), Ok(800));
 /// ```
 pub struct Completer<T> {
+    /// Dropped unfinished (with the completer), it completes the operation with
+    /// `Abandoned`.
     writer: Writer<T>,
 }
 
@@ -121,8 +124,6 @@ impl<T> Completer<T> {
     }
 
     fn finish(self, value: T, synchronous: bool) -> Result<(), T> {
-        // Dropping the writer unfinished (the `Drop` of a `Completer`) completes the
-        // operation with `Abandoned`.
         self.writer
             .complete(Ok(value), synchronous)
             .map_err(|back| match back {
