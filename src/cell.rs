@@ -788,14 +788,17 @@ impl<T> Shared<T> {
         self.ptr == other.ptr
     }
 
-    /// Takes the result of a complete cell (`state` has `COMPLETE`).
-    fn take(&self, state: usize) -> Result<T, Error> {
+    /// Takes the result of a complete cell (`state` has `COMPLETE`). `&mut`: only the
+    /// owner of this handle takes through it, so that when it is the cell's only owner
+    /// no other thread can touch the state word (see the plain store below).
+    fn take(&mut self, state: usize) -> Result<T, Error> {
         let state = if is_sole(state) {
             if state & TAKEN != 0 {
                 return Err(Error::AlreadyEnded);
             }
-            // ORDERING: nobody else can update the word (see `is_sole`), so a plain store
-            // does; a later clone publishes it with its own update.
+            // ORDERING: nobody else can update the word (no other owner, see `is_sole`,
+            // and this handle is borrowed mutably), so a plain store does; a later clone
+            // publishes it with its own update.
             self.state.store(state | TAKEN, Relaxed);
             state
         } else {
@@ -819,14 +822,14 @@ impl<T> Shared<T> {
     }
 
     /// Takes the result if there is one, without blocking.
-    pub(crate) fn try_take(&self) -> Option<Result<T, Error>> {
+    pub(crate) fn try_take(&mut self) -> Option<Result<T, Error>> {
         let state = self.load();
         (state & COMPLETE != 0).then(|| self.take(state))
     }
 
     /// Takes the result, or registers `cx`'s waker in the caller's waker entry.
     pub(crate) fn poll_take(
-        &self,
+        &mut self,
         cx: &mut Context<'_>,
         entry: &mut Entry,
     ) -> Poll<Result<T, Error>> {
@@ -1032,16 +1035,16 @@ mod tests {
 
     #[test]
     fn first_completion_wins_and_result_is_taken_once() {
-        let (writer, handle) = new::<u8>(None, State::none());
+        let (writer, mut handle) = new::<u8>(None, State::none());
         assert!(!handle.is_completed());
-        let other = handle.clone();
+        let mut other = handle.clone();
         handle.cancel();
         assert_eq!(writer.complete(Ok(2), false), Err(Ok(2)));
         assert!(handle.is_completed() && !handle.completed_synchronously());
         assert_eq!(other.try_take(), Some(Err(Error::Cancelled)));
         assert_eq!(handle.try_take(), Some(Err(Error::AlreadyEnded)));
 
-        let (writer, handle) = new::<u8>(None, State::none());
+        let (writer, mut handle) = new::<u8>(None, State::none());
         assert_eq!(writer.complete(Ok(1), true), Ok(()));
         handle.cancel();
         assert!(handle.completed_synchronously());
@@ -1051,7 +1054,7 @@ mod tests {
 
     #[test]
     fn each_entry_keeps_only_its_latest_waker() {
-        let (writer, handle) = new::<u8>(None, State::none());
+        let (writer, mut handle) = new::<u8>(None, State::none());
         let other_handle = handle.clone();
         let (first, first_waker) = counting_waker();
         let (second, second_waker) = counting_waker();

@@ -190,7 +190,7 @@ impl<T> AsyncResult<T> {
     /// let handle = apm_tap::begin(async { "value" }, AsyncCallback::none(), State::none());
     /// assert_eq!(handle.end(), Ok("value"));
     /// ```
-    pub fn end(self) -> Result<T, Error> {
+    pub fn end(mut self) -> Result<T, Error> {
         if let Some(result) = self.cell.try_take() {
             return result;
         }
