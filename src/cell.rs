@@ -726,7 +726,8 @@ pub(crate) struct Shared<T> {
 // never gives out a `&T`; the rest of the cell is `Send + Sync` or handed over by the
 // protocol. The same bounds as `Arc<Mutex<T>>`.
 unsafe impl<T: Send> Send for Shared<T> {}
-// SAFETY: as above; every method takes `&self` and follows the protocol.
+// SAFETY: as above; what `&Shared` allows (waiting, cancelling, cloning, reading the
+// state) follows the protocol, and taking the result needs `&mut Shared`.
 unsafe impl<T: Send> Sync for Shared<T> {}
 
 impl<T> Deref for Shared<T> {
