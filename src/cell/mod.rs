@@ -1,0 +1,547 @@
+//! The completion cell: the one allocation shared by every clone of an
+//! [`AsyncResult`], the [`Completer`](crate::Completer) or task that finishes it, and
+//! the callback.
+//!
+//! # Owners
+//!
+//! A cell has one *writer* ([`Writer`]: a `Completer`, or the task running a `begin`
+//! future), which alone stores a result, and any number of *handles* ([`Shared`]: every
+//! `AsyncResult`), which wait, take the result or cancel. Both are counted in the state
+//! word; the last owner to go frees the cell, dropping a result nobody took.
+//!
+//! # States
+//!
+//! ```text
+//!            writer stores a value or error (VALUE)           take (end / await)
+//!   pending ------------------------------------> complete --------------------> TAKEN
+//!      |     or a handle cancels first (CANCELLED)    |     every later take gets
+//!      |     the winner wakes the waiters and runs     |     Err(AlreadyEnded)
+//!      |     the callback; the loser's value goes back  |
+//! ```
+//!
+//! # Implementation notes
+//!
+//! - Lock-free on the paths every operation takes: one atomic word (`state`) holds the
+//!   completion, the waiter flags and the owner counts; the result and the first
+//!   waiter's waker sit in `UnsafeCell`s whose ownership the state word hands over (see
+//!   the flag constants). An uncontended synchronous completion costs one
+//!   compare-and-swap; a handle that sees it is the last owner takes the result and
+//!   frees the cell without any further read-modify-write. A completer takes the
+//!   wakers and the callback out and gives up its ownership before it wakes anyone, so
+//!   that the woken task usually finds itself the last owner.
+//! - What most operations never need lives in `More`, allocated on first need: the
+//!   callback and the waker of a running `begin` task (`UnsafeCell`s handed over by the
+//!   `CALLBACK` and `TASK_WAKER` flags, so still lock-free) and, behind a mutex, every
+//!   waiting handle but the first and the threads blocked in `end` or `wait`. The
+//!   completer takes that mutex only when the `WAITERS` flag says somebody used it.
+//! - The cell is small on purpose: 56 bytes for a `u64` result, counts included (a
+//!   64-byte block from the allocator).
+//! - Every atomic, `UnsafeCell`, lock and park comes from [`crate::sync`], so that the
+//!   loom models in `tests/loom.rs` explore this code's interleavings and check each
+//!   `UnsafeCell` access for data races; Miri checks the pointer handling.
+
+// The protocol's invariants and the `unsafe` they justify are written at each use.
+#![allow(unsafe_code)]
+
+use std::marker::PhantomData;
+use std::mem::{self, MaybeUninit};
+use std::num::NonZeroU32;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::ptr::{self, NonNull};
+use std::task::{Poll, Waker};
+
+use crate::sync::{
+    AtomicPtr, AtomicUsize, Mutex, MutexGuard,
+    Ordering::{AcqRel, Acquire},
+    PoisonError, Thread, UnsafeCell,
+};
+use crate::{AsyncResult, Error, State};
+
+mod shared;
+#[cfg(all(test, not(apm_tap_loom)))]
+mod tests;
+mod writer;
+
+pub(crate) use shared::Shared;
+pub(crate) use writer::Writer;
+
+/// The boxed callback stored in a cell, run once with a clone of the handle.
+pub(crate) type Callback<T> = Box<dyn FnOnce(AsyncResult<T>) + Send>;
+
+/// What the writer stores. Errors are boxed (the cold path), so that the slot stays as
+/// small as `T` plus a word; `Abandoned`, what every dropped `Completer` stores, needs
+/// no allocation.
+enum Outcome<T> {
+    Value(T),
+    Abandoned,
+    Failed(Box<Error>),
+}
+
+impl<T> Outcome<T> {
+    fn new(result: Result<T, Error>) -> Self {
+        match result {
+            Ok(value) => Outcome::Value(value),
+            Err(Error::Abandoned) => Outcome::Abandoned,
+            Err(error) => Outcome::Failed(Box::new(error)),
+        }
+    }
+
+    fn into_result(self) -> Result<T, Error> {
+        match self {
+            Outcome::Value(value) => Ok(value),
+            Outcome::Abandoned => Err(Error::Abandoned),
+            Outcome::Failed(error) => Err(*error),
+        }
+    }
+}
+
+// The state word. Flags in the low bits, the number of handles above them.
+
+/// The writer stored its outcome in `slot`. Set once, only by the writer, only while
+/// `CANCELLED` is clear; from then on a handle that sets `TAKEN` owns the slot.
+const VALUE: usize = 1;
+/// A handle cancelled before the writer stored anything: the result is
+/// `Err(Cancelled)` and `slot` stays the writer's (it takes back what it stores).
+const CANCELLED: usize = 1 << 1;
+/// Either of the two: the cell is complete.
+const COMPLETE: usize = VALUE | CANCELLED;
+/// The result was taken; later takes get `AlreadyEnded`.
+const TAKEN: usize = 1 << 2;
+/// The writer completed on the thread that began the operation, inside Begin.
+const SYNC: usize = 1 << 3;
+/// `waker` holds the waker of the handle that owns entry 0. While set and the cell is
+/// pending, the completer may take the waker at any moment, so the owner must clear
+/// the flag (which fails once complete) before it touches `waker`; while clear, the
+/// owner alone touches it. Whoever completes the cell takes the waker if the flag was
+/// set at that moment.
+const WAKER: usize = 1 << 4;
+/// Entry 0 (`waker`) belongs to a handle.
+const ENTRY0: usize = 1 << 5;
+/// `More::task_waker` holds the writer's own waker (a running `begin` task waiting to
+/// learn of a cancel), under the same rules as `WAKER`, with the writer as owner.
+const TASK_WAKER: usize = 1 << 6;
+/// `More::waiters` may hold wakers or parked threads: the completer must lock it.
+const WAITERS: usize = 1 << 7;
+/// `More::callback` holds the callback: whoever completes the cell takes it.
+const CALLBACK: usize = 1 << 8;
+/// The writer still owns the cell.
+const WRITER: usize = 1 << 9;
+/// One handle. The count of handles takes every bit from here up.
+const REF: usize = 1 << 10;
+
+/// The number of handles counted in `state`.
+#[inline]
+const fn handles(state: usize) -> usize {
+    state / REF
+}
+
+/// Whether `state`, as seen by a handle, says that this handle is the cell's only
+/// owner: no other handle, no writer. Only the owner itself could create another (by
+/// cloning), so once true it stays true for as long as that owner does not clone.
+#[inline]
+const fn is_sole(state: usize) -> bool {
+    handles(state) == 1 && state & WRITER == 0
+}
+
+/// A handle's waiter entry, none until the handle first waits: entry 0 is the cell's
+/// inline `waker`, entry `n > 0` is `More::wakers[n - 1]`. Kept in four bytes (as
+/// `n + 1`), so that an `AsyncResult` is two words.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Entry(Option<NonZeroU32>);
+
+impl Entry {
+    pub(crate) fn get(self) -> Option<usize> {
+        self.0.map(|n| n.get() as usize - 1)
+    }
+
+    fn set(&mut self, index: usize) {
+        // More than 2^32 - 1 handles of one operation waiting at once would need far
+        // more memory than a machine has (a waker each).
+        let n = u32::try_from(index + 1).expect("fewer than 2^32 waiting handles");
+        self.0 = NonZeroU32::new(n);
+    }
+}
+
+pub(crate) struct Cell<T> {
+    state: AtomicUsize,
+    slot: UnsafeCell<Option<Outcome<T>>>,
+    /// Waiter entry 0: the first awaiting handle's waker (see `WAKER`).
+    waker: UnsafeCell<Option<Waker>>,
+    /// Null until first needed; set once, freed with the cell.
+    more: AtomicPtr<More<T>>,
+    /// `None` for `State::none()`, which most operations have.
+    state_object: Option<Box<State>>,
+}
+
+/// What most operations never need, allocated when one does.
+struct More<T> {
+    /// See `CALLBACK`: written by whoever installs the callback while the flag is clear
+    /// (once per cell), taken by the completer once it is set.
+    callback: UnsafeCell<Option<Callback<T>>>,
+    /// The writer's waker (see `TASK_WAKER`).
+    task_waker: UnsafeCell<Option<Waker>>,
+    waiters: Mutex<Waiters>,
+}
+
+/// Waiter entries 1, 2, ... and blocked threads.
+#[derive(Default)]
+struct Waiters {
+    /// Entry `n` is `wakers[n - 1]`; `None` is a free entry.
+    wakers: Vec<Option<Waker>>,
+    parked: Vec<Thread>,
+}
+
+static NO_STATE: State = State::none();
+
+impl<T> More<T> {
+    fn boxed(callback: Option<Callback<T>>) -> *mut More<T> {
+        Box::into_raw(Box::new(More {
+            callback: UnsafeCell::new(callback),
+            task_waker: UnsafeCell::new(None),
+            waiters: Mutex::new(Waiters::default()),
+        }))
+    }
+
+    /// The state behind the lock is consistent at every point where user code could
+    /// panic, so a poisoned lock is safe to keep using.
+    fn lock(&self) -> MutexGuard<'_, Waiters> {
+        self.waiters.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Makes a pending operation: its writer and its first handle.
+pub(crate) fn new<T>(callback: Option<Callback<T>>, state: State) -> (Writer<T>, Shared<T>) {
+    let mut bits = WRITER | REF;
+    let more = match callback {
+        None => ptr::null_mut(),
+        Some(callback) => {
+            bits |= CALLBACK;
+            More::boxed(Some(callback))
+        }
+    };
+    let state_object = (!state.is_none()).then(|| Box::new(state));
+    // Written field by field into the allocation: `Box::new(Cell { .. })` builds the cell
+    // on the stack and copies it, which costs more than the rest of a synchronous
+    // completion's bookkeeping.
+    let cell = Box::into_raw(Box::new(MaybeUninit::<Cell<T>>::uninit())).cast::<Cell<T>>();
+    // SAFETY: `cell` is a fresh allocation for a `Cell<T>`; each field is written once,
+    // through raw pointers (no reference to the uninitialised cell is made), so that
+    // afterwards it is fully initialised.
+    unsafe {
+        ptr::addr_of_mut!((*cell).state).write(AtomicUsize::new(bits));
+        ptr::addr_of_mut!((*cell).slot).write(UnsafeCell::new(None));
+        ptr::addr_of_mut!((*cell).waker).write(UnsafeCell::new(None));
+        ptr::addr_of_mut!((*cell).more).write(AtomicPtr::new(more));
+        ptr::addr_of_mut!((*cell).state_object).write(state_object);
+    }
+    let ptr = NonNull::new(cell).expect("`Box::into_raw` is never null");
+    (
+        Writer {
+            ptr,
+            _owns: PhantomData,
+        },
+        Shared {
+            ptr,
+            _owns: PhantomData,
+        },
+    )
+}
+
+impl<T> Cell<T> {
+    fn load(&self) -> usize {
+        // ORDERING: Acquire pairs with the AcqRel read-modify-writes that publish the
+        // slots: a reader that sees a flag sees what was written before it was set.
+        self.state.load(Acquire)
+    }
+
+    pub(crate) fn state(&self) -> &State {
+        self.state_object.as_deref().unwrap_or(&NO_STATE)
+    }
+
+    pub(crate) fn is_completed(&self) -> bool {
+        self.load() & COMPLETE != 0
+    }
+
+    pub(crate) fn completed_synchronously(&self) -> bool {
+        self.load() & SYNC != 0
+    }
+
+    fn more(&self) -> Option<&More<T>> {
+        // ORDERING: Acquire pairs with the AcqRel install in `more_or_install`.
+        let more = self.more.load(Acquire);
+        // SAFETY: `more` is null or points to the `More` installed for this cell, which
+        // lives until the cell is freed.
+        unsafe { more.as_ref() }
+    }
+
+    fn more_or_install(&self) -> &More<T> {
+        if let Some(more) = self.more() {
+            return more;
+        }
+        let fresh = More::boxed(None);
+        // ORDERING: AcqRel: publishes the new `More` on success, acquires the winner's on
+        // failure.
+        let installed = match self
+            .more
+            .compare_exchange(ptr::null_mut(), fresh, AcqRel, Acquire)
+        {
+            Ok(_) => fresh,
+            Err(winner) => {
+                // SAFETY: `fresh` came from `Box::into_raw` above and was never shared.
+                drop(unsafe { Box::from_raw(fresh) });
+                winner
+            }
+        };
+        // SAFETY: non-null, installed for this cell, freed only with it.
+        unsafe { &*installed }
+    }
+
+    /// Puts `waker` in an inline waker slot that the caller owns under the rules of
+    /// `WAKER` (the caller passes `flag`, `WAKER` or `TASK_WAKER`) and publishes it,
+    /// also setting `extra`. Ready if the cell completed first; an equal waker is not
+    /// cloned.
+    fn register_inline(
+        &self,
+        slot: &UnsafeCell<Option<Waker>>,
+        flag: usize,
+        extra: usize,
+        waker: &Waker,
+    ) -> Poll<()> {
+        let mut state = self.load();
+        // Take the slot back from a possible completer first.
+        while state & flag != 0 {
+            if state & COMPLETE != 0 {
+                return Poll::Ready(());
+            }
+            match cas(&self.state, state, state & !flag) {
+                Ok(_) => state &= !flag,
+                Err(actual) => state = actual,
+            }
+        }
+        // SAFETY: `flag` is clear and the caller owns the slot's entry: nobody else
+        // touches the slot now (a completer takes it only if `flag` was set).
+        let old = unsafe {
+            access(slot, |slot| match slot {
+                Some(current) if current.will_wake(waker) => None,
+                _ => slot.replace(waker.clone()),
+            })
+        };
+        loop {
+            if state & COMPLETE != 0 {
+                // The completer did not see `flag`: the waker is still ours.
+                // SAFETY: as above, `flag` is clear.
+                let mine = unsafe { access(slot, Option::take) };
+                drop((mine, old));
+                return Poll::Ready(());
+            }
+            match cas(&self.state, state, state | flag | extra) {
+                Ok(_) => break,
+                Err(actual) => state = actual,
+            }
+        }
+        drop(old);
+        Poll::Pending
+    }
+
+    /// Registers `waker` in entry `n > 0` (or a new entry), or sees completion.
+    fn register_more(&self, state: usize, waker: &Waker, entry: &mut Entry) -> Poll<()> {
+        let Some(mut waiters) = self.lock_waiters(state) else {
+            return Poll::Ready(());
+        };
+        let index = match entry.get() {
+            Some(index) => index,
+            None => {
+                let index = match waiters.wakers.iter().position(Option::is_none) {
+                    Some(free) => free + 1,
+                    None => {
+                        waiters.wakers.push(None);
+                        waiters.wakers.len()
+                    }
+                };
+                entry.set(index);
+                index
+            }
+        };
+        let slot = &mut waiters.wakers[index - 1];
+        let old = match slot {
+            Some(current) if current.will_wake(waker) => None,
+            _ => slot.replace(waker.clone()),
+        };
+        drop(waiters);
+        drop(old);
+        Poll::Pending
+    }
+
+    /// Locks `More::waiters` to add a waiter, after making sure that the completer will
+    /// look there; `None` if the cell completed (nothing to add then).
+    fn lock_waiters(&self, state: usize) -> Option<MutexGuard<'_, Waiters>> {
+        let more = self.more_or_install();
+        if state & WAITERS == 0 {
+            // ORDERING: AcqRel, and a read-modify-write: ordered against the completing
+            // one, so either the completer sees `WAITERS` or this sees completion.
+            let before = self.state.fetch_or(WAITERS, AcqRel);
+            if before & COMPLETE != 0 {
+                return None;
+            }
+        }
+        let waiters = more.lock();
+        // A completer that locked before us drained the list already; its completion
+        // is then visible here through the lock.
+        (!self.is_completed()).then_some(waiters)
+    }
+
+    /// Takes out of a cell that just completed everything to wake and call: its
+    /// waiters' wakers, its callback with a new handle for it, and (for the writer, to
+    /// drop) the writer's own waker; unparks the blocked threads. `before` is the state
+    /// just before the read-modify-write that completed the cell. Runs no user code, so
+    /// that the completer can give up its ownership before waking anyone: a task woken
+    /// then finds itself the last owner more often, and needs no further update.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is the pointer by which the caller (the completer) owns the cell, and the
+    /// caller keeps owning it until this returns.
+    unsafe fn collect(ptr: NonNull<Cell<T>>, before: usize, by_writer: bool) -> Wake<T> {
+        // SAFETY: the caller owns the cell.
+        let this = unsafe { ptr.as_ref() };
+        // A flag that was set when the cell completed can no longer be cleared by its
+        // owner: the completer (this thread) owns that slot now.
+        let first = if before & WAKER != 0 {
+            // SAFETY: `WAKER` was set, see above.
+            unsafe { access(&this.waker, Option::take) }
+        } else {
+            None
+        };
+        let more = this.more();
+        let task = match more {
+            // SAFETY: `TASK_WAKER` was set, see above.
+            Some(more) if before & TASK_WAKER != 0 => unsafe {
+                access(&more.task_waker, Option::take)
+            },
+            _ => None,
+        };
+        let wakers = match more {
+            Some(more) if before & WAITERS != 0 => {
+                let mut waiters = more.lock();
+                // Unparked under the lock: a blocked thread that saw the completion on
+                // its own locks before it returns (see `park_until`), so no unpark
+                // reaches it after it has left.
+                for thread in mem::take(&mut waiters.parked) {
+                    thread.unpark();
+                }
+                mem::take(&mut waiters.wakers)
+            }
+            _ => Vec::new(),
+        };
+        let callback = match more {
+            // SAFETY: `CALLBACK` was set when the cell completed: the installer is done
+            // with the slot, and only the completer takes it.
+            Some(more) if before & CALLBACK != 0 => unsafe { access(&more.callback, Option::take) },
+            _ => None,
+        };
+        // SAFETY: the caller owns the cell by `ptr`.
+        let callback = callback.map(|callback| (callback, unsafe { Shared::new_from(ptr) }));
+        let (task, own) = if by_writer {
+            (None, task)
+        } else {
+            (task, None)
+        };
+        Wake {
+            first,
+            task,
+            own,
+            wakers,
+            callback,
+        }
+    }
+}
+
+/// What `Cell::collect` took out of a completed cell.
+struct Wake<T> {
+    first: Option<Waker>,
+    task: Option<Waker>,
+    /// The writer's own waker, when the writer completed: dropped, not woken.
+    own: Option<Waker>,
+    wakers: Vec<Option<Waker>>,
+    callback: Option<(Callback<T>, Shared<T>)>,
+}
+
+impl<T> Wake<T> {
+    /// Wakes every waiter, then runs the callback.
+    ///
+    /// A panicking waker is re-raised only after every other waiter was woken and the
+    /// callback ran; a panicking callback propagates (the result is stored by then).
+    fn run(self) {
+        let Wake {
+            first,
+            task,
+            own,
+            wakers,
+            callback,
+        } = self;
+        drop(own);
+        let mut waker_panic = None;
+        for waker in first
+            .into_iter()
+            .chain(task)
+            .chain(wakers.into_iter().flatten())
+        {
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| waker.wake())) {
+                waker_panic.get_or_insert(payload);
+            }
+        }
+        if let Some((callback, handle)) = callback {
+            callback(AsyncResult::from_shared(handle));
+        }
+        if let Some(payload) = waker_panic {
+            resume_unwind(payload);
+        }
+    }
+}
+
+impl<T> Drop for Cell<T> {
+    fn drop(&mut self) {
+        // ORDERING: the last owner acquired every other owner's writes when it found it
+        // was the last; Acquire is for loom, which checks that.
+        let more = self.more.load(Acquire);
+        if !more.is_null() {
+            // SAFETY: installed with `Box::into_raw` for this cell, freed only here.
+            drop(unsafe { Box::from_raw(more) });
+        }
+    }
+}
+
+/// One compare-and-swap step of a read-modify-write loop on the state word.
+///
+/// It takes the atomic alone, not `&Cell`: an update that gives up ownership lets
+/// another thread free the cell at once, while this call is still running, and a
+/// reference to the whole cell must not outlive the cell even then.
+#[inline]
+fn cas(state: &AtomicUsize, current: usize, new: usize) -> Result<usize, usize> {
+    // ORDERING: AcqRel: a successful update both publishes this thread's writes to the
+    // slots it hands over and acquires the slots handed to it; the failure ordering
+    // matters only for the value read, which the loop re-examines.
+    state.compare_exchange_weak(current, new, AcqRel, Acquire)
+}
+
+/// Runs `f` on the contents of one of the cell's `UnsafeCell`s.
+///
+/// # Safety
+///
+/// The state word's protocol gives the caller exclusive access to that `UnsafeCell` for
+/// the call (each caller says why).
+unsafe fn access<U, R>(cell: &UnsafeCell<U>, f: impl FnOnce(&mut U) -> R) -> R {
+    // SAFETY: exclusive access, by this function's contract.
+    cell.with_mut(|contents| f(unsafe { &mut *contents }))
+}
+
+/// Frees the cell.
+///
+/// # Safety
+///
+/// The caller was its last owner, has acquired every other owner's writes, and does not
+/// touch the cell again.
+unsafe fn free<T>(ptr: NonNull<Cell<T>>) {
+    // SAFETY: allocated with `Box` in `new`; the caller guarantees exclusive access.
+    drop(unsafe { Box::from_raw(ptr.as_ptr()) });
+}

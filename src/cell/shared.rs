@@ -1,0 +1,306 @@
+//! A handle's side of a cell: waiting, taking the result, cancelling.
+
+use std::marker::PhantomData;
+use std::ops::Deref;
+use std::ptr::NonNull;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use super::{
+    access, cas, free, handles, is_sole, Callback, Cell, Entry, CALLBACK, CANCELLED, COMPLETE,
+    ENTRY0, REF, TAKEN, VALUE, WAKER,
+};
+use crate::sync::{
+    self,
+    Ordering::{AcqRel, Relaxed},
+};
+use crate::Error;
+
+/// A handle's ownership of a cell: the inside of an [`AsyncResult`].
+pub(crate) struct Shared<T> {
+    pub(super) ptr: NonNull<Cell<T>>,
+    pub(super) _owns: PhantomData<Box<Cell<T>>>,
+}
+
+// SAFETY: a handle hands out a `T` only by value, taken once under the state word's
+// protocol (so `T: Send` is needed to take it on another thread, and suffices), and
+// never gives out a `&T`; the rest of the cell is `Send + Sync` or handed over by the
+// protocol. The same bounds as `Arc<Mutex<T>>`.
+unsafe impl<T: Send> Send for Shared<T> {}
+// SAFETY: as above; what `&Shared` allows (waiting, cancelling, cloning, reading the
+// state) follows the protocol, and taking the result needs `&mut Shared`.
+unsafe impl<T: Send> Sync for Shared<T> {}
+
+impl<T> Deref for Shared<T> {
+    type Target = Cell<T>;
+
+    fn deref(&self) -> &Cell<T> {
+        // SAFETY: a handle owns the cell until it is dropped.
+        unsafe { self.ptr.as_ref() }
+    }
+}
+
+impl<T> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        // SAFETY: this handle owns the cell by `self.ptr`.
+        unsafe { Shared::new_from(self.ptr) }
+    }
+}
+
+impl<T> Drop for Shared<T> {
+    fn drop(&mut self) {
+        if is_sole(self.load()) {
+            // SAFETY: the only owner (the Acquire load saw every other owner leave).
+            unsafe { free(self.ptr) };
+            return;
+        }
+        // ORDERING: AcqRel, as for the writer's release.
+        let before = self.state.fetch_sub(REF, AcqRel);
+        if is_sole(before) {
+            // SAFETY: this handle was the last owner.
+            unsafe { free(self.ptr) };
+        }
+    }
+}
+
+impl<T> Shared<T> {
+    /// A new handle of the cell at `ptr`.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is the pointer by which the caller owns the cell (as a handle or as the
+    /// writer): the new handle frees the cell through it if it is the last owner.
+    pub(super) unsafe fn new_from(ptr: NonNull<Cell<T>>) -> Self {
+        // SAFETY: the caller owns the cell.
+        let cell = unsafe { ptr.as_ref() };
+        // ORDERING: Relaxed, as for `Arc::clone`: the caller's ownership keeps the cell
+        // alive, and handing the new handle to another thread synchronises by itself.
+        let before = cell.state.fetch_add(REF, Relaxed);
+        if handles(before) >= handles(usize::MAX) / 2 {
+            // As `Arc` does: a count this high means clones are being leaked.
+            std::process::abort();
+        }
+        Shared {
+            ptr,
+            _owns: PhantomData,
+        }
+    }
+
+    pub(crate) fn ptr_eq(&self, other: &Shared<T>) -> bool {
+        self.ptr == other.ptr
+    }
+
+    /// Takes the result of a complete cell (`state` has `COMPLETE`). `&mut`: only the
+    /// owner of this handle takes through it, so that when it is the cell's only owner
+    /// no other thread can touch the state word (see the plain store below).
+    fn take(&mut self, state: usize) -> Result<T, Error> {
+        let state = if is_sole(state) {
+            if state & TAKEN != 0 {
+                return Err(Error::AlreadyEnded);
+            }
+            // ORDERING: nobody else can update the word (no other owner, see `is_sole`,
+            // and this handle is borrowed mutably), so a plain store does; a later clone
+            // publishes it with its own update.
+            self.state.store(state | TAKEN, Relaxed);
+            state
+        } else {
+            // ORDERING: AcqRel: exactly one handle sees `TAKEN` clear, and it acquires
+            // the writer's slot.
+            let before = self.state.fetch_or(TAKEN, AcqRel);
+            if before & TAKEN != 0 {
+                return Err(Error::AlreadyEnded);
+            }
+            before
+        };
+        if state & VALUE == 0 {
+            return Err(Error::Cancelled);
+        }
+        // SAFETY: `VALUE` is set (the writer is done with the slot) and this handle set
+        // `TAKEN`: nobody else reads the slot.
+        let outcome = unsafe { access(&self.slot, Option::take) };
+        outcome
+            .expect("a complete cell with VALUE holds an outcome")
+            .into_result()
+    }
+
+    /// Takes the result if there is one, without blocking.
+    pub(crate) fn try_take(&mut self) -> Option<Result<T, Error>> {
+        let state = self.load();
+        (state & COMPLETE != 0).then(|| self.take(state))
+    }
+
+    /// Takes the result, or registers `cx`'s waker in the caller's waker entry.
+    pub(crate) fn poll_take(
+        &mut self,
+        cx: &mut Context<'_>,
+        entry: &mut Entry,
+    ) -> Poll<Result<T, Error>> {
+        let state = self.load();
+        if state & COMPLETE != 0 {
+            return Poll::Ready(self.take(state));
+        }
+        match self.register(state, cx.waker(), entry) {
+            Poll::Ready(()) => Poll::Ready(self.take(self.load())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Ready once the cell has completed; does not take the result.
+    pub(crate) fn poll_completed(&self, cx: &mut Context<'_>, entry: &mut Entry) -> Poll<()> {
+        let state = self.load();
+        if state & COMPLETE != 0 {
+            return Poll::Ready(());
+        }
+        self.register(state, cx.waker(), entry)
+    }
+
+    /// Registers `waker` in the caller's waker entry (taking one on first use) while the
+    /// cell is pending (as `state` last said); Ready if it completed meanwhile.
+    fn register(&self, state: usize, waker: &Waker, entry: &mut Entry) -> Poll<()> {
+        match entry.get() {
+            Some(0) => self.register_inline(&self.waker, WAKER, 0, waker),
+            Some(_) => self.register_more(state, waker, entry),
+            None if state & ENTRY0 != 0 => self.register_more(state, waker, entry),
+            // The only handle: no other can compete for entry 0 (only this one could make
+            // another, by cloning), and the writer never uses it, so claiming the entry
+            // and publishing the waker is one update.
+            // The entry is recorded only once the waker is in place: if cloning it
+            // panics, `ENTRY0` stays clear and the entry free.
+            None if handles(state) == 1 => {
+                let registered = self.register_inline(&self.waker, WAKER, ENTRY0, waker);
+                entry.set(0);
+                registered
+            }
+            None => self.claim_entry0(state, waker, entry),
+        }
+    }
+
+    /// Claims entry 0 for this handle if it is free, else registers in `More`.
+    fn claim_entry0(&self, mut state: usize, waker: &Waker, entry: &mut Entry) -> Poll<()> {
+        loop {
+            if state & COMPLETE != 0 {
+                return Poll::Ready(());
+            }
+            if state & ENTRY0 != 0 {
+                return self.register_more(state, waker, entry);
+            }
+            match cas(&self.state, state, state | ENTRY0) {
+                Ok(_) => break,
+                Err(actual) => state = actual,
+            }
+        }
+        entry.set(0);
+        self.register_inline(&self.waker, WAKER, 0, waker)
+    }
+
+    /// Frees a handle's waker entry when the handle goes away.
+    pub(crate) fn release_entry(&self, entry: usize) {
+        if entry > 0 {
+            let old = self
+                .more()
+                .and_then(|more| more.lock().wakers.get_mut(entry - 1)?.take());
+            drop(old);
+            return;
+        }
+        let mut state = self.load();
+        loop {
+            if state & COMPLETE != 0 {
+                // The completer took the waker, or it stays until the cell is freed.
+                return;
+            }
+            if state & WAKER == 0 {
+                break;
+            }
+            match cas(&self.state, state, state & !WAKER) {
+                Ok(_) => break,
+                Err(actual) => state = actual,
+            }
+        }
+        // SAFETY: `WAKER` is clear and this handle owns entry 0.
+        let old = unsafe { access(&self.waker, Option::take) };
+        // ORDERING: AcqRel: hands the (now empty) slot to the next handle that claims
+        // entry 0.
+        self.state.fetch_and(!ENTRY0, AcqRel);
+        drop(old);
+    }
+
+    /// Asks the operation to stop: completes the cell with `Cancelled` unless it is
+    /// complete already.
+    pub(crate) fn cancel(&self) {
+        let mut state = self.load();
+        loop {
+            if state & COMPLETE != 0 {
+                return;
+            }
+            match cas(&self.state, state, state | CANCELLED) {
+                Ok(_) => break,
+                Err(actual) => state = actual,
+            }
+        }
+        // SAFETY: this handle owns the cell by `self.ptr` until this returns.
+        unsafe { Cell::collect(self.ptr, state, false) }.run();
+    }
+
+    /// Installs the completion callback, or hands it back if the cell already completed
+    /// (the caller then runs it itself). Called at most once per cell, on a cell made
+    /// without a callback.
+    pub(crate) fn set_callback(&self, callback: Callback<T>) -> Result<(), Callback<T>> {
+        let more = self.more_or_install();
+        let mut state = self.load();
+        debug_assert_eq!(state & CALLBACK, 0, "a second callback");
+        if state & COMPLETE != 0 {
+            return Err(callback);
+        }
+        // SAFETY: `CALLBACK` is clear and this is the cell's only installer.
+        unsafe { access(&more.callback, |slot| *slot = Some(callback)) };
+        loop {
+            if state & COMPLETE != 0 {
+                // SAFETY: still clear: the completer did not take it.
+                let back = unsafe { access(&more.callback, Option::take) };
+                return Err(back.expect("installed just above"));
+            }
+            match cas(&self.state, state, state | CALLBACK) {
+                Ok(_) => return Ok(()),
+                Err(actual) => state = actual,
+            }
+        }
+    }
+
+    /// Blocks the current thread until the cell completes or `deadline` passes; returns
+    /// whether it completed.
+    pub(crate) fn wait_until(&self, deadline: Option<Instant>) -> bool {
+        let started = Instant::now();
+        if sync::spin_until(|| self.is_completed()) {
+            return true;
+        }
+        let completed = self.park_until(deadline);
+        sync::record_wait(started.elapsed());
+        completed
+    }
+
+    /// The blocking part of `wait_until`, once spinning did not see the result.
+    fn park_until(&self, deadline: Option<Instant>) -> bool {
+        let me = sync::current();
+        match self.lock_waiters(self.load()) {
+            None => return true,
+            Some(mut waiters) => waiters.parked.push(me.clone()),
+        }
+        // A completion after the check above unparks `me` (it takes `parked` under the
+        // lock), and an unpark that comes before the park makes the park return at once.
+        loop {
+            let completed = self.is_completed();
+            let timed_out = !completed && deadline.is_some_and(sync::park_until);
+            if completed || timed_out {
+                // Leave the list, or wait for the completer (which unparks under the lock)
+                // to be done with `me`: no unpark arrives after this returns.
+                if let Some(more) = self.more() {
+                    more.lock().parked.retain(|t| t.id() != me.id());
+                }
+                return completed || self.is_completed();
+            }
+            if deadline.is_none() {
+                sync::park();
+            }
+        }
+    }
+}

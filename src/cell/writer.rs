@@ -1,0 +1,189 @@
+//! The writer's side of a cell: storing the outcome, waking, giving up ownership.
+
+use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
+use std::ops::Deref;
+use std::ptr::NonNull;
+use std::task::{Context, Poll};
+
+use super::{
+    access, cas, free, handles, Cell, Outcome, CALLBACK, COMPLETE, SYNC, TASK_WAKER, VALUE,
+    WAITERS, WAKER, WRITER,
+};
+use crate::sync::Ordering::{AcqRel, Acquire};
+use crate::Error;
+
+/// The writer's ownership of a cell. Dropping it unfinished completes the cell with
+/// [`Error::Abandoned`].
+pub(crate) struct Writer<T> {
+    pub(super) ptr: NonNull<Cell<T>>,
+    pub(super) _owns: PhantomData<Box<Cell<T>>>,
+}
+
+// SAFETY: a writer moves a `T` into the cell, to be taken on another thread (so
+// `T: Send`), and never gives out a `&T`; everything else it touches is `Send + Sync`
+// or handed over by the state word's protocol.
+unsafe impl<T: Send> Send for Writer<T> {}
+// SAFETY: through `&Writer` only the atomic state and the immutable `State` are read.
+unsafe impl<T: Send> Sync for Writer<T> {}
+
+impl<T> Deref for Writer<T> {
+    type Target = Cell<T>;
+
+    fn deref(&self) -> &Cell<T> {
+        // SAFETY: the writer owns the cell until `finish` gives the ownership up.
+        unsafe { self.ptr.as_ref() }
+    }
+}
+
+impl<T> Writer<T> {
+    /// Stores the result unless a handle cancelled first (then the result comes back),
+    /// wakes every waiter and runs the callback.
+    pub(crate) fn complete(
+        self,
+        result: Result<T, Error>,
+        synchronous: bool,
+    ) -> Result<(), Result<T, Error>> {
+        let mut this = ManuallyDrop::new(self);
+        // SAFETY: `this` is never used or dropped again.
+        unsafe { this.finish(result, synchronous) }
+    }
+
+    /// Ready once a handle cancelled the cell; otherwise registers the writer's waker
+    /// to be woken by a cancel.
+    pub(crate) fn poll_cancelled(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.is_completed() {
+            return Poll::Ready(());
+        }
+        let more = self.more_or_install();
+        self.register_inline(&more.task_waker, TASK_WAKER, 0, cx.waker())
+    }
+
+    /// Completes the cell, then gives up the writer's ownership.
+    ///
+    /// # Safety
+    ///
+    /// Called once; the writer is not used or dropped afterwards.
+    #[inline]
+    unsafe fn finish(
+        &mut self,
+        result: Result<T, Error>,
+        synchronous: bool,
+    ) -> Result<(), Result<T, Error>> {
+        let ptr = self.ptr;
+        // SAFETY: the writer owns the cell until `release_writer` below.
+        let cell = unsafe { ptr.as_ref() };
+        let state = cell.load();
+        if state & COMPLETE != 0 {
+            // SAFETY: the writer owns its reference and gives it up here.
+            unsafe { release_writer(ptr) };
+            return Err(result);
+        }
+        // SAFETY: only the writer writes the slot, and nobody reads it before `VALUE`,
+        // which only the writer sets, below.
+        unsafe { access(&cell.slot, |slot| *slot = Some(Outcome::new(result))) };
+        let set = VALUE | if synchronous { SYNC } else { 0 };
+        // The common case, inline: nobody to wake, no callback, a handle left to take the
+        // result. Publishing it also gives up the writer's ownership.
+        if state & (WAKER | TASK_WAKER | WAITERS | CALLBACK) == 0
+            && handles(state) != 0
+            // ORDERING: as in `cas`.
+            && cell
+                .state
+                .compare_exchange(state, (state | set) & !WRITER, AcqRel, Acquire)
+                .is_ok()
+        {
+            return Ok(());
+        }
+        // SAFETY: the writer's ownership passes to `publish`.
+        unsafe { Self::publish(ptr, set) }
+    }
+
+    /// The rest of `finish` once the outcome is in the slot: publishes it unless a
+    /// handle cancelled meanwhile, wakes the waiters, runs the callback and gives up the
+    /// writer's ownership.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the writer's ownership, by `ptr`, and gives it up.
+    #[inline(never)]
+    unsafe fn publish(ptr: NonNull<Cell<T>>, set: usize) -> Result<(), Result<T, Error>> {
+        // SAFETY: the writer owns the cell until `release_writer` or `free` below.
+        let cell = unsafe { ptr.as_ref() };
+        let mut state = cell.load();
+        let mut released;
+        loop {
+            if state & COMPLETE != 0 {
+                // SAFETY: cancelled meanwhile: `VALUE` was never set, so no handle reads
+                // the slot, and the writer takes back what it stored.
+                let back = unsafe { access(&cell.slot, Option::take) };
+                // SAFETY: the writer owns its reference and gives it up here.
+                unsafe { release_writer(ptr) };
+                let back = back.expect("the writer stored its outcome just above");
+                return Err(back.into_result());
+            }
+            // Nobody to wake and no callback: give up the writer's ownership in the same
+            // update.
+            released = state & (WAKER | TASK_WAKER | WAITERS | CALLBACK) == 0;
+            let new = if released {
+                (state | set) & !WRITER
+            } else {
+                state | set
+            };
+            match cas(&cell.state, state, new) {
+                Ok(_) => break,
+                Err(actual) => state = actual,
+            }
+        }
+        if released {
+            if handles(state) == 0 {
+                // SAFETY: no handle and the writer gone: this thread was the last owner,
+                // and its AcqRel update acquired the others' writes.
+                unsafe { free(ptr) };
+            }
+            return Ok(());
+        }
+        if state & (TASK_WAKER | WAITERS | CALLBACK) == 0 {
+            // The common case of an awaited operation: one waker, no callback.
+            // SAFETY: `WAKER` was set when the cell completed: the completer owns it.
+            let waker = unsafe { access(&cell.waker, Option::take) };
+            // SAFETY: the writer's last use of the cell.
+            unsafe { release_writer(ptr) };
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+            return Ok(());
+        }
+        // SAFETY: the writer owns the cell by `ptr` until it gives that up just below.
+        let wake = unsafe { Cell::collect(ptr, state, true) };
+        // SAFETY: the writer's last use of the cell: `wake` does not need it.
+        unsafe { release_writer(ptr) };
+        wake.run();
+        Ok(())
+    }
+}
+
+impl<T> Drop for Writer<T> {
+    fn drop(&mut self) {
+        // Refused, harmlessly, when the cell was cancelled.
+        // SAFETY: this is the writer's last use.
+        let _ = unsafe { self.finish(Err(Error::Abandoned), false) };
+    }
+}
+
+/// Gives up the writer's ownership of the cell, freeing it if no handle is left.
+///
+/// # Safety
+///
+/// The caller owns the writer's ownership and does not touch the cell afterwards.
+unsafe fn release_writer<T>(ptr: NonNull<Cell<T>>) {
+    // SAFETY: the writer's ownership keeps the cell alive until this update.
+    let cell = unsafe { ptr.as_ref() };
+    // ORDERING: AcqRel: releases this writer's accesses to whoever frees the cell, and
+    // acquires the handles' if that is this thread.
+    let before = cell.state.fetch_sub(WRITER, AcqRel);
+    if handles(before) == 0 {
+        // SAFETY: the writer was the last owner.
+        unsafe { free(ptr) };
+    }
+}
