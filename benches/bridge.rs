@@ -19,7 +19,7 @@ use std::task::{Context, Poll};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use apm_tap::{AsyncCallback, AsyncHandle, AsyncResult, Completer, State};
+use apm_tap::{AsyncCallback, AsyncHandle, AsyncResult, Completer};
 use criterion::Criterion;
 use futures::task::noop_waker_ref;
 
@@ -138,7 +138,7 @@ fn apm_tap_eager<L: Legacy>(
     legacy: L,
     value: u64,
 ) -> impl Future<Output = Result<u64, apm_tap::Error>> + Send {
-    let (done, handle) = Completer::new(AsyncCallback::none(), State::none());
+    let (done, handle) = Completer::new();
     legacy.call(value, move |v| {
         let _ = done.complete(v);
     });
@@ -316,9 +316,7 @@ fn future_to_apm(c: &mut Criterion, allocs: &mut Vec<(String, f64)>) {
         ));
     };
     both("apm_tap_begin_end", &mut |v| {
-        apm_tap::begin_on(&handle, job(v), AsyncCallback::none(), State::none())
-            .end()
-            .unwrap()
+        apm_tap::begin_on(&handle, job(v)).end().unwrap()
     });
     both("tokio_spawn_oneshot_blocking_recv", &mut |v| {
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -338,7 +336,12 @@ fn future_to_apm(c: &mut Criterion, allocs: &mut Vec<(String, f64)>) {
         let tx = done_tx.clone();
         let callback =
             AsyncCallback::new(move |h: AsyncResult<u64>| tx.send(h.end().unwrap()).unwrap());
-        drop(apm_tap::begin_on(&handle, job(v), callback, State::none()));
+        drop(
+            apm_tap::Builder::new()
+                .callback(callback)
+                .spawner(&handle)
+                .begin(job(v)),
+        );
         done_rx.recv().unwrap()
     });
     both("tokio_spawn_callback", &mut |v| {
@@ -414,7 +417,7 @@ fn handoff(
 }
 
 fn handoff_apm_tap(spinner: &Spinner, delay: Duration) -> Instant {
-    let (completer, handle) = Completer::new(AsyncCallback::none(), State::none());
+    let (completer, handle) = Completer::new();
     spinner
         .tx
         .send(Box::new(move || {
@@ -510,7 +513,7 @@ fn scale_apm_tap(n: usize) -> Scale {
     let mut futures = Vec::with_capacity(n);
     let before = LIVE_BYTES.load(SeqCst);
     for _ in 0..n {
-        let (completer, mut handle) = Completer::<u64>::new(AsyncCallback::none(), State::none());
+        let (completer, mut handle) = Completer::<u64>::new();
         assert!(handle
             .poll_end(&mut Context::from_waker(noop_waker_ref()))
             .is_pending());

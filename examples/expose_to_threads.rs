@@ -26,7 +26,10 @@ fn begin_price(
     callback: AsyncCallback<Result<u32, String>>,
     state: State,
 ) -> AsyncResult<Result<u32, String>> {
-    apm_tap::begin(price(item, delay_ms), callback, state)
+    apm_tap::Builder::new()
+        .callback(callback)
+        .state(state)
+        .begin(price(item, delay_ms))
 }
 
 /// End: the service's own error, or the bridge's (cancelled, panicked) as text.

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use apm_tap::{AsyncCallback, AsyncResult, Completer, State};
+use apm_tap::{AsyncCallback, AsyncResult, State};
 
 type ReadResult = io::Result<Vec<u8>>;
 
@@ -33,7 +33,10 @@ impl LegacyFile {
         callback: AsyncCallback<ReadResult>,
         state: State,
     ) -> AsyncResult<ReadResult> {
-        let (completer, handle) = Completer::new(callback, state);
+        let (completer, handle) = apm_tap::Builder::new()
+            .callback(callback)
+            .state(state)
+            .completer();
         if let Some(bytes) = self.cache.lock().unwrap().get(path) {
             let _ = completer.complete_synchronously(Ok(bytes.clone()));
             return handle;

@@ -5,7 +5,7 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
-use apm_tap::{AsyncCallback, AsyncResult, Completer, Error, State};
+use apm_tap::{AsyncCallback, AsyncResult, Error, State};
 
 /// A legacy API in APM style: `begin_read` starts a reading and returns a handle at
 /// once; `end_read` collects it. The device answers on a thread of its own.
@@ -13,7 +13,10 @@ struct Thermometer;
 
 impl Thermometer {
     fn begin_read(&self, callback: AsyncCallback<f64>, state: State) -> AsyncResult<f64> {
-        let (completer, handle) = Completer::new(callback, state);
+        let (completer, handle) = apm_tap::Builder::new()
+            .callback(callback)
+            .state(state)
+            .completer();
         thread::spawn(move || {
             thread::sleep(Duration::from_millis(20)); // the slow device
             let _ = completer.complete(21.5);
@@ -51,18 +54,17 @@ fn main() {
     //    fn through Begin (with callback and state) and a blocking End.
     thread::spawn(|| {
         let (told, heard) = mpsc::channel();
-        let handle = apm_tap::begin(
-            forecast("Oslo"),
-            AsyncCallback::new(move |h: AsyncResult<String>| {
+        let handle = apm_tap::Builder::new()
+            .callback(move |h: AsyncResult<String>| {
                 let state = h.state().downcast_ref::<&str>().copied();
                 told.send(format!(
                     "callback ran for {state:?}, completed = {}",
                     h.is_completed()
                 ))
                 .unwrap();
-            }),
-            State::new("request 1"),
-        );
+            })
+            .state(State::new("request 1"))
+            .begin(forecast("Oslo"));
         println!(
             "begin returned; completed_synchronously = {}",
             handle.completed_synchronously()

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use futures::task::{waker, ArcWake};
 
 use crate::sync::{AtomicU8, Mutex, Ordering, PoisonError};
-use crate::{AsyncCallback, AsyncHandle, AsyncResult, Completer, Error, PollHandle, State};
+use crate::{Abandonment, AsyncCallback, AsyncHandle, AsyncResult, Completer, Error, PollHandle};
 
 type OnCancel<H> = Box<dyn FnOnce(&H) + Send>;
 
@@ -62,7 +62,7 @@ impl ApmCallback {
     /// let future = apm_tap::from_apm(
     ///     |callback| {
     ///         // A Begin that finishes at once and calls back inside Begin.
-    ///         let handle = apm_tap::begin(async {}, AsyncCallback::none(), State::none());
+    ///         let handle = apm_tap::begin(async {});
     ///         callback.call();
     ///         handle
     ///     },
@@ -87,10 +87,10 @@ impl fmt::Debug for ApmCallback {
 /// # Examples
 ///
 /// ```
-/// use apm_tap::{AsyncCallback, AsyncResult, Completer, State};
+/// use apm_tap::{AsyncCallback, AsyncResult, Builder, Completer, State};
 ///
 /// fn begin_op(callback: AsyncCallback<u8>, state: State) -> AsyncResult<u8> {
-///     let (completer, handle) = Completer::new(callback, state);
+///     let (completer, handle) = Builder::new().callback(callback).state(state).completer();
 ///     std::thread::spawn(move || completer.complete(8).unwrap());
 ///     handle
 /// }
@@ -134,11 +134,11 @@ impl<T> From<ApmCallback> for AsyncCallback<T> {
 /// # Examples
 ///
 /// ```
-/// use apm_tap::{AsyncCallback, AsyncResult, Completer, State};
+/// use apm_tap::{AsyncCallback, AsyncResult, Builder, Completer, State};
 ///
 /// // A legacy API in Begin/End style.
 /// fn begin_len(s: String, callback: AsyncCallback<usize>, state: State) -> AsyncResult<usize> {
-///     let (completer, handle) = Completer::new(callback, state);
+///     let (completer, handle) = Builder::new().callback(callback).state(state).completer();
 ///     std::thread::spawn(move || completer.complete(s.len()).unwrap());
 ///     handle
 /// }
@@ -204,7 +204,7 @@ where
 /// use apm_tap::{FromApm, State};
 ///
 /// let future = apm_tap::from_apm(
-///     |cb| apm_tap::begin(async { 1 }, cb.into(), State::none()),
+///     |cb| apm_tap::Builder::new().callback(cb).begin(async { 1 }),
 ///     |handle| handle.end(),
 /// );
 /// assert_eq!(futures::executor::block_on(future), Ok(Ok(1)));
@@ -236,7 +236,7 @@ pub struct FromApm<B, H, E> {
 /// use apm_tap::State;
 ///
 /// let future = apm_tap::try_from_apm(
-///     |cb| Ok::<_, std::io::Error>(apm_tap::begin(async { 2 }, cb.into(), State::none())),
+///     |cb| Ok::<_, std::io::Error>(apm_tap::Builder::new().callback(cb).begin(async { 2 })),
 ///     |handle| Ok(handle.end()?),
 /// );
 /// assert_eq!(futures::executor::block_on(future).unwrap(), 2);
@@ -257,16 +257,16 @@ impl<B, H, E> FromApm<B, H, E> {
     /// # Examples
     ///
     /// ```
-    /// use apm_tap::{Completer, Error, State};
+    /// use apm_tap::{Builder, Completer, Error, State};
     /// use futures::FutureExt;
     /// use std::sync::mpsc;
     ///
     /// let (ended, end_result) = mpsc::channel();
-    /// let mut unfinished = Vec::new(); // the legacy side never completes by itself
+    /// let mut unfinished: Vec<Completer<u8>> = Vec::new(); // the legacy side never completes by itself
     /// let mut future = Box::pin(
     ///     apm_tap::from_apm(
     ///         |cb| {
-    ///             let (completer, handle) = Completer::<u8>::new(cb.into(), State::none());
+    ///             let (completer, handle) = Builder::new().callback(cb).completer();
     ///             unfinished.push(completer);
     ///             handle
     ///         },
@@ -293,15 +293,15 @@ impl<B, H, E> TryFromApm<B, H, E> {
     /// # Examples
     ///
     /// ```
-    /// use apm_tap::{Completer, State};
+    /// use apm_tap::{Builder, Completer, State};
     /// use futures::FutureExt;
     ///
     /// let (cancelled, was_cancelled) = std::sync::mpsc::channel();
-    /// let mut unfinished = Vec::new();
+    /// let mut unfinished: Vec<Completer<u8>> = Vec::new();
     /// let mut future = Box::pin(
     ///     apm_tap::try_from_apm(
     ///         |cb| {
-    ///             let (completer, handle) = Completer::<u8>::new(cb.into(), State::none());
+    ///             let (completer, handle) = Builder::new().callback(cb).completer();
     ///             unfinished.push(completer);
     ///             Ok::<_, apm_tap::Error>(handle)
     ///         },
@@ -452,7 +452,7 @@ impl<B, H, E> Op<B, H, E> {
             let Stage::Start { begin, end } = mem::replace(&mut self.stage, Stage::Done) else {
                 unreachable!("matched just above")
             };
-            let (completer, signal) = Completer::new(AsyncCallback::none(), State::none());
+            let (completer, signal) = Completer::new();
             let handle = match start(begin, ApmCallback(completer)) {
                 Ok(handle) => handle,
                 Err(begin_error) => return Poll::Ready(Err(begin_error)),
@@ -479,6 +479,8 @@ impl<B, H, E> Op<B, H, E> {
         let Stage::Waiting { handle, end, .. } = mem::replace(&mut self.stage, Stage::Done) else {
             unreachable!("matched just above")
         };
+        // The signal's only failure: the legacy code dropped the `ApmCallback`.
+        let called = called.map_err(|_| Error::Abandoned(Abandonment::CallbackDropped));
         Poll::Ready(Ok(called.map(|()| end(handle))))
     }
 }
@@ -533,7 +535,7 @@ impl<B, H, E> Drop for Op<B, H, E> {
 /// use apm_tap::{AsyncCallback, State};
 ///
 /// // Started by someone else, earlier:
-/// let handle = apm_tap::begin(async { 21 * 2 }, AsyncCallback::none(), State::none());
+/// let handle = apm_tap::begin(async { 21 * 2 });
 ///
 /// let value = futures::executor::block_on(apm_tap::from_async_result(handle, |h| h.end()));
 /// assert_eq!(value, Ok(42));
@@ -557,7 +559,7 @@ where
 /// ```
 /// use apm_tap::{AsyncCallback, State};
 ///
-/// let handle = apm_tap::begin(async { 'z' }, AsyncCallback::none(), State::none());
+/// let handle = apm_tap::begin(async { 'z' });
 /// let future = apm_tap::from_async_result(handle, |h| h.end());
 /// assert_eq!(futures::executor::block_on(future), Ok('z'));
 /// ```
@@ -589,7 +591,7 @@ impl<H: PollHandle + Send + 'static, E: Send + 'static> FromAsyncResult<H, E> {
     /// use apm_tap::{AsyncCallback, Error, State};
     /// use futures::FutureExt;
     ///
-    /// let handle = apm_tap::begin(std::future::pending::<()>(), AsyncCallback::none(), State::none());
+    /// let handle = apm_tap::begin(std::future::pending::<()>());
     /// let (tx, rx) = std::sync::mpsc::channel();
     /// let mut future = Box::pin(
     ///     apm_tap::from_async_result(handle, move |h| tx.send(h.end()).unwrap())

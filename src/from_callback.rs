@@ -6,7 +6,7 @@ use std::mem;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use crate::{AsyncCallback, AsyncResult, Completer, Error, State};
+use crate::{AsyncResult, Completer, Error};
 
 /// Turns a function that reports its result through a completion callback into a
 /// future.
@@ -63,7 +63,7 @@ where
 ///
 /// ```text
 /// async fn from_callback(start) -> Result<T, Error> {
-///     let (completer, handle) = Completer::new(AsyncCallback::none(), State::none());
+///     let (completer, handle) = Completer::new();
 ///     start(completer);
 ///     handle.await
 /// }
@@ -92,7 +92,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         if let Stage::Start(_) = this.stage {
-            let (completer, handle) = Completer::new(AsyncCallback::none(), State::none());
+            let (completer, handle) = Completer::new();
             // The handle is in place before `start` runs: if `start` panics, the completer
             // it dropped has completed the operation with `Abandoned`.
             if let Stage::Start(start) = mem::replace(&mut this.stage, Stage::Waiting(handle)) {

@@ -30,11 +30,11 @@
 //! # Example: both directions
 //!
 //! ```
-//! use apm_tap::{AsyncCallback, AsyncResult, Completer, State};
+//! use apm_tap::{AsyncCallback, AsyncResult, Builder, Completer, State};
 //!
 //! // A legacy Begin/End API: the work finishes on a thread of its own.
 //! fn begin_square(x: u64, callback: AsyncCallback<u64>, state: State) -> AsyncResult<u64> {
-//!     let (completer, handle) = Completer::new(callback, state);
+//!     let (completer, handle) = Builder::new().callback(callback).state(state).completer();
 //!     std::thread::spawn(move || {
 //!         let _ = completer.complete(x * x);
 //!     });
@@ -53,7 +53,7 @@
 //!
 //! // Future -> APM: a plain thread drives an async fn with Begin/End.
 //! async fn add(a: u64, b: u64) -> u64 { a + b }
-//! let handle = apm_tap::begin(add(2, 3), AsyncCallback::none(), State::new("sum"));
+//! let handle = apm_tap::Builder::new().state(State::new("sum")).begin(add(2, 3));
 //! assert_eq!(handle.state().downcast_ref::<&str>(), Some(&"sum"));
 //! assert_eq!(handle.end(), Ok(5));
 //! ```
@@ -117,6 +117,7 @@
 //   `Waker::clone` for a second concurrent waiter of one operation.
 
 mod apm;
+mod builder;
 mod cell;
 mod error;
 mod from_apm;
@@ -127,7 +128,8 @@ mod sync;
 mod to_apm;
 
 pub use apm::{AsyncCallback, AsyncHandle, AsyncResult, Completer, PollHandle};
-pub use error::{flatten, Error};
+pub use builder::Builder;
+pub use error::{flatten, Abandonment, Error, Panic};
 pub use from_apm::{
     from_apm, from_async_result, try_from_apm, ApmCallback, FromApm, FromAsyncResult, TryFromApm,
 };

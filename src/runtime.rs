@@ -23,7 +23,7 @@ use crate::Error;
 ///
 /// let pool = ThreadPool::new().unwrap();
 /// let spawner = |task| pool.spawn_ok(task);
-/// let handle = apm_tap::begin_on(&spawner, async { 3 }, AsyncCallback::none(), State::none());
+/// let handle = apm_tap::begin_on(&spawner, async { 3 });
 /// assert_eq!(handle.end(), Ok(3));
 /// ```
 pub trait Spawner {

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use apm_tap::{AsyncCallback, AsyncHandle, Completer, State};
+use apm_tap::{AsyncHandle, Completer};
 use futures::task::noop_waker_ref;
 
 struct Counting;
@@ -48,7 +48,7 @@ fn allocations<R>(f: impl FnOnce() -> R) -> (usize, R) {
 #[test]
 fn completer_operation_allocates_only_its_cell() {
     let (count, value) = allocations(|| {
-        let (completer, handle) = Completer::new(AsyncCallback::none(), State::none());
+        let (completer, handle) = Completer::new();
         completer.complete(5_u64).unwrap();
         handle.wait().unwrap();
         handle.end()
@@ -111,16 +111,24 @@ fn unused_callback_allocates_nothing_more() {
     assert_eq!(outcome, Poll::Ready(Ok(8)));
     assert_eq!(count, 1);
     let (count, ended) = allocations(|| {
-        let (completer, handle) = Completer::<u8>::new(AsyncCallback::none(), State::none());
+        let (completer, handle) = Completer::<u8>::new();
         drop(completer);
         handle.end()
     });
-    assert_eq!((count, ended), (1, Err(apm_tap::Error::Abandoned)));
+    assert_eq!(
+        (count, ended),
+        (
+            1,
+            Err(apm_tap::Error::Abandoned(
+                apm_tap::Abandonment::CompleterDropped
+            ))
+        )
+    );
 }
 
 #[test]
 fn blocking_allocates_only_when_someone_blocks() {
-    let (completer, handle) = Completer::new(AsyncCallback::none(), State::none());
+    let (completer, handle) = Completer::new();
     // Unfinished: the wait has to block, and registers this thread to be woken.
     let (count, waited) = allocations(|| handle.wait_timeout(Duration::from_millis(1)));
     assert_eq!(waited, Ok(false));

@@ -10,7 +10,7 @@ use std::sync::{mpsc, Arc, Barrier};
 use std::task::Poll;
 use std::thread;
 
-use apm_tap::{ApmCallback, AsyncCallback, Completer, Error, State};
+use apm_tap::{Abandonment, ApmCallback, Completer, Error};
 use common::{legacy_begin, poll_with, CountingWaker, DropCounter, Fire, Probe};
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -208,7 +208,7 @@ fn rule_4_dropped_callback_is_abandoned() {
         }
         assert_eq!(
             poll_with(&mut future, &waker),
-            Poll::Ready(Err(Error::Abandoned))
+            Poll::Ready(Err(Error::Abandoned(Abandonment::CallbackDropped)))
         );
         assert_eq!(probe.ends(), 0);
     }
@@ -327,7 +327,7 @@ fn try_from_apm_flattens_errors() {
     assert_eq!(error.kind(), io::ErrorKind::BrokenPipe);
     assert_eq!(
         error.into_inner().unwrap().downcast::<Error>().unwrap(),
-        Box::new(Error::Abandoned)
+        Box::new(Error::Abandoned(Abandonment::CallbackDropped))
     );
 }
 
@@ -463,7 +463,7 @@ fn scenarios() -> BoxFuture<'static, ()> {
         let callback = apm_tap::from_callback(|done| {
             thread::spawn(move || done.complete((13, String::from("thirteen"))).unwrap());
         });
-        let (completer, handle) = Completer::new(AsyncCallback::none(), State::none());
+        let (completer, handle) = Completer::new();
         thread::spawn(move || completer.complete(14_u32).unwrap());
         let started = apm_tap::from_async_result(handle, |h| h.end());
         let results = futures::join!(later, sync, abandoned, callback, started);
@@ -472,7 +472,7 @@ fn scenarios() -> BoxFuture<'static, ()> {
             (
                 Ok(10),
                 Ok(11),
-                Err(Error::Abandoned),
+                Err(Error::Abandoned(Abandonment::CallbackDropped)),
                 Ok((13, String::from("thirteen"))),
                 Ok(14)
             )
@@ -544,7 +544,7 @@ fn composes_with_select_timeout_and_join_all() {
 /// runs exactly once, on the thread that completes the operation.
 #[test]
 fn from_async_result_dropped_early_ends_once_on_completing_thread() {
-    let (completer, handle) = Completer::new(AsyncCallback::none(), State::none());
+    let (completer, handle) = Completer::new();
     let ends = Arc::new(AtomicUsize::new(0));
     let cancels = Arc::new(AtomicUsize::new(0));
     let (end_tx, end_rx) = mpsc::channel();
@@ -578,7 +578,7 @@ fn from_async_result_dropped_early_ends_once_on_completing_thread() {
 #[test]
 fn from_async_result_dropped_racing_completion_ends_once() {
     for _ in 0..common::rounds(2_000) {
-        let (completer, handle) = Completer::new(AsyncCallback::none(), State::none());
+        let (completer, handle) = Completer::new();
         let (end_tx, end_rx) = mpsc::channel();
         let future = apm_tap::from_async_result(handle, move |h| end_tx.send(h.end()).unwrap());
         let start = Arc::new(Barrier::new(2));
@@ -599,7 +599,7 @@ fn from_async_result_dropped_racing_completion_ends_once() {
 /// `from_async_result`: dropped after completion, `end` runs once in `drop`, no cancel.
 #[test]
 fn from_async_result_dropped_after_completion_ends_in_drop() {
-    let (completer, handle) = Completer::new(AsyncCallback::none(), State::none());
+    let (completer, handle) = Completer::new();
     let (end_tx, end_rx) = mpsc::channel();
     let cancels = Arc::new(AtomicUsize::new(0));
     let c = Arc::clone(&cancels);
@@ -631,7 +631,10 @@ fn from_callback_delivers_tuple_or_abandoned() {
     assert_eq!(starts.load(SeqCst), 1);
 
     let dropped = apm_tap::from_callback(|done: Completer<u8>| drop(done));
-    assert_eq!(futures::executor::block_on(dropped), Err(Error::Abandoned));
+    assert_eq!(
+        futures::executor::block_on(dropped),
+        Err(Error::Abandoned(Abandonment::CompleterDropped))
+    );
 
     let drops = Arc::new(AtomicUsize::new(0));
     let (tx, rx) = mpsc::channel();

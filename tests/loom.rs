@@ -16,7 +16,9 @@ use std::sync::{mpsc, Arc};
 use std::task::Poll;
 use std::time::Duration;
 
-use apm_tap::{ApmCallback, AsyncCallback, AsyncHandle, AsyncResult, Completer, Error, State};
+use apm_tap::{
+    Abandonment, ApmCallback, AsyncCallback, AsyncHandle, AsyncResult, Completer, Error,
+};
 use common::{poll_with, CountingWaker, DropCounter};
 use loom::thread;
 
@@ -103,7 +105,7 @@ fn model_01_callback_inside_begin() {
         drop(value);
         assert_eq!(counts.get(), (1, 1, 1));
 
-        let (completer_done, handle) = Completer::new(AsyncCallback::none(), State::none());
+        let (completer_done, handle) = Completer::new();
         completer_done.complete(3_u8).unwrap();
         assert_eq!(
             loom::future::block_on(apm_tap::from_async_result(handle, |h| h.end())),
@@ -193,7 +195,7 @@ fn model_04_future_dropped_while_callback_completes() {
         "04b future never polled, dropped while the operation completes",
         || {
             let ends = Arc::new(AtomicUsize::new(0));
-            let (completer, handle) = Completer::new(AsyncCallback::none(), State::none());
+            let (completer, handle) = Completer::new();
             let e = Arc::clone(&ends);
             let future = apm_tap::from_async_result(handle, move |h: AsyncResult<u8>| {
                 assert_eq!(h.end(), Ok(4));
@@ -244,13 +246,13 @@ fn model_06_callback_never_fires() {
 #[test]
 fn model_07_blocking_wait_races_completion() {
     model("07a blocking end races completion", || {
-        let (completer, handle) = Completer::new(AsyncCallback::none(), State::none());
+        let (completer, handle) = Completer::new();
         let completing = thread::spawn(move || completer.complete(7_u8).unwrap());
         assert_eq!(handle.end(), Ok(7));
         completing.join().unwrap();
     });
     model("07b wait_timeout races completion", || {
-        let (completer, handle) = Completer::new(AsyncCallback::none(), State::none());
+        let (completer, handle) = Completer::new();
         let completing = thread::spawn(move || completer.complete(7_u8).unwrap());
         let completed = handle.wait_timeout(Duration::from_secs(1)).unwrap();
         // `true` only if the result really is there; `false` (the modelled timeout)
@@ -265,7 +267,7 @@ fn model_07_blocking_wait_races_completion() {
 #[test]
 fn model_08_two_clones_race_to_end() {
     model("08 two clones race to end", || {
-        let (completer, handle) = Completer::new(AsyncCallback::none(), State::none());
+        let (completer, handle) = Completer::new();
         let other = handle.clone();
         let completing = thread::spawn(move || completer.complete(8_u8).unwrap());
         let racer = thread::spawn(move || other.end());
@@ -283,13 +285,12 @@ fn model_09_cancel_races_completion() {
     model("09 cancel races completion", || {
         let calls = Arc::new(AtomicUsize::new(0));
         let c = Arc::clone(&calls);
-        let (completer, handle) = Completer::new(
-            AsyncCallback::new(move |h: AsyncResult<u8>| {
+        let (completer, handle) = apm_tap::Builder::new()
+            .callback(AsyncCallback::new(move |h: AsyncResult<u8>| {
                 assert!(h.is_completed());
                 c.fetch_add(1, SeqCst);
-            }),
-            State::none(),
-        );
+            }))
+            .completer();
         let completing = thread::spawn(move || completer.complete(9));
         handle.cancel();
         let completed = completing.join().unwrap();
@@ -306,14 +307,16 @@ fn model_10_dropped_completer_races_waiter() {
     model("10 completer dropped unfinished races a waiter", || {
         let calls = Arc::new(AtomicUsize::new(0));
         let c = Arc::clone(&calls);
-        let (completer, handle) = Completer::<u8>::new(
-            AsyncCallback::new(move |_: AsyncResult<u8>| {
+        let (completer, handle) = apm_tap::Builder::new()
+            .callback(AsyncCallback::new(move |_: AsyncResult<u8>| {
                 c.fetch_add(1, SeqCst);
-            }),
-            State::none(),
-        );
+            }))
+            .completer();
         let dropping = thread::spawn(move || drop(completer));
-        assert_eq!(handle.end(), Err(Error::Abandoned));
+        assert_eq!(
+            handle.end(),
+            Err(Error::Abandoned(Abandonment::CompleterDropped))
+        );
         dropping.join().unwrap();
         assert_eq!(calls.load(SeqCst), 1);
     });
@@ -325,7 +328,7 @@ fn model_12_two_clones_awaited_while_the_writer_completes() {
         "12 two clones awaited at once while the writer completes",
         || {
             let values = Arc::new(AtomicUsize::new(0));
-            let (completer, mut first) = Completer::new(AsyncCallback::none(), State::none());
+            let (completer, mut first) = Completer::new();
             let mut second = first.clone();
             let (a, waker_a) = CountingWaker::new();
             let (b, waker_b) = CountingWaker::new();
@@ -365,7 +368,7 @@ fn model_13_handles_dropped_while_the_writer_completes() {
         "13 a waiting handle and its clone dropped while the writer completes",
         || {
             let values = Arc::new(AtomicUsize::new(0));
-            let (completer, mut handle) = Completer::new(AsyncCallback::none(), State::none());
+            let (completer, mut handle) = Completer::new();
             let clone = handle.clone();
             let (w, waker) = CountingWaker::new();
             assert!(poll_with(&mut handle, &waker).is_pending());
@@ -406,12 +409,10 @@ fn model_11_cancel_races_the_running_future() {
         || {
             let (spawner, threads) = loom_spawner();
             let (callback, calls) = counting_callback::<()>();
-            let handle = apm_tap::begin_on(
-                &spawner,
-                std::future::pending::<()>(),
-                callback,
-                State::none(),
-            );
+            let handle = apm_tap::Builder::new()
+                .callback(callback)
+                .spawner(&spawner)
+                .begin(std::future::pending::<()>());
             handle.cancel();
             // The task must see the cancel, drop the future and finish: a lost wake-up would
             // leave this join (and loom) waiting forever.
@@ -425,13 +426,11 @@ fn model_11_cancel_races_the_running_future() {
     model("11b cancel races the future's own completion", || {
         let (spawner, threads) = loom_spawner();
         let (callback, calls) = counting_callback::<u8>();
-        let (completer, inner) = Completer::new(AsyncCallback::none(), State::none());
-        let handle = apm_tap::begin_on(
-            &spawner,
-            async move { inner.await.unwrap() },
-            callback,
-            State::none(),
-        );
+        let (completer, inner) = Completer::new();
+        let handle = apm_tap::Builder::new()
+            .callback(callback)
+            .spawner(&spawner)
+            .begin(async move { inner.await.unwrap() });
         let completing = thread::spawn(move || {
             let _ = completer.complete(11);
         });

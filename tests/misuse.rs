@@ -9,12 +9,14 @@ use std::sync::{mpsc, Arc};
 use std::task::Poll;
 use std::thread;
 
-use apm_tap::{ApmCallback, AsyncCallback, AsyncHandle, AsyncResult, Completer, Error, State};
+use apm_tap::{
+    Abandonment, ApmCallback, AsyncCallback, AsyncHandle, AsyncResult, Completer, Error, State,
+};
 use common::{poll_with, CountingWaker, Probe};
 
 #[test]
 fn end_twice_gets_already_ended() {
-    let handle = apm_tap::begin(async { 1 }, AsyncCallback::none(), State::none());
+    let handle = apm_tap::begin(async { 1 });
     assert_eq!(handle.clone().end(), Ok(1));
     assert_eq!(handle.clone().end(), Err(Error::AlreadyEnded));
     assert_eq!(
@@ -27,19 +29,21 @@ fn end_twice_gets_already_ended() {
 fn dropped_completer_abandons_and_still_calls_back() {
     let calls = Arc::new(AtomicUsize::new(0));
     let c = Arc::clone(&calls);
-    let (completer, handle) = Completer::<u8>::new(
-        AsyncCallback::new(move |h: AsyncResult<u8>| {
+    let (completer, handle) = apm_tap::Builder::new()
+        .callback(AsyncCallback::new(move |h: AsyncResult<u8>| {
             assert!(h.is_completed());
             c.fetch_add(1, SeqCst);
-        }),
-        State::none(),
-    );
+        }))
+        .completer();
     let waiter = {
         let handle = handle.clone();
         thread::spawn(move || handle.end())
     };
     thread::spawn(move || drop(completer)).join().unwrap();
-    assert_eq!(waiter.join().unwrap(), Err(Error::Abandoned));
+    assert_eq!(
+        waiter.join().unwrap(),
+        Err(Error::Abandoned(Abandonment::CompleterDropped))
+    );
     assert_eq!(calls.load(SeqCst), 1);
     assert!(!handle.completed_synchronously());
 }
@@ -54,7 +58,10 @@ fn callback_dropped_by_legacy_api_is_abandoned() {
         move |h| p.end(h),
     );
     let dropper = thread::spawn(move || drop(rx.recv().unwrap()));
-    assert_eq!(futures::executor::block_on(future), Err(Error::Abandoned));
+    assert_eq!(
+        futures::executor::block_on(future),
+        Err(Error::Abandoned(Abandonment::CallbackDropped))
+    );
     dropper.join().unwrap();
     assert_eq!(probe.ends(), 0);
 }
@@ -62,45 +69,35 @@ fn callback_dropped_by_legacy_api_is_abandoned() {
 #[test]
 fn panicking_future_reports_message_and_runtime_survives() {
     for _ in 0..3 {
-        let handle = apm_tap::begin(
-            async {
-                tokio::task::yield_now().await;
-                panic!("{}", String::from("owned message"))
-            },
-            AsyncCallback::<()>::none(),
-            State::none(),
-        );
+        let handle = apm_tap::begin(async {
+            tokio::task::yield_now().await;
+            panic!("{}", String::from("owned message"))
+        });
         assert_eq!(
-            handle.end(),
-            Err(Error::Panicked("owned message".to_owned()))
+            common::panic_message(handle.end()),
+            Ok(Some("owned message".to_owned()))
         );
     }
-    let odd = apm_tap::begin(
-        async { std::panic::panic_any(42_u32) },
-        AsyncCallback::<()>::none(),
-        State::none(),
-    );
-    assert_eq!(
-        odd.end(),
-        Err(Error::Panicked("non-string panic payload".to_owned()))
-    );
-    let fine = apm_tap::begin(
-        async {
-            tokio::task::yield_now().await;
-            "still serving"
-        },
-        AsyncCallback::none(),
-        State::none(),
-    );
+    let odd = apm_tap::begin(async { std::panic::panic_any(42_u32) });
+    match odd.end() {
+        Err(Error::Panicked(panic)) => {
+            assert_eq!(panic.message(), None);
+            assert_eq!(panic.into_panic().downcast_ref::<u32>(), Some(&42));
+        }
+        other => panic!("not a panic: {other:?}"),
+    }
+    let fine = apm_tap::begin(async {
+        tokio::task::yield_now().await;
+        "still serving"
+    });
     assert_eq!(fine.end(), Ok("still serving"));
 }
 
 #[test]
 fn panicking_callback_keeps_result_for_end() {
-    let (completer, handle) = Completer::new(
-        AsyncCallback::new(|_: AsyncResult<u8>| panic!("callback")),
-        State::none(),
-    );
+    let (completer, handle) = apm_tap::Builder::new()
+        .callback(AsyncCallback::new(|_: AsyncResult<u8>| panic!("callback")))
+        .completer();
     let panicked = thread::spawn(move || completer.complete(8)).join();
     assert!(panicked.is_err());
     assert!(handle.is_completed());
@@ -109,7 +106,7 @@ fn panicking_callback_keeps_result_for_end() {
 
 #[test]
 fn cancel_after_completion_keeps_result() {
-    let (completer, handle) = Completer::new(AsyncCallback::none(), State::none());
+    let (completer, handle) = Completer::new();
     completer.complete("kept").unwrap();
     handle.cancel();
     assert_eq!(handle.end(), Ok("kept"));
@@ -117,7 +114,7 @@ fn cancel_after_completion_keeps_result() {
 
 #[test]
 fn completing_after_cancel_hands_the_value_back() {
-    let (completer, handle) = Completer::new(AsyncCallback::none(), State::none());
+    let (completer, handle) = Completer::new();
     handle.cancel();
     assert!(completer.is_cancelled());
     assert_eq!(completer.complete(vec![1, 2]), Err(vec![1, 2]));
@@ -215,17 +212,31 @@ fn polling_a_finished_from_apm_future_panics() {
     assert!(again.is_err());
 }
 
+/// Every variant's message, and the I/O error kind it becomes: never `Interrupted`,
+/// which std's I/O loops retry forever.
 #[test]
 fn errors_display_and_convert() {
+    let panicked = apm_tap::begin(async { panic!("x") }).end().unwrap_err();
     let cases = [
         (
             Error::Cancelled,
             "operation was cancelled",
-            io::ErrorKind::Interrupted,
+            io::ErrorKind::Other,
         ),
         (
-            Error::Abandoned,
-            "operation was abandoned before it completed",
+            Error::Abandoned(Abandonment::CallbackDropped),
+            "operation was abandoned: the legacy callback was dropped without being called",
+            io::ErrorKind::BrokenPipe,
+        ),
+        (
+            Error::Abandoned(Abandonment::CompleterDropped),
+            "operation was abandoned: the completer was dropped before it completed the operation",
+            io::ErrorKind::BrokenPipe,
+        ),
+        (
+            Error::Abandoned(Abandonment::TaskDropped),
+            "operation was abandoned: the executor dropped the future before it finished \
+             (runtime shut down or task refused)",
             io::ErrorKind::BrokenPipe,
         ),
         (
@@ -233,14 +244,12 @@ fn errors_display_and_convert() {
             "operation was already ended",
             io::ErrorKind::Other,
         ),
-        (
-            Error::Panicked("x".into()),
-            "operation panicked: x",
-            io::ErrorKind::Other,
-        ),
+        (panicked, "operation panicked: x", io::ErrorKind::Other),
         (
             Error::WouldDeadlock,
-            "blocking here would deadlock the runtime that must finish the operation",
+            "blocking here would deadlock: this thread drives the current-thread runtime \
+             that must run the operation; `.await` the handle instead, or end it from a \
+             thread outside that runtime (for example in `tokio::task::spawn_blocking`)",
             io::ErrorKind::Other,
         ),
     ];
@@ -253,10 +262,15 @@ fn errors_display_and_convert() {
             Box::new(error)
         );
     }
+    let not_a_string = apm_tap::begin(async { std::panic::panic_any(7_u8) });
+    assert_eq!(
+        not_a_string.end().unwrap_err().to_string(),
+        "operation panicked"
+    );
     let nested: Result<Result<u8, io::Error>, Error> = Err(Error::Cancelled);
     assert_eq!(
         apm_tap::flatten(nested).unwrap_err().kind(),
-        io::ErrorKind::Interrupted
+        io::ErrorKind::Other
     );
     let inner: Result<Result<u8, io::Error>, Error> = Ok(Err(io::ErrorKind::NotFound.into()));
     assert_eq!(
@@ -273,7 +287,7 @@ fn state_downcast_and_debug() {
     assert_eq!(format!("{state:?}"), "State(..)");
     assert_eq!(format!("{:?}", State::none()), "State(None)");
     assert!(State::default().is_none());
-    let (completer, handle) = Completer::<u8>::new(AsyncCallback::none(), State::none());
+    let (completer, handle) = Completer::<u8>::new();
     assert_eq!(
         format!("{handle:?}"),
         "AsyncResult { is_completed: false, completed_synchronously: false, state: State(None) }"

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Poll, RawWaker, RawWakerVTable, Wake, Waker};
 use std::thread;
 
-use apm_tap::{AsyncCallback, AsyncResult, Completer, Error, State};
+use apm_tap::{AsyncCallback, AsyncResult, Completer, Error};
 use common::{poll_with, CountingWaker};
 
 /// A waker whose `wake` panics.
@@ -40,12 +40,11 @@ fn clone_panics() -> Waker {
 fn panicking_wake_still_wakes_others_and_runs_callback() {
     let calls = Arc::new(AtomicUsize::new(0));
     let c = Arc::clone(&calls);
-    let (completer, handle) = Completer::new(
-        AsyncCallback::new(move |_: AsyncResult<u8>| {
+    let (completer, handle) = apm_tap::Builder::new()
+        .callback(AsyncCallback::new(move |_: AsyncResult<u8>| {
             c.fetch_add(1, SeqCst);
-        }),
-        State::none(),
-    );
+        }))
+        .completer();
     let mut bad = handle.clone();
     let mut good = handle.clone();
     let bad_waker = Waker::from(Arc::new(PanickingWake));
@@ -72,7 +71,7 @@ fn panicking_wake_still_wakes_others_and_runs_callback() {
 
 #[test]
 fn panicking_waker_clone_leaves_cell_usable() {
-    let (completer, handle) = Completer::new(AsyncCallback::none(), State::none());
+    let (completer, handle) = Completer::new();
     let mut polled = handle.clone();
     let bad = clone_panics();
     let panic = catch_unwind(AssertUnwindSafe(|| poll_with(&mut polled, &bad))).unwrap_err();
@@ -111,15 +110,13 @@ fn panicking_waker_clone_in_from_apm_poll() {
 fn panicking_callback_on_a_runtime_keeps_the_runtime() {
     let runtime = common::multi_thread(1, "panic-safety");
     for round in 0..3 {
-        let handle = apm_tap::begin_on(
-            &runtime,
-            async move {
+        let handle = apm_tap::Builder::new()
+            .callback(|_: AsyncResult<i32>| panic!("callback exploded"))
+            .spawner(&runtime)
+            .begin(async move {
                 tokio::task::yield_now().await;
                 round
-            },
-            AsyncCallback::new(|_: AsyncResult<i32>| panic!("callback exploded")),
-            State::none(),
-        );
+            });
         assert_eq!(handle.end(), Ok(round));
     }
 }

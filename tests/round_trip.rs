@@ -6,7 +6,7 @@ mod common;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{mpsc, Arc};
 
-use apm_tap::{AsyncCallback, AsyncResult, Completer, Error, State};
+use apm_tap::{Abandonment, AsyncCallback, AsyncResult, Error, State};
 use futures::FutureExt;
 use tokio::sync::oneshot;
 
@@ -17,7 +17,7 @@ where
     F::Output: Send + 'static,
 {
     let future = apm_tap::from_apm(
-        move |cb| apm_tap::begin(future, cb.into(), State::none()),
+        move |cb| apm_tap::Builder::new().callback(cb).begin(future),
         |handle: AsyncResult<F::Output>| handle.end(),
     );
     future.map(|outer| outer.and_then(|inner| inner))
@@ -46,8 +46,8 @@ fn from_apm_over_begin_reports_panic() {
         panic!("deep inside")
     }));
     assert_eq!(
-        outcome,
-        Err::<(), _>(Error::Panicked("deep inside".to_owned()))
+        common::panic_message(outcome),
+        Ok(Some("deep inside".to_owned()))
     );
 }
 
@@ -67,14 +67,10 @@ fn from_apm_over_begin_cancels() {
     let mut future = Box::pin(
         apm_tap::from_apm(
             move |cb| {
-                apm_tap::begin(
-                    async move {
-                        let _guard = guard;
-                        std::future::pending::<u8>().await
-                    },
-                    cb.into(),
-                    State::none(),
-                )
+                apm_tap::Builder::new().callback(cb).begin(async move {
+                    let _guard = guard;
+                    std::future::pending::<u8>().await
+                })
             },
             move |handle: AsyncResult<u8>| end_tx.send(handle.end()).unwrap(),
         )
@@ -92,7 +88,10 @@ fn from_apm_over_begin_cancels() {
 #[test]
 fn begin_over_from_apm_behaves_like_the_pair() {
     fn legacy_begin(x: u32, callback: AsyncCallback<u32>, state: State) -> AsyncResult<u32> {
-        let (completer, handle) = Completer::new(callback, state);
+        let (completer, handle) = apm_tap::Builder::new()
+            .callback(callback)
+            .state(state)
+            .completer();
         std::thread::spawn(move || completer.complete(x + 1).unwrap());
         handle
     }
@@ -106,13 +105,12 @@ fn begin_over_from_apm_behaves_like_the_pair() {
         },
     );
     let (tx, rx) = mpsc::channel();
-    let handle = apm_tap::begin(
-        wrapped,
-        AsyncCallback::new(move |h: AsyncResult<_>| {
+    let handle = apm_tap::Builder::new()
+        .callback(move |h: AsyncResult<_>| {
             tx.send(*h.state().downcast_ref::<u8>().unwrap()).unwrap()
-        }),
-        State::new(7_u8),
-    );
+        })
+        .state(State::new(7_u8))
+        .begin(wrapped);
     assert_eq!(handle.end(), Ok(Ok(Ok(42))));
     assert_eq!(rx.recv().unwrap(), 7);
     assert_eq!(ends.load(SeqCst), 1);
@@ -120,12 +118,15 @@ fn begin_over_from_apm_behaves_like_the_pair() {
     // Abandoned in the legacy API: its callback still runs, so `end` runs and its
     // `Abandoned` comes out of the rebuilt pair as the operation's own result.
     let abandoned = apm_tap::from_apm(
-        |cb| Completer::<u32>::new(cb.into(), State::none()).1,
+        |cb| apm_tap::Builder::new().callback(cb).completer().1,
         |h: AsyncResult<u32>| h.end(),
     );
-    let handle = apm_tap::begin(abandoned, AsyncCallback::none(), State::none());
+    let handle = apm_tap::begin(abandoned);
     assert!(handle.completed_synchronously());
-    assert_eq!(handle.end(), Ok(Ok(Err(Error::Abandoned))));
+    assert_eq!(
+        handle.end(),
+        Ok(Ok(Err(Error::Abandoned(Abandonment::CompleterDropped))))
+    );
 }
 
 /// `begin` over a synchronously completing legacy pair completes synchronously too.
@@ -133,13 +134,13 @@ fn begin_over_from_apm_behaves_like_the_pair() {
 fn begin_over_synchronous_pair_is_synchronous() {
     let wrapped = apm_tap::from_apm(
         |cb| {
-            let (completer, handle) = Completer::new(cb.into(), State::none());
+            let (completer, handle) = apm_tap::Builder::new().callback(cb).completer();
             completer.complete_synchronously(5).unwrap();
             handle
         },
         |h: AsyncResult<i32>| h.end(),
     );
-    let handle = apm_tap::begin(wrapped, AsyncCallback::none(), State::none());
+    let handle = apm_tap::begin(wrapped);
     assert!(handle.completed_synchronously());
     assert_eq!(handle.end().map(apm_tap::flatten), Ok(Ok(5)));
 }

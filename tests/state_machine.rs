@@ -15,7 +15,7 @@ use std::task::{Poll, Waker};
 use std::thread;
 use std::time::Duration;
 
-use apm_tap::{ApmCallback, AsyncCallback, AsyncResult, Completer, Error, State};
+use apm_tap::{Abandonment, ApmCallback, AsyncResult, Completer, Error};
 use common::{poll_with, CountingWaker};
 use proptest::prelude::*;
 
@@ -125,7 +125,7 @@ impl Real {
         let (l, e, c) = (Arc::clone(&legacy), Arc::clone(&ends), Arc::clone(&cancels));
         let future = apm_tap::from_apm(
             move |callback: ApmCallback| {
-                let (completer, handle) = Completer::new(AsyncCallback::none(), State::none());
+                let (completer, handle) = Completer::new();
                 *l.lock().unwrap() = Some(LegacySide {
                     completer: Some(completer),
                     callback: Some(callback),
@@ -179,7 +179,9 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         model.ends += 1;
                         Poll::Ready(Ok(model.take()))
                     }
-                    Callback::Dropped => Poll::Ready(Err(Error::Abandoned)),
+                    Callback::Dropped => {
+                        Poll::Ready(Err(Error::Abandoned(Abandonment::CallbackDropped)))
+                    }
                     _ => Poll::Pending,
                 };
                 if expected.is_ready() {

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering::SeqCst};
 use std::sync::{mpsc, Arc};
 use std::thread;
 
-use apm_tap::{AsyncCallback, AsyncResult, Completer, State};
+use apm_tap::{AsyncCallback, AsyncResult, Completer};
 use futures::StreamExt;
 
 struct Counting;
@@ -112,7 +112,7 @@ fn apm_to_future(n: usize) -> usize {
                 let tx = tx.clone();
                 apm_tap::from_apm(
                     move |cb| {
-                        let (completer, handle) = Completer::new(cb.into(), State::none());
+                        let (completer, handle) = apm_tap::Builder::new().callback(cb).completer();
                         tx.send((completer, id)).unwrap();
                         handle
                     },
@@ -167,7 +167,10 @@ fn future_to_apm(n: usize) -> usize {
                                 }
                                 Payload::new(id)
                             };
-                            apm_tap::begin_on(&*runtime, future, callback, State::none())
+                            apm_tap::Builder::new()
+                                .callback(callback)
+                                .spawner(&*runtime)
+                                .begin(future)
                         })
                         .collect();
                     for handle in handles {

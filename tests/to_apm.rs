@@ -9,7 +9,7 @@ use std::sync::{mpsc, Arc, Barrier};
 use std::thread::{self, ThreadId};
 use std::time::Duration;
 
-use apm_tap::{AsyncCallback, AsyncResult, Error, State};
+use apm_tap::{Abandonment, AsyncCallback, AsyncResult, Error, State};
 use common::DropCounter;
 use tokio::sync::oneshot;
 
@@ -57,7 +57,9 @@ fn rule_9_ready_future_completes_synchronously() {
     in_every_context(|| {
         let returned = Arc::new(AtomicBool::new(false));
         let (callback, seen) = reporting_callback(&returned);
-        let handle = apm_tap::begin(async { 9 }, callback, State::none());
+        let handle = apm_tap::Builder::new()
+            .callback(callback)
+            .begin(async { 9 });
         returned.store(true, SeqCst);
         let (seen, _) = seen.try_recv().expect("the callback ran inside begin");
         assert_eq!(seen.thread, thread::current().id());
@@ -72,15 +74,10 @@ fn rule_9_ready_future_completes_synchronously() {
 /// even when `begin` is called from a plain thread.
 #[test]
 fn rule_9_first_poll_runs_in_runtime_context() {
-    let handle = thread::spawn(|| {
-        apm_tap::begin(
-            async { tokio::runtime::Handle::try_current().is_ok() },
-            AsyncCallback::none(),
-            State::none(),
-        )
-    })
-    .join()
-    .unwrap();
+    let handle =
+        thread::spawn(|| apm_tap::begin(async { tokio::runtime::Handle::try_current().is_ok() }))
+            .join()
+            .unwrap();
     assert!(handle.completed_synchronously());
     assert_eq!(handle.end(), Ok(true));
 }
@@ -93,7 +90,9 @@ fn rule_9_pending_future_is_never_synchronous() {
     let returned = Arc::new(AtomicBool::new(false));
     let (callback, seen) = reporting_callback(&returned);
     let (tx, rx) = oneshot::channel::<u32>();
-    let handle = apm_tap::begin(async move { rx.await.unwrap() }, callback, State::none());
+    let handle = apm_tap::Builder::new()
+        .callback(callback)
+        .begin(async move { rx.await.unwrap() });
     returned.store(true, SeqCst);
     assert!(!handle.is_completed() && !handle.completed_synchronously());
     tx.send(10).unwrap();
@@ -112,11 +111,9 @@ fn rule_9_pending_future_is_never_synchronous() {
         for _ in 0..common::rounds(100) {
             let returned = Arc::new(AtomicBool::new(false));
             let (callback, seen) = reporting_callback(&returned);
-            let handle = apm_tap::begin(
-                async { tokio::task::yield_now().await },
-                callback,
-                State::none(),
-            );
+            let handle = apm_tap::Builder::new()
+                .callback(callback)
+                .begin(async { tokio::task::yield_now().await });
             returned.store(true, SeqCst);
             assert!(!handle.completed_synchronously());
             if tokio::runtime::Handle::try_current()
@@ -147,19 +144,17 @@ fn rule_10_callback_sees_stored_result_on_a_clone() {
     let c = Arc::clone(&calls);
     let (tx, rx) = mpsc::channel();
     let (go, gate) = oneshot::channel::<()>();
-    let handle = apm_tap::begin(
-        async move {
-            gate.await.unwrap();
-            "stored"
-        },
-        AsyncCallback::new(move |h: AsyncResult<&str>| {
+    let handle = apm_tap::Builder::new()
+        .callback(move |h: AsyncResult<&'static str>| {
             c.fetch_add(1, SeqCst);
             assert!(h.is_completed());
             let clone = h.clone();
             tx.send((clone, h.end())).unwrap();
-        }),
-        State::none(),
-    );
+        })
+        .begin(async move {
+            gate.await.unwrap();
+            "stored"
+        });
     go.send(()).unwrap();
     let (inside, ended) = rx.recv().unwrap();
     assert!(inside.ptr_eq(&handle));
@@ -173,11 +168,7 @@ fn rule_10_callback_sees_stored_result_on_a_clone() {
 #[test]
 fn rule_11_end_once_wait_does_not_consume() {
     let (tx, rx) = oneshot::channel::<u8>();
-    let handle = apm_tap::begin(
-        async move { rx.await.unwrap() },
-        AsyncCallback::none(),
-        State::none(),
-    );
+    let handle = apm_tap::begin(async move { rx.await.unwrap() });
     assert_eq!(handle.wait_timeout(Duration::ZERO), Ok(false));
     assert_eq!(
         handle.wait_timeout(Duration::from_millis(5)),
@@ -203,14 +194,10 @@ fn rule_11_racing_ends_deliver_once() {
         let drops = Arc::new(AtomicUsize::new(0));
         let d = Arc::clone(&drops);
         let (tx, rx) = oneshot::channel::<()>();
-        let handle = apm_tap::begin(
-            async move {
-                rx.await.unwrap();
-                DropCounter(d)
-            },
-            AsyncCallback::none(),
-            State::none(),
-        );
+        let handle = apm_tap::begin(async move {
+            rx.await.unwrap();
+            DropCounter(d)
+        });
         let start = Arc::new(Barrier::new(2));
         let (s, other) = (Arc::clone(&start), handle.clone());
         let racer = thread::spawn(move || {
@@ -236,11 +223,7 @@ fn rule_11_racing_ends_deliver_once() {
 fn rule_12_current_thread_refuses_to_deadlock() {
     common::current_thread().block_on(async {
         let (tx, rx) = oneshot::channel::<u8>();
-        let handle = apm_tap::begin(
-            async move { rx.await.unwrap() },
-            AsyncCallback::none(),
-            State::none(),
-        );
+        let handle = apm_tap::begin(async move { rx.await.unwrap() });
         assert_eq!(handle.wait(), Err(Error::WouldDeadlock));
         assert_eq!(
             handle.wait_timeout(Duration::from_secs(60)),
@@ -263,16 +246,12 @@ fn rule_12_multi_thread_blocks_in_place() {
     let runtime = common::multi_thread(1, "rule-12");
     let value = runtime.block_on(async {
         tokio::spawn(async {
-            let handle = apm_tap::begin(
-                async {
-                    for _ in 0..10 {
-                        tokio::task::yield_now().await;
-                    }
-                    thread::current().name().map(str::to_owned)
-                },
-                AsyncCallback::none(),
-                State::none(),
-            );
+            let handle = apm_tap::begin(async {
+                for _ in 0..10 {
+                    tokio::task::yield_now().await;
+                }
+                thread::current().name().map(str::to_owned)
+            });
             handle.end()
         })
         .await
@@ -285,11 +264,7 @@ fn rule_12_multi_thread_blocks_in_place() {
 #[test]
 fn rule_12_plain_thread_blocks_until_done() {
     let (tx, rx) = oneshot::channel::<&str>();
-    let handle = apm_tap::begin(
-        async move { rx.await.unwrap() },
-        AsyncCallback::none(),
-        State::none(),
-    );
+    let handle = apm_tap::begin(async move { rx.await.unwrap() });
     let sender = thread::spawn(move || tx.send("late").unwrap());
     assert_eq!(handle.end(), Ok("late"));
     sender.join().unwrap();
@@ -302,19 +277,20 @@ fn rule_13_panicking_future_is_reported() {
     let runtime = common::multi_thread(1, "rule-13");
     for inline in [true, false] {
         let (callback, probe) = common::callback_probe();
-        let handle = apm_tap::begin_on(
-            &runtime,
-            async move {
+        let handle = apm_tap::Builder::new()
+            .callback(callback)
+            .spawner(&runtime)
+            .begin(async move {
                 if !inline {
                     tokio::task::yield_now().await;
                 }
                 panic!("boom {}", 13);
-            },
-            callback,
-            State::none(),
-        );
+            });
         assert_eq!(handle.completed_synchronously(), inline);
-        assert_eq!(handle.end(), Err(Error::Panicked("boom 13".to_owned())));
+        assert_eq!(
+            common::panic_message(handle.end()),
+            Ok(Some("boom 13".to_owned()))
+        );
         probe.ran_once();
         common::assert_still_serving(&runtime);
     }
@@ -326,12 +302,10 @@ fn rule_13_panicking_callback_keeps_result() {
     // On the executor: the task panics after storing; `end` still gets the value.
     let runtime = common::multi_thread(1, "rule-13-cb");
     let (tx, rx) = oneshot::channel::<u8>();
-    let handle = apm_tap::begin_on(
-        &runtime,
-        async move { rx.await.unwrap() },
-        AsyncCallback::new(|_: AsyncResult<u8>| panic!("callback exploded")),
-        State::none(),
-    );
+    let handle = apm_tap::Builder::new()
+        .callback(|_: AsyncResult<u8>| panic!("callback exploded"))
+        .spawner(&runtime)
+        .begin(async move { rx.await.unwrap() });
     tx.send(13).unwrap();
     assert_eq!(handle.end(), Ok(13));
     common::assert_still_serving(&runtime);
@@ -339,14 +313,12 @@ fn rule_13_panicking_callback_keeps_result() {
     // Inline: the panic leaves `begin`, the handle the callback got still has the value.
     let (keep_tx, keep_rx) = mpsc::channel();
     let panic = catch_unwind(AssertUnwindSafe(|| {
-        apm_tap::begin(
-            async { 31 },
-            AsyncCallback::new(move |h: AsyncResult<i32>| {
+        apm_tap::Builder::new()
+            .callback(move |h: AsyncResult<i32>| {
                 keep_tx.send(h).unwrap();
                 panic!("inline callback exploded");
-            }),
-            State::none(),
-        )
+            })
+            .begin(async { 31 })
     }))
     .unwrap_err();
     assert_eq!(
@@ -373,18 +345,16 @@ fn rule_14_cancel_drops_future_on_executor() {
         }
     }
     let guard = OnDrop(dropped_tx);
-    let handle = apm_tap::begin_on(
-        &runtime,
-        async move {
-            let _guard = guard;
-            std::future::pending::<u8>().await
-        },
-        AsyncCallback::new(move |h: AsyncResult<u8>| {
+    let handle = apm_tap::Builder::new()
+        .callback(move |h: AsyncResult<u8>| {
             assert!(h.is_completed());
             c.fetch_add(1, SeqCst);
-        }),
-        State::none(),
-    );
+        })
+        .spawner(&runtime)
+        .begin(async move {
+            let _guard = guard;
+            std::future::pending::<u8>().await
+        });
     handle.cancel();
     handle.cancel();
     assert_eq!(calls.load(SeqCst), 1);
@@ -398,13 +368,11 @@ fn rule_14_cancel_drops_future_on_executor() {
 fn rule_14_cancel_after_completion_keeps_result() {
     let calls = Arc::new(AtomicUsize::new(0));
     let c = Arc::clone(&calls);
-    let handle = apm_tap::begin(
-        async { 14 },
-        AsyncCallback::new(move |_: AsyncResult<i32>| {
+    let handle = apm_tap::Builder::new()
+        .callback(move |_: AsyncResult<i32>| {
             c.fetch_add(1, SeqCst);
-        }),
-        State::none(),
-    );
+        })
+        .begin(async { 14 });
     handle.cancel();
     assert_eq!(handle.end(), Ok(14));
     assert_eq!(calls.load(SeqCst), 1);
@@ -420,14 +388,12 @@ fn rule_14_cancel_racing_completion() {
         let d = Arc::clone(&drops);
         let (callback, probe) = common::callback_probe();
         let (tx, rx) = oneshot::channel::<()>();
-        let handle = apm_tap::begin(
-            async move {
+        let handle = apm_tap::Builder::new()
+            .callback(callback)
+            .begin(async move {
                 rx.await.unwrap();
                 DropCounter(d)
-            },
-            callback,
-            State::none(),
-        );
+            });
         let start = Arc::new(Barrier::new(2));
         let s = Arc::clone(&start);
         let racer = thread::spawn(move || {
@@ -465,26 +431,16 @@ fn rule_15_runtime_choice() {
         tokio::task::yield_now().await;
         thread::current().name().map(str::to_owned)
     }
-    let from_plain = thread::spawn(|| {
-        apm_tap::begin(where_it_ran(), AsyncCallback::none(), State::none()).end()
-    })
-    .join()
-    .unwrap();
+    let from_plain = thread::spawn(|| apm_tap::begin(where_it_ran()).end())
+        .join()
+        .unwrap();
     assert_eq!(from_plain, Ok(Some("apm-tap-worker".to_owned())));
 
     let runtime = common::multi_thread(1, "rule-15");
-    let ambient = runtime.block_on(async {
-        apm_tap::begin(where_it_ran(), AsyncCallback::none(), State::none()).await
-    });
+    let ambient = runtime.block_on(async { apm_tap::begin(where_it_ran()).await });
     assert_eq!(ambient, Ok(Some("rule-15".to_owned())));
 
-    let by_handle = apm_tap::begin_on(
-        runtime.handle(),
-        where_it_ran(),
-        AsyncCallback::none(),
-        State::none(),
-    )
-    .end();
+    let by_handle = apm_tap::begin_on(runtime.handle(), where_it_ran()).end();
     assert_eq!(by_handle, Ok(Some("rule-15".to_owned())));
 
     let pool = futures::executor::ThreadPool::builder()
@@ -493,24 +449,16 @@ fn rule_15_runtime_choice() {
         .create()
         .unwrap();
     let on_pool = |task| pool.spawn_ok(task);
-    let pooled = apm_tap::begin_on(
-        &on_pool,
-        async { thread::current().name().map(str::to_owned) },
-        AsyncCallback::none(),
-        State::none(),
-    );
+    let pooled = apm_tap::begin_on(&on_pool, async {
+        thread::current().name().map(str::to_owned)
+    });
     // Ready at once: it ran inline, on this thread.
     assert!(pooled.completed_synchronously());
     let (tx, rx) = futures::channel::oneshot::channel::<()>();
-    let pooled = apm_tap::begin_on(
-        &on_pool,
-        async move {
-            rx.await.unwrap();
-            thread::current().name().map(str::to_owned)
-        },
-        AsyncCallback::none(),
-        State::none(),
-    );
+    let pooled = apm_tap::begin_on(&on_pool, async move {
+        rx.await.unwrap();
+        thread::current().name().map(str::to_owned)
+    });
     tx.send(()).unwrap();
     assert_eq!(pooled.end(), Ok(Some("pool-0".to_owned())));
 }
@@ -521,24 +469,23 @@ fn rule_15_runtime_choice() {
 fn rule_15_runtime_shutdown_abandons() {
     let runtime = common::multi_thread(1, "rule-15-down");
     let (callback, probe) = common::callback_probe();
-    let handle = apm_tap::begin_on(
-        &runtime,
-        std::future::pending::<()>(),
-        callback,
-        State::none(),
-    );
+    let handle = apm_tap::Builder::new()
+        .callback(callback)
+        .spawner(&runtime)
+        .begin(std::future::pending::<()>());
     drop(runtime);
-    assert_eq!(handle.end(), Err(Error::Abandoned));
+    assert_eq!(
+        handle.end(),
+        Err(Error::Abandoned(Abandonment::TaskDropped))
+    );
     probe.ran_once();
 
     let refusing = |task: futures::future::BoxFuture<'static, ()>| drop(task);
-    let refused = apm_tap::begin_on(
-        &refusing,
-        std::future::pending::<()>(),
-        AsyncCallback::none(),
-        State::none(),
+    let refused = apm_tap::begin_on(&refusing, std::future::pending::<()>());
+    assert_eq!(
+        refused.end(),
+        Err(Error::Abandoned(Abandonment::TaskDropped))
     );
-    assert_eq!(refused.end(), Err(Error::Abandoned));
 }
 
 /// Rule 16: the state given to `begin` comes back unchanged from every clone and inside
@@ -547,11 +494,10 @@ fn rule_15_runtime_shutdown_abandons() {
 fn rule_16_state_round_trips() {
     let state = State::new(String::from("request 16"));
     let (tx, rx) = mpsc::channel();
-    let handle = apm_tap::begin(
-        async { tokio::task::yield_now().await },
-        AsyncCallback::new(move |h: AsyncResult<()>| tx.send(h.state().clone()).unwrap()),
-        state.clone(),
-    );
+    let handle = apm_tap::Builder::new()
+        .callback(move |h: AsyncResult<()>| tx.send(h.state().clone()).unwrap())
+        .state(state.clone())
+        .begin(async { tokio::task::yield_now().await });
     let inside = rx.recv().unwrap();
     assert!(inside.ptr_eq(&state));
     assert!(handle.clone().state().ptr_eq(&state));
@@ -559,11 +505,7 @@ fn rule_16_state_round_trips() {
         handle.state().downcast_ref::<String>().map(String::as_str),
         Some("request 16")
     );
-    assert!(
-        apm_tap::begin(async {}, AsyncCallback::none(), State::none())
-            .state()
-            .is_none()
-    );
+    assert!(apm_tap::begin(async {}).state().is_none());
 }
 
 /// `callbackify` hands the value, or the bridge's error, to a plain callback, once.
@@ -582,7 +524,10 @@ fn callbackify_delivers_once() {
     apm_tap::callbackify(async { panic!("nope") }, move |r: Result<(), Error>| {
         tx.send(r.map(|()| 0)).unwrap()
     });
-    assert_eq!(rx.recv().unwrap(), Err(Error::Panicked("nope".to_owned())));
+    assert_eq!(
+        common::panic_message(rx.recv().unwrap()),
+        Ok(Some("nope".to_owned()))
+    );
     assert!(rx.recv().is_err(), "a callback ran twice");
 }
 
@@ -594,7 +539,7 @@ fn handles_and_futures_are_send_and_sync() {
     send_sync::<AsyncResult<String>>();
     send_sync::<State>();
     send(&apm_tap::from_apm(
-        |_cb| apm_tap::begin(async {}, AsyncCallback::none(), State::none()),
+        |_cb| apm_tap::begin(async {}),
         |h| h.end(),
     ));
     send(&apm_tap::from_callback(|c: apm_tap::Completer<u8>| drop(c)));

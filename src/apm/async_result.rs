@@ -27,7 +27,7 @@ use crate::{AsyncHandle, Error, PollHandle, State};
 /// ```
 /// use apm_tap::{AsyncCallback, State};
 ///
-/// let handle = apm_tap::begin(async { 6 * 7 }, AsyncCallback::none(), State::new("job"));
+/// let handle = apm_tap::Builder::new().state(State::new("job")).begin(async { 6 * 7 });
 /// assert_eq!(handle.state().downcast_ref::<&str>(), Some(&"job"));
 /// handle.wait().unwrap();
 /// assert!(handle.is_completed());
@@ -61,7 +61,7 @@ impl<T> AsyncResult<T> {
     /// ```
     /// use apm_tap::{AsyncCallback, Completer, State};
     ///
-    /// let (completer, handle) = Completer::new(AsyncCallback::none(), State::none());
+    /// let (completer, handle) = Completer::new();
     /// assert!(!handle.is_completed());
     /// completer.complete(()).unwrap();
     /// assert!(handle.is_completed());
@@ -79,7 +79,7 @@ impl<T> AsyncResult<T> {
     /// use apm_tap::{AsyncCallback, State};
     ///
     /// // A future that is ready at once completes inside `begin`.
-    /// let handle = apm_tap::begin(async { 1 }, AsyncCallback::none(), State::none());
+    /// let handle = apm_tap::begin(async { 1 });
     /// assert!(handle.completed_synchronously());
     /// ```
     pub fn completed_synchronously(&self) -> bool {
@@ -93,7 +93,7 @@ impl<T> AsyncResult<T> {
     /// ```
     /// use apm_tap::{AsyncCallback, State};
     ///
-    /// let handle = apm_tap::begin(async {}, AsyncCallback::none(), State::new(9_i32));
+    /// let handle = apm_tap::Builder::new().state(State::new(9_i32)).begin(async {});
     /// assert_eq!(handle.clone().state().downcast_ref::<i32>(), Some(&9));
     /// ```
     pub fn state(&self) -> &State {
@@ -118,7 +118,7 @@ impl<T> AsyncResult<T> {
     /// ```
     /// use apm_tap::{AsyncCallback, Completer, State};
     ///
-    /// let (completer, handle) = Completer::new(AsyncCallback::none(), State::none());
+    /// let (completer, handle) = Completer::new();
     /// std::thread::spawn(move || completer.complete(5).unwrap());
     /// handle.wait().unwrap();
     /// assert!(handle.is_completed());
@@ -147,7 +147,7 @@ impl<T> AsyncResult<T> {
     /// use apm_tap::{AsyncCallback, Completer, State};
     /// use std::time::Duration;
     ///
-    /// let (completer, handle) = Completer::<u8>::new(AsyncCallback::none(), State::none());
+    /// let (completer, handle) = Completer::<u8>::new();
     /// assert_eq!(handle.wait_timeout(Duration::from_millis(1)), Ok(false));
     /// drop(completer);
     /// assert_eq!(handle.wait_timeout(Duration::from_secs(5)), Ok(true));
@@ -187,7 +187,7 @@ impl<T> AsyncResult<T> {
     /// ```
     /// use apm_tap::{AsyncCallback, State};
     ///
-    /// let handle = apm_tap::begin(async { "value" }, AsyncCallback::none(), State::none());
+    /// let handle = apm_tap::begin(async { "value" });
     /// assert_eq!(handle.end(), Ok("value"));
     /// ```
     pub fn end(mut self) -> Result<T, Error> {
@@ -213,7 +213,7 @@ impl<T> AsyncResult<T> {
     /// ```
     /// use apm_tap::{AsyncCallback, Error, State};
     ///
-    /// let handle = apm_tap::begin(std::future::pending::<()>(), AsyncCallback::none(), State::none());
+    /// let handle = apm_tap::begin(std::future::pending::<()>());
     /// handle.cancel();
     /// assert_eq!(handle.end(), Err(Error::Cancelled));
     /// ```
@@ -229,8 +229,8 @@ impl<T> AsyncResult<T> {
     /// ```
     /// use apm_tap::{AsyncCallback, State};
     ///
-    /// let a = apm_tap::begin(async {}, AsyncCallback::none(), State::none());
-    /// let b = apm_tap::begin(async {}, AsyncCallback::none(), State::none());
+    /// let a = apm_tap::begin(async {});
+    /// let b = apm_tap::begin(async {});
     /// assert!(a.ptr_eq(&a.clone()));
     /// assert!(!a.ptr_eq(&b));
     /// ```
@@ -257,7 +257,7 @@ impl<T> AsyncResult<T> {
     /// use apm_tap::{AsyncCallback, State};
     /// use std::future::poll_fn;
     ///
-    /// let mut handle = apm_tap::begin(async { 2 }, AsyncCallback::none(), State::none());
+    /// let mut handle = apm_tap::begin(async { 2 });
     /// let value = futures::executor::block_on(poll_fn(|cx| handle.poll_end(cx)));
     /// assert_eq!(value, Ok(2));
     /// ```
@@ -278,7 +278,7 @@ impl<T> AsyncResult<T> {
 /// use apm_tap::{AsyncCallback, State};
 ///
 /// # futures::executor::block_on(async {
-/// let handle = apm_tap::begin(async { 5 }, AsyncCallback::none(), State::none());
+/// let handle = apm_tap::begin(async { 5 });
 /// assert_eq!(handle.await, Ok(5));
 /// # });
 /// ```
@@ -346,7 +346,7 @@ impl<T> fmt::Debug for AsyncResult<T> {
 /// let callback = AsyncCallback::new(move |handle: apm_tap::AsyncResult<u32>| {
 ///     tx.send(handle.end()).unwrap();
 /// });
-/// let _handle = apm_tap::begin(async { 11 }, callback, State::none());
+/// let _handle = apm_tap::Builder::new().callback(callback).begin(async { 11 });
 /// assert_eq!(rx.recv().unwrap(), Ok(11));
 /// ```
 pub struct AsyncCallback<T>(Option<Callback<T>>);
@@ -393,6 +393,26 @@ impl<T> AsyncCallback<T> {
 
     pub(crate) fn into_inner(self) -> Option<Callback<T>> {
         self.0
+    }
+}
+
+/// Any `FnOnce(AsyncResult<T>)` is a callback, so that
+/// [`Builder::callback`](crate::Builder::callback) takes closures as they are.
+///
+/// # Examples
+///
+/// ```
+/// use apm_tap::{AsyncCallback, AsyncResult};
+///
+/// let callback: AsyncCallback<u8> = (|h: AsyncResult<u8>| drop(h)).into();
+/// assert!(!callback.is_none());
+/// ```
+impl<T, F> From<F> for AsyncCallback<T>
+where
+    F: FnOnce(AsyncResult<T>) + Send + 'static,
+{
+    fn from(f: F) -> Self {
+        AsyncCallback::new(f)
     }
 }
 

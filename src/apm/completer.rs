@@ -7,7 +7,8 @@ use crate::{AsyncCallback, AsyncResult, State};
 /// counterpart of .NET's `TaskCompletionSource`.
 ///
 /// [`Completer::new`] makes the pair: the `Completer` for the code that does the work,
-/// the [`AsyncResult`] to return from Begin. Completing consumes the completer, so a
+/// the [`AsyncResult`] to return from Begin ([`Builder::completer`](crate::Builder::completer)
+/// when Begin received a callback and a state). Completing consumes the completer, so a
 /// second completion does not compile.
 ///
 /// Dropping a completer unfinished completes the operation with
@@ -19,10 +20,10 @@ use crate::{AsyncCallback, AsyncResult, State};
 /// A Begin/End pair written by hand, completing synchronously when it can:
 ///
 /// ```
-/// use apm_tap::{AsyncCallback, AsyncResult, Completer, State};
+/// use apm_tap::{AsyncCallback, AsyncResult, Builder, State};
 ///
 /// fn begin_double(x: u32, callback: AsyncCallback<u32>, state: State) -> AsyncResult<u32> {
-///     let (completer, handle) = Completer::new(callback, state);
+///     let (completer, handle) = Builder::new().callback(callback).state(state).completer();
 ///     if x < 100 {
 ///         // Cheap: finish on the caller's thread, inside Begin.
 ///         let _ = completer.complete_synchronously(x * 2);
@@ -45,6 +46,7 @@ use crate::{AsyncCallback, AsyncResult, State};
 /// let h = begin_double(400, AsyncCallback::none(), State::none());
 /// assert_eq!(end_double(h), Ok(800));
 /// ```
+#[doc(alias = "TaskCompletionSource")]
 pub struct Completer<T> {
     /// Dropped unfinished (with the completer), it completes the operation with
     /// `Abandoned`.
@@ -52,24 +54,27 @@ pub struct Completer<T> {
 }
 
 impl<T> Completer<T> {
-    /// Makes a pending operation: the completer that finishes it, and the handle that
-    /// Begin returns.
-    ///
-    /// `callback` runs once when the operation completes, on the thread that completes
-    /// it; `state` is returned by [`AsyncResult::state`].
+    /// Makes a pending operation with no callback and no state: the completer that
+    /// finishes it, and the handle to wait on, await or end. A Begin method that received
+    /// a callback and a state uses [`Builder::completer`](crate::Builder::completer).
     ///
     /// # Examples
     ///
     /// ```
-    /// use apm_tap::{AsyncCallback, Completer, State};
+    /// use apm_tap::Completer;
     ///
-    /// let (completer, handle) = Completer::<&str>::new(AsyncCallback::none(), State::new(1_u8));
+    /// let (completer, handle) = Completer::<&str>::new();
     /// assert!(!handle.is_completed());
     /// completer.complete("done").unwrap();
-    /// assert_eq!(handle.state().downcast_ref::<u8>(), Some(&1));
     /// assert_eq!(handle.end(), Ok("done"));
     /// ```
-    pub fn new(callback: AsyncCallback<T>, state: State) -> (Completer<T>, AsyncResult<T>) {
+    pub fn new() -> (Completer<T>, AsyncResult<T>) {
+        Completer::with(AsyncCallback::none(), State::none())
+    }
+
+    /// Makes a pending operation whose `callback` runs once when it completes, on the
+    /// thread that completes it, and whose handle returns `state`.
+    pub(crate) fn with(callback: AsyncCallback<T>, state: State) -> (Completer<T>, AsyncResult<T>) {
         let (writer, handle) = cell::new(callback.into_inner(), state);
         (Completer { writer }, AsyncResult::from_shared(handle))
     }
@@ -91,7 +96,7 @@ impl<T> Completer<T> {
     /// ```
     /// use apm_tap::{AsyncCallback, Completer, State};
     ///
-    /// let (completer, handle) = Completer::new(AsyncCallback::none(), State::none());
+    /// let (completer, handle) = Completer::new();
     /// std::thread::spawn(move || completer.complete(3).unwrap());
     /// assert_eq!(handle.end(), Ok(3));
     /// ```
@@ -115,7 +120,7 @@ impl<T> Completer<T> {
     /// ```
     /// use apm_tap::{AsyncCallback, Completer, State};
     ///
-    /// let (completer, handle) = Completer::new(AsyncCallback::none(), State::none());
+    /// let (completer, handle) = Completer::new();
     /// completer.complete_synchronously('x').unwrap();
     /// assert!(handle.completed_synchronously());
     /// ```
@@ -140,7 +145,7 @@ impl<T> Completer<T> {
     /// ```
     /// use apm_tap::{AsyncCallback, Completer, Error, State};
     ///
-    /// let (completer, handle) = Completer::new(AsyncCallback::none(), State::none());
+    /// let (completer, handle) = Completer::new();
     /// handle.cancel();
     /// assert!(completer.is_cancelled());
     /// assert_eq!(completer.complete(1), Err(1));

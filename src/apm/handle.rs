@@ -30,7 +30,7 @@ pub trait AsyncHandle {
     /// ```
     /// use apm_tap::{AsyncCallback, AsyncHandle, State};
     ///
-    /// let handle = apm_tap::begin(async {}, AsyncCallback::none(), State::none());
+    /// let handle = apm_tap::begin(async {});
     /// assert!(AsyncHandle::is_completed(&handle));
     /// ```
     fn is_completed(&self) -> bool;
@@ -48,7 +48,7 @@ pub trait AsyncHandle {
     /// ```
     /// use apm_tap::{AsyncCallback, AsyncHandle, State};
     ///
-    /// let handle = apm_tap::begin(async {}, AsyncCallback::none(), State::none());
+    /// let handle = apm_tap::begin(async {});
     /// assert!(AsyncHandle::completed_synchronously(&handle));
     /// ```
     fn completed_synchronously(&self) -> bool;
@@ -65,7 +65,7 @@ pub trait AsyncHandle {
 /// use apm_tap::{AsyncCallback, PollHandle, State};
 /// use std::future::poll_fn;
 ///
-/// let mut handle = apm_tap::begin(async { 1 }, AsyncCallback::none(), State::none());
+/// let mut handle = apm_tap::begin(async { 1 });
 /// futures::executor::block_on(poll_fn(|cx| handle.poll_completed(cx)));
 /// assert!(apm_tap::AsyncHandle::is_completed(&handle));
 /// ```
@@ -80,7 +80,7 @@ pub trait PollHandle: AsyncHandle {
     /// use futures::FutureExt;
     /// use std::future::poll_fn;
     ///
-    /// let (completer, mut handle) = Completer::new(AsyncCallback::none(), State::none());
+    /// let (completer, mut handle) = Completer::new();
     /// assert!(poll_fn(|cx| handle.poll_completed(cx)).now_or_never().is_none());
     /// completer.complete(1).unwrap();
     /// assert!(poll_fn(|cx| handle.poll_completed(cx)).now_or_never().is_some());

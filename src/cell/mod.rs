@@ -55,7 +55,7 @@ use crate::sync::{
     Ordering::{AcqRel, Acquire},
     PoisonError, Thread, UnsafeCell,
 };
-use crate::{AsyncResult, Error, State};
+use crate::{Abandonment, AsyncResult, Error, State};
 
 mod shared;
 #[cfg(all(test, not(apm_tap_loom)))]
@@ -73,7 +73,7 @@ pub(crate) type Callback<T> = Box<dyn FnOnce(AsyncResult<T>) + Send>;
 /// no allocation.
 enum Outcome<T> {
     Value(T),
-    Abandoned,
+    Abandoned(Abandonment),
     Failed(Box<Error>),
 }
 
@@ -81,7 +81,7 @@ impl<T> Outcome<T> {
     fn new(result: Result<T, Error>) -> Self {
         match result {
             Ok(value) => Outcome::Value(value),
-            Err(Error::Abandoned) => Outcome::Abandoned,
+            Err(Error::Abandoned(why)) => Outcome::Abandoned(why),
             Err(error) => Outcome::Failed(Box::new(error)),
         }
     }
@@ -89,7 +89,7 @@ impl<T> Outcome<T> {
     fn into_result(self) -> Result<T, Error> {
         match self {
             Outcome::Value(value) => Ok(value),
-            Outcome::Abandoned => Err(Error::Abandoned),
+            Outcome::Abandoned(why) => Err(Error::Abandoned(why)),
             Outcome::Failed(error) => Err(*error),
         }
     }

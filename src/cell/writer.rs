@@ -11,10 +11,10 @@ use super::{
     WAITERS, WAKER, WRITER,
 };
 use crate::sync::Ordering::{AcqRel, Acquire};
-use crate::Error;
+use crate::{Abandonment, Error};
 
 /// The writer's ownership of a cell. Dropping it unfinished completes the cell with
-/// [`Error::Abandoned`].
+/// [`Abandonment::CompleterDropped`]; [`abandon`](Self::abandon) gives another reason.
 pub(crate) struct Writer<T> {
     pub(super) ptr: NonNull<Cell<T>>,
     pub(super) _owns: PhantomData<Box<Cell<T>>>,
@@ -47,6 +47,12 @@ impl<T> Writer<T> {
         let mut this = ManuallyDrop::new(self);
         // SAFETY: `this` is never used or dropped again.
         unsafe { this.finish(result, synchronous) }
+    }
+
+    /// Completes the cell with `Abandoned(why)`, unless it was cancelled.
+    pub(crate) fn abandon(self, why: Abandonment) {
+        // Refused, harmlessly, when the cell was cancelled.
+        let _ = self.complete(Err(Error::Abandoned(why)), false);
     }
 
     /// Ready once a handle cancelled the cell; otherwise registers the writer's waker
@@ -166,8 +172,9 @@ impl<T> Writer<T> {
 impl<T> Drop for Writer<T> {
     fn drop(&mut self) {
         // Refused, harmlessly, when the cell was cancelled.
+        let abandoned = Err(Error::Abandoned(Abandonment::CompleterDropped));
         // SAFETY: this is the writer's last use.
-        let _ = unsafe { self.finish(Err(Error::Abandoned), false) };
+        let _ = unsafe { self.finish(abandoned, false) };
     }
 }
 

@@ -160,6 +160,16 @@ impl Drop for DropCounter {
     }
 }
 
+/// The message of an `Err(Error::Panicked(..))`, or what the result was instead.
+pub fn panic_message<T: std::fmt::Debug>(
+    result: Result<T, apm_tap::Error>,
+) -> Result<Option<String>, String> {
+    match result {
+        Err(apm_tap::Error::Panicked(panic)) => Ok(panic.message().map(str::to_owned)),
+        other => Err(format!("not a panic: {other:?}")),
+    }
+}
+
 /// A tokio current-thread runtime.
 pub fn current_thread() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -235,15 +245,10 @@ pub fn probed(
 
 /// Asserts that `runtime` still runs new operations after one of its tasks panicked.
 pub fn assert_still_serving(runtime: &tokio::runtime::Runtime) {
-    let next = apm_tap::begin_on(
-        runtime,
-        async {
-            tokio::task::yield_now().await;
-            1
-        },
-        apm_tap::AsyncCallback::none(),
-        apm_tap::State::none(),
-    );
+    let next = apm_tap::begin_on(runtime, async {
+        tokio::task::yield_now().await;
+        1
+    });
     assert_eq!(
         next.end(),
         Ok(1),

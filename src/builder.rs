@@ -1,0 +1,189 @@
+//! Options for an operation that the zero-option constructors leave out: its callback,
+//! its state and, for a future, its executor.
+
+use std::fmt;
+use std::future::Future;
+
+use crate::runtime::Spawner;
+use crate::{to_apm, AsyncCallback, AsyncResult, Completer, State};
+
+/// Starts an operation with a callback, a state or a chosen executor: the options that
+/// [`begin`](crate::begin) and [`Completer::new`] leave out, the way
+/// `std::thread::Builder` adds to `std::thread::spawn`.
+///
+/// A Begin method receives the caller's callback and state and hands them on:
+///
+/// # Examples
+///
+/// ```
+/// use apm_tap::{AsyncCallback, AsyncResult, Builder, State};
+/// use std::sync::mpsc;
+///
+/// // Future -> APM: the Begin method of an async fn.
+/// fn begin_len(s: String, callback: AsyncCallback<usize>, state: State) -> AsyncResult<usize> {
+///     Builder::new().callback(callback).state(state).begin(async move { s.len() })
+/// }
+///
+/// let (tx, rx) = mpsc::channel();
+/// let handle = begin_len(
+///     "four".into(),
+///     AsyncCallback::new(move |h: AsyncResult<usize>| tx.send(h.end()).unwrap()),
+///     State::new("request 1"),
+/// );
+/// assert_eq!(handle.state().downcast_ref::<&str>(), Some(&"request 1"));
+/// assert_eq!(rx.recv().unwrap(), Ok(4));
+///
+/// // A hand-written Begin method: the completer finishes the operation.
+/// fn begin_double(x: u32, callback: AsyncCallback<u32>, state: State) -> AsyncResult<u32> {
+///     let (completer, handle) = Builder::new().callback(callback).state(state).completer();
+///     std::thread::spawn(move || completer.complete(x * 2));
+///     handle
+/// }
+/// assert_eq!(begin_double(21, AsyncCallback::none(), State::none()).end(), Ok(42));
+/// ```
+#[must_use = "a builder does nothing until `begin` or `completer` is called"]
+pub struct Builder<'a, T> {
+    callback: AsyncCallback<T>,
+    state: State,
+    spawner: Option<&'a dyn Spawner>,
+}
+
+impl<T> Builder<'static, T> {
+    /// No callback, no state, the ambient or default executor.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let handle = apm_tap::Builder::new().begin(async { 1 });
+    /// assert_eq!(handle.end(), Ok(1));
+    /// ```
+    pub fn new() -> Self {
+        Builder {
+            callback: AsyncCallback::none(),
+            state: State::none(),
+            spawner: None,
+        }
+    }
+}
+
+impl<T> Default for Builder<'static, T> {
+    fn default() -> Self {
+        Builder::new()
+    }
+}
+
+impl<'a, T> Builder<'a, T> {
+    /// The callback to run once when the operation completes (`AsyncCallback` in .NET):
+    /// an [`AsyncCallback`], or any `FnOnce(AsyncResult<T>) + Send + 'static`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use apm_tap::{AsyncResult, Builder};
+    ///
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// let _handle = Builder::new()
+    ///     .callback(move |h: AsyncResult<u8>| tx.send(h.end()).unwrap())
+    ///     .begin(async { 5 });
+    /// assert_eq!(rx.recv().unwrap(), Ok(5));
+    /// ```
+    pub fn callback(self, callback: impl Into<AsyncCallback<T>>) -> Self {
+        Builder {
+            callback: callback.into(),
+            ..self
+        }
+    }
+
+    /// The state every handle of the operation returns from
+    /// [`AsyncResult::state`] (`AsyncState` in .NET).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use apm_tap::{Builder, State};
+    ///
+    /// let handle = Builder::new().state(State::new(7_u8)).begin(async {});
+    /// assert_eq!(handle.state().downcast_ref::<u8>(), Some(&7));
+    /// ```
+    pub fn state(self, state: State) -> Self {
+        Builder { state, ..self }
+    }
+
+    /// The executor [`begin`](Self::begin) runs the future on: a tokio `Handle` or
+    /// `Runtime`, or any [`Spawner`]. Without one, the ambient tokio runtime or the
+    /// crate's default runtime.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let runtime = tokio::runtime::Runtime::new().unwrap();
+    /// let handle = apm_tap::Builder::new()
+    ///     .spawner(&runtime)
+    ///     .begin(async { tokio::task::yield_now().await; 'k' });
+    /// assert_eq!(handle.end(), Ok('k'));
+    /// ```
+    pub fn spawner<'b>(self, spawner: &'b dyn Spawner) -> Builder<'b, T> {
+        Builder {
+            callback: self.callback,
+            state: self.state,
+            spawner: Some(spawner),
+        }
+    }
+
+    /// Starts `future` with these options, as [`begin`](crate::begin) does.
+    ///
+    /// # Panics
+    ///
+    /// As [`begin`](crate::begin): propagates a panic of the callback when it runs
+    /// inside this call, and of the spawner.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let handle = apm_tap::Builder::new().begin(async { "done" });
+    /// assert!(handle.completed_synchronously());
+    /// assert_eq!(handle.end(), Ok("done"));
+    /// ```
+    #[doc(alias = "TaskToAsyncResult")]
+    pub fn begin<F>(self, future: F) -> AsyncResult<T>
+    where
+        F: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        match self.spawner {
+            Some(spawner) => to_apm::start(spawner, future, self.callback, self.state),
+            None => to_apm::start_here(future, self.callback, self.state),
+        }
+    }
+
+    /// Makes a pending operation with these options: the [`Completer`] that finishes
+    /// it, and the handle Begin returns. The spawner, if any, is not used.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use apm_tap::{AsyncResult, Builder, State};
+    ///
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// let (completer, handle) = Builder::new()
+    ///     .callback(move |h: AsyncResult<u8>| tx.send(h.completed_synchronously()).unwrap())
+    ///     .state(State::new("mine"))
+    ///     .completer();
+    /// completer.complete(1).unwrap();
+    /// assert_eq!(rx.recv().unwrap(), false);
+    /// assert_eq!(handle.state().downcast_ref::<&str>(), Some(&"mine"));
+    /// ```
+    pub fn completer(self) -> (Completer<T>, AsyncResult<T>) {
+        Completer::with(self.callback, self.state)
+    }
+}
+
+impl<T> fmt::Debug for Builder<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("callback", &self.callback)
+            .field("state", &self.state)
+            .field("spawner", &self.spawner.map(|_| ".."))
+            .finish()
+    }
+}
