@@ -109,9 +109,6 @@ impl Legacy for Worker {
 struct SyncHandle(u64);
 
 impl AsyncHandle for SyncHandle {
-    fn is_completed(&self) -> bool {
-        true
-    }
     fn completed_synchronously(&self) -> bool {
         true
     }

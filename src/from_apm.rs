@@ -4,16 +4,13 @@ use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::mem;
+use std::panic::resume_unwind;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures::task::{waker, ArcWake};
-
-use crate::sync::{AtomicU8, Mutex, Ordering, PoisonError};
+use crate::reaper::{ErasedEnd, OnCancel, Reaper};
+use crate::unwind::{catch, drop_quietly, quietly};
 use crate::{Abandonment, AsyncCallback, AsyncHandle, AsyncResult, Completer, Error, PollHandle};
-
-type OnCancel<H> = Box<dyn FnOnce(&H) + Send>;
 
 /// The completion callback that [`from_apm`] gives to a Begin method.
 ///
@@ -31,7 +28,6 @@ type OnCancel<H> = Box<dyn FnOnce(&H) + Send>;
 /// #[derive(Clone, Default)]
 /// struct Flag(Arc<AtomicBool>);
 /// impl AsyncHandle for Flag {
-///     fn is_completed(&self) -> bool { self.0.load(Ordering::SeqCst) }
 ///     fn completed_synchronously(&self) -> bool { false }
 /// }
 ///
@@ -45,7 +41,7 @@ type OnCancel<H> = Box<dyn FnOnce(&H) + Send>;
 ///         });
 ///         handle
 ///     },
-///     |handle: Flag| handle.is_completed(),
+///     |handle: Flag| handle.0.load(Ordering::SeqCst),
 /// );
 /// assert_eq!(futures::executor::block_on(future), Ok(true));
 /// ```
@@ -458,16 +454,22 @@ impl<B, H, E> Op<B, H, E> {
                 Err(begin_error) => return Poll::Ready(Err(begin_error)),
             };
             // Read once: a handle that changes its answer later cannot cause a second End.
-            if handle.completed_synchronously() {
+            let synchronous = catch(|| handle.completed_synchronously());
+            if let Ok(true) = synchronous {
                 return Poll::Ready(Ok(Ok(end(handle))));
             }
-            let defer = defer_end::<H, E, R>;
             self.stage = Stage::Waiting {
                 handle,
                 end,
                 signal,
-                defer,
+                defer: defer_end::<H, E, R>,
             };
+            // A handle that panics when asked is taken for asynchronous: End runs when
+            // the callback comes (here or, if the future is dropped, on its thread), and
+            // the panic goes to the caller of `poll`.
+            if let Err(payload) = synchronous {
+                resume_unwind(payload);
+            }
         }
         let Stage::Waiting { signal, .. } = &mut self.stage else {
             panic!("`from_apm` future polled after completion");
@@ -486,27 +488,35 @@ impl<B, H, E> Op<B, H, E> {
 }
 
 impl<B, H, E> Drop for Op<B, H, E> {
+    /// Before completion: runs `on_cancel`, then hands End to the callback (or runs it
+    /// here if the callback already came). Never unwinds: a panic of `on_cancel`, of End
+    /// or of a `Drop` here is discarded (see `crate::unwind`), and End still runs.
     fn drop(&mut self) {
+        let on_cancel = self.on_cancel.take();
+        let stage = mem::replace(&mut self.stage, Stage::Done);
         let Stage::Waiting {
             handle,
             end,
             signal,
             defer,
-        } = mem::replace(&mut self.stage, Stage::Done)
+        } = stage
         else {
+            // Not started (`begin` and End are dropped unused), or done.
+            drop_quietly((stage, on_cancel));
             return;
         };
-        if !signal.is_completed() {
-            if let Some(on_cancel) = self.on_cancel.take() {
-                on_cancel(&handle);
-            }
+        match on_cancel {
+            Some(on_cancel) if !signal.is_completed() => quietly(|| on_cancel(&handle)),
+            unused => drop_quietly(unused),
         }
         let deferred = defer(handle, end);
         // The signal is complete when this runs, so `end()` returns at once. Abandoned:
         // the legacy End is not called, it would block forever.
         let finish = move |signal: AsyncResult<()>| {
             if signal.end().is_ok() {
-                deferred();
+                quietly(deferred);
+            } else {
+                drop_quietly(deferred);
             }
         };
         // Hand End to the callback; if the callback already came, run End here.
@@ -634,16 +644,16 @@ where
 }
 
 impl<H: PollHandle + Send + 'static, E: Send + 'static> Drop for FromAsyncResult<H, E> {
+    /// Before completion, hands the handle and End to a `Reaper`, which polls the handle
+    /// once here, runs `on_cancel` if it is still pending, and runs End once it
+    /// completes. Never unwinds, never blocks or spins.
     fn drop(&mut self) {
+        let on_cancel = self.on_cancel.take();
         let Some((handle, end)) = self.parts.take() else {
+            drop_quietly(on_cancel);
             return;
         };
-        if !handle.is_completed() {
-            if let Some(on_cancel) = self.on_cancel.take() {
-                on_cancel(&handle);
-            }
-        }
-        Reaper::start(handle, (self.erase)(end));
+        Reaper::start(handle, (self.erase)(end), on_cancel);
     }
 }
 
@@ -655,84 +665,9 @@ impl<H: PollHandle + Send + 'static, E: Send + 'static> fmt::Debug for FromAsync
     }
 }
 
-/// End with its return type erased, so that `drop` (which cannot name `R`) can run it.
-type ErasedEnd<H> = Box<dyn FnOnce(H) + Send>;
-
 fn erase_end<H, E, R>(end: E) -> ErasedEnd<H>
 where
     E: FnOnce(H) -> R + Send + 'static,
 {
     Box::new(move |handle| drop(end(handle)))
-}
-
-/// Polls a handle whose future was dropped, with a waker that polls it again, and runs
-/// End once it completes: on the thread that wakes it, with no executor.
-///
-/// Wakes may come from any thread at any time, also while a poll is running. One word
-/// hands the polling over: whoever sets `RUNNING` polls (and owns `parts`); a wake that
-/// finds `RUNNING` set leaves `NOTIFIED` behind, and the runner polls again before it
-/// lets go. Both bits live in one atomic, so a wake cannot slip between the runner's
-/// last check and its release.
-struct Reaper<H> {
-    state: AtomicU8,
-    /// Only touched by the thread holding `RUNNING`, so the lock is never contended.
-    parts: Mutex<Option<(H, ErasedEnd<H>)>>,
-}
-
-/// A thread is polling the handle (or End ran). Set by the wake that finds it clear.
-const RUNNING: u8 = 1 << 0;
-/// A wake arrived since the runner last polled. Cleared by the runner before each poll.
-const NOTIFIED: u8 = 1 << 1;
-
-impl<H: PollHandle + Send + 'static> Reaper<H> {
-    fn start(handle: H, end: ErasedEnd<H>) {
-        let reaper = Arc::new(Reaper {
-            state: AtomicU8::new(0),
-            parts: Mutex::new(Some((handle, end))),
-        });
-        reaper.run();
-    }
-
-    fn run(self: &Arc<Self>) {
-        // ORDERING: AcqRel: Acquire to see `parts` as the previous runner left them,
-        // Release so that a runner that sees our NOTIFIED also sees what preceded it.
-        if self.state.fetch_or(RUNNING | NOTIFIED, Ordering::AcqRel) & RUNNING != 0 {
-            return; // The runner will see NOTIFIED and poll again.
-        }
-        loop {
-            // ORDERING: AcqRel, as above; this consumes the wakes that led here.
-            self.state.fetch_and(!NOTIFIED, Ordering::AcqRel);
-            let mut parts = self.parts.lock().unwrap_or_else(PoisonError::into_inner);
-            let Some((handle, _)) = parts.as_mut() else {
-                return;
-            };
-            let waker = waker(Arc::clone(self));
-            if handle
-                .poll_completed(&mut Context::from_waker(&waker))
-                .is_ready()
-            {
-                let (handle, end) = parts.take().expect("checked just above");
-                drop(parts);
-                // RUNNING stays set: later wakes have nothing to do.
-                end(handle);
-                return;
-            }
-            drop(parts);
-            // ORDERING: AcqRel: Release hands `parts` to the next runner; Acquire pairs
-            // with a waker's fetch_or when the exchange fails.
-            match self
-                .state
-                .compare_exchange(RUNNING, 0, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => return,
-                Err(_) => continue, // NOTIFIED arrived while polling: poll again.
-            }
-        }
-    }
-}
-
-impl<H: PollHandle + Send + 'static> ArcWake for Reaper<H> {
-    fn wake_by_ref(arc_self: &Arc<Self>) {
-        arc_self.run();
-    }
 }

@@ -122,10 +122,12 @@ mod cell;
 mod error;
 mod from_apm;
 mod from_callback;
+mod reaper;
 mod runtime;
 mod state;
 mod sync;
 mod to_apm;
+mod unwind;
 
 pub use apm::{AsyncCallback, AsyncHandle, AsyncResult, Completer, PollHandle};
 pub use builder::Builder;

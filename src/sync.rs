@@ -13,6 +13,7 @@ pub(crate) use std::{
     sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering},
     sync::{Mutex, MutexGuard, PoisonError},
     thread::{current, park, Thread},
+    thread_local,
 };
 
 #[cfg(apm_tap_loom)]
@@ -21,6 +22,7 @@ pub(crate) use loom::{
     sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering},
     sync::{Mutex, MutexGuard},
     thread::{current, park, Thread},
+    thread_local,
 };
 #[cfg(apm_tap_loom)]
 pub(crate) use std::sync::PoisonError;

@@ -1,16 +1,18 @@
 //! Future to APM: run a future and expose it as a Begin/End pair.
 
+use std::cell::RefCell;
 use std::future::Future;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::mem;
+use std::panic::resume_unwind;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures::task::noop_waker_ref;
-use pin_project::{pin_project, pinned_drop};
 use tokio::runtime::Handle;
 
-use crate::cell::{self, Writer};
+use crate::cell::{self, Completion, TaskWriter, Wake};
 use crate::runtime::{default_handle, Spawner};
+use crate::unwind::{catch, discard, drop_quietly, Payload};
 use crate::{Abandonment, AsyncCallback, AsyncResult, Builder, Error, State};
 
 /// Starts `future` and returns its handle: the Begin half of a Begin/End pair
@@ -124,6 +126,12 @@ where
 
 /// Starts `future` on `spawner`: the one implementation behind [`begin`], [`begin_on`]
 /// and [`Builder::begin`].
+///
+/// The future is polled once, inline. If that finishes it, the outcome is stored as a
+/// synchronous completion and the callback runs here. Otherwise the task is spawned;
+/// should the spawner run it to completion, or drop it, inside `spawn` on this thread,
+/// that too completes inside Begin: synchronously, with the callback run here once
+/// `spawn` has returned (rule 9), not inside the spawner.
 pub(crate) fn start<S, F>(
     spawner: &S,
     future: F,
@@ -135,70 +143,159 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    let (writer, handle) = cell::new(callback.into_inner(), state);
-    let mut task = Box::pin(Task {
-        future,
-        writer: Some(writer),
-    });
+    let (mut task, handle) = cell::new_task(future, callback.into_inner(), state);
     let mut first = Poll::Pending;
-    spawner.enter(&mut || {
-        let mut cx = Context::from_waker(noop_waker_ref());
-        first = task.as_mut().poll_step(&mut cx, true);
+    let entered = catch(|| {
+        spawner.enter(&mut || {
+            let mut cx = Context::from_waker(noop_waker_ref());
+            first = task.poll_future(&mut cx);
+        });
     });
-    if first.is_pending() {
-        spawner.spawn(task);
+    let mut spawner_panic = entered.err();
+    let finished_here = match first {
+        Poll::Ready(outcome) => Some(outcome),
+        // `enter` panicked before the future could finish: nobody will run it.
+        Poll::Pending if spawner_panic.is_some() => {
+            Some(Err(Error::Abandoned(Abandonment::TaskDropped)))
+        }
+        Poll::Pending => None,
+    };
+    let callback_panic = match finished_here {
+        Some(outcome) => run_here(task.complete(outcome, true)),
+        None => {
+            let id = task.id();
+            let (spawned, deferred) =
+                spawning(id, || catch(|| spawner.spawn(Box::pin(Task(task)))));
+            spawner_panic = spawned.err();
+            deferred.and_then(|run| run())
+        }
+    };
+    if let Some(payload) = spawner_panic {
+        if let Some(second) = callback_panic {
+            discard(second);
+        }
+        resume_unwind(payload);
+    }
+    if let Some(payload) = callback_panic {
+        resume_unwind(payload);
     }
     AsyncResult::from_shared(handle)
 }
 
-/// The task that runs a future for [`begin_on`] and stores its outcome.
-#[pin_project(PinnedDrop)]
-struct Task<F: Future> {
-    #[pin]
-    future: F,
-    /// Registers the task's waker so that `cancel` wakes it. `None` once the outcome is
-    /// stored. Dropped unfinished (the executor shut down or refused the task), it
-    /// completes the operation with `Abandoned(TaskDropped)`.
-    writer: Option<Writer<F::Output>>,
-}
-
-impl<F: Future> Task<F> {
-    fn poll_step(self: Pin<&mut Self>, cx: &mut Context<'_>, synchronous: bool) -> Poll<()> {
-        let this = self.project();
-        let Some(writer) = this.writer.as_mut() else {
-            return Poll::Ready(());
-        };
-        // Checks for a `cancel` and, in the same step, registers to be woken by one.
-        if writer.poll_cancelled(cx).is_ready() {
-            // Cancelled: finishing the task drops the future, on this executor.
-            return Poll::Ready(());
+/// Runs a completion's wake-ups on this thread, inside `begin`; returns a panic to
+/// re-raise there.
+fn run_here<T>(completion: Completion<T>) -> Option<Payload> {
+    match completion {
+        Ok(wake) => wake.and_then(Wake::run),
+        // Cancelled first: the value is dropped here.
+        Err(refused) => {
+            drop_quietly(refused);
+            None
         }
-        let outcome = match catch_unwind(AssertUnwindSafe(|| this.future.poll(cx))) {
-            Ok(Poll::Pending) => return Poll::Pending,
-            Ok(Poll::Ready(value)) => Ok(value),
-            Err(payload) => Err(Error::from_panic(payload)),
-        };
-        if let Some(writer) = this.writer.take() {
-            // Refused when `cancel` won the race: the value is dropped here.
-            let _ = writer.complete(outcome, synchronous);
-        }
-        Poll::Ready(())
     }
 }
 
-impl<F: Future> Future for Task<F> {
+/// What a task that completed inside `spawn` left for `start` to run.
+type Deferred = Box<dyn FnOnce() -> Option<Payload>>;
+
+/// The operation that `start` is handing to its spawner on this thread, and the
+/// wake-ups its completion left there.
+struct Spawning {
+    id: Option<usize>,
+    deferred: Option<Deferred>,
+}
+
+// loom's `thread_local!` under loom, so that each loom thread has its own.
+crate::sync::thread_local! {
+    static SPAWNING: RefCell<Spawning> = RefCell::new(Spawning { id: None, deferred: None });
+}
+
+/// Runs `spawn` with operation `id` marked as being spawned on this thread; returns
+/// its result and what a completion of that operation inside it deferred. `spawn` must
+/// not unwind.
+fn spawning<R>(id: Option<usize>, spawn: impl FnOnce() -> R) -> (R, Option<Deferred>) {
+    let mark = Spawning { id, deferred: None };
+    let Ok(outer) = SPAWNING.try_with(|s| mem::replace(&mut *s.borrow_mut(), mark)) else {
+        // The thread's locals are gone (a thread-local destructor began the
+        // operation): a completion inside `spawn` is then reported as asynchronous.
+        return (spawn(), None);
+    };
+    let result = spawn();
+    let mine = SPAWNING.with(|s| mem::replace(&mut *s.borrow_mut(), outer));
+    (result, mine.deferred)
+}
+
+/// Whether operation `id` completes inside `spawn`, called by `start` on this thread.
+fn inside_begin(id: Option<usize>) -> bool {
+    id.is_some() && SPAWNING.try_with(|s| s.borrow().id == id).unwrap_or(false)
+}
+
+/// What `start` spawns: polls the future on the executor and stores its outcome.
+struct Task<F: Future>(TaskWriter<F>)
+where
+    F::Output: 'static;
+
+impl<F: Future> Future for Task<F>
+where
+    F::Output: 'static,
+{
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        self.poll_step(cx, false)
+        let task = &mut self.get_mut().0;
+        if task.is_done() {
+            return Poll::Ready(());
+        }
+        // Checks for a `cancel` and, in the same step, registers to be woken by one.
+        if task.poll_cancelled(cx).is_ready() {
+            // Cancelled: the future is dropped here, on its executor (rule 14).
+            task.drop_future();
+            return Poll::Ready(());
+        }
+        match task.poll_future(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(outcome) => {
+                finish(task, outcome);
+                Poll::Ready(())
+            }
+        }
     }
 }
 
-#[pinned_drop]
-impl<F: Future> PinnedDrop for Task<F> {
-    fn drop(self: Pin<&mut Self>) {
-        if let Some(writer) = self.project().writer.take() {
-            writer.abandon(Abandonment::TaskDropped);
+impl<F: Future> Drop for Task<F>
+where
+    F::Output: 'static,
+{
+    fn drop(&mut self) {
+        // Dropped inside `spawn` by a spawner that refused it: the operation completes
+        // inside Begin. Anywhere else, the `TaskWriter` abandons it by itself.
+        if !self.0.is_done() && inside_begin(self.0.id()) {
+            finish(&mut self.0, Err(Error::Abandoned(Abandonment::TaskDropped)));
         }
+    }
+}
+
+/// Stores a task's outcome. Inside `begin` (a spawner that ran or refused the task
+/// within `spawn`) that is a synchronous completion whose wake-ups `start` runs once
+/// `spawn` has returned; anywhere else they run here, on the executor, where nobody can
+/// catch their panics (see `crate::unwind`).
+fn finish<F: Future>(task: &mut TaskWriter<F>, outcome: Result<F::Output, Error>)
+where
+    F::Output: 'static,
+{
+    let synchronous = inside_begin(task.id());
+    match task.complete(outcome, synchronous) {
+        Ok(Some(wake)) if synchronous => {
+            let deferred: Deferred = Box::new(move || wake.run());
+            SPAWNING.with(|s| s.borrow_mut().deferred = Some(deferred));
+        }
+        Ok(Some(wake)) => {
+            if let Some(payload) = wake.run() {
+                discard(payload);
+            }
+        }
+        Ok(None) => {}
+        // Cancelled first: the value is dropped here.
+        Err(refused) => drop_quietly(refused),
     }
 }

@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use apm_tap::{AsyncHandle, Completer};
+use futures::future::BoxFuture;
 use futures::task::noop_waker_ref;
 
 struct Counting;
@@ -64,9 +65,6 @@ fn completer_operation_allocates_only_its_cell() {
 struct Inline;
 
 impl AsyncHandle for Inline {
-    fn is_completed(&self) -> bool {
-        true
-    }
     fn completed_synchronously(&self) -> bool {
         false
     }
@@ -92,9 +90,6 @@ fn from_apm_allocates_only_its_cell() {
 struct Synchronous;
 
 impl AsyncHandle for Synchronous {
-    fn is_completed(&self) -> bool {
-        true
-    }
     fn completed_synchronously(&self) -> bool {
         true
     }
@@ -124,6 +119,25 @@ fn unused_callback_allocates_nothing_more() {
             ))
         )
     );
+}
+
+/// `begin` of a future that is ready at once, with no callback: one allocation, which
+/// holds the operation and the future. Nothing is allocated to watch for a cancel that
+/// nobody can send before `begin` returns.
+#[test]
+fn ready_begin_allocates_only_its_cell() {
+    let never_used = |_: BoxFuture<'static, ()>| unreachable!("a ready future is not spawned");
+    let (count, handle) = allocations(|| apm_tap::begin_on(&never_used, async { 1_u64 }));
+    assert!(handle.completed_synchronously());
+    assert_eq!((count, handle.end()), (1, Ok(1)));
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (count, handle) = allocations(|| apm_tap::begin(async { 2_u64 }));
+        assert_eq!((count, handle.end()), (1, Ok(2)));
+    });
 }
 
 #[test]

@@ -39,9 +39,6 @@ struct Handle {
 }
 
 impl AsyncHandle for Handle {
-    fn is_completed(&self) -> bool {
-        false
-    }
     fn completed_synchronously(&self) -> bool {
         false
     }
@@ -457,4 +454,101 @@ fn counting_callback<T: Send + 'static>() -> (AsyncCallback<T>, Arc<AtomicUsize>
         c.fetch_add(1, SeqCst);
     });
     (callback, calls)
+}
+
+/// What End saw, once it ran.
+type Seen = Arc<std::sync::Mutex<Option<Result<u8, Error>>>>;
+
+/// `from_async_result` over a `Completer`'s handle, whose End counts itself and reports
+/// the result, with an `on_cancel` hook that cancels or does nothing.
+fn reaped(
+    cancels: bool,
+) -> (
+    Completer<u8>,
+    Arc<AtomicUsize>,
+    Seen,
+    impl std::future::Future<Output = ()> + Unpin,
+) {
+    let (completer, handle) = Completer::new();
+    let ends = Arc::new(AtomicUsize::new(0));
+    let seen: Seen = Arc::default();
+    let (e, s) = (Arc::clone(&ends), Arc::clone(&seen));
+    let future = apm_tap::from_async_result(handle, move |h: AsyncResult<u8>| {
+        e.fetch_add(1, SeqCst);
+        *s.lock().unwrap() = Some(h.end());
+    })
+    .on_cancel(move |h| {
+        if cancels {
+            h.cancel();
+        }
+    });
+    (completer, ends, seen, future)
+}
+
+#[test]
+fn model_14_reaper_races_completion() {
+    model("14a future dropped while the operation completes", || {
+        let (completer, ends, seen, mut future) = reaped(false);
+        let (_, waker) = CountingWaker::new();
+        assert!(poll_with(&mut future, &waker).is_pending());
+        let completing = thread::spawn(move || completer.complete(14).unwrap());
+        drop(future);
+        completing.join().unwrap();
+        assert_eq!(ends.load(SeqCst), 1);
+        assert_eq!(*seen.lock().unwrap(), Some(Ok(14)));
+    });
+    model(
+        "14b on_cancel cancels while the operation completes",
+        || {
+            let (completer, ends, seen, mut future) = reaped(true);
+            let (_, waker) = CountingWaker::new();
+            assert!(poll_with(&mut future, &waker).is_pending());
+            let completing = thread::spawn(move || {
+                let _ = completer.complete(14);
+            });
+            drop(future);
+            completing.join().unwrap();
+            assert_eq!(ends.load(SeqCst), 1);
+            let seen = seen.lock().unwrap().clone();
+            assert!(
+                seen == Some(Ok(14)) || seen == Some(Err(Error::Cancelled)),
+                "{seen:?}"
+            );
+        },
+    );
+}
+
+/// A handle that wakes its poller from inside `poll_completed` until `done`.
+struct SelfWaking(Arc<loom::sync::atomic::AtomicBool>);
+
+impl apm_tap::PollHandle for SelfWaking {
+    fn poll_completed(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.0.load(SeqCst) {
+            return Poll::Ready(());
+        }
+        cx.waker().wake_by_ref();
+        // Lets loom run the thread that sets `done`.
+        thread::yield_now();
+        Poll::Pending
+    }
+}
+
+#[test]
+fn model_15_reaper_hands_a_self_waking_handle_over() {
+    model("15 drop hands a self-waking handle to a task", || {
+        let done = Arc::new(loom::sync::atomic::AtomicBool::new(false));
+        let ends = Arc::new(AtomicUsize::new(0));
+        let e = Arc::clone(&ends);
+        let (ended, end_ran) = loom::sync::mpsc::channel();
+        let mut future = apm_tap::from_async_result(SelfWaking(Arc::clone(&done)), move |_| {
+            e.fetch_add(1, SeqCst);
+            ended.send(()).unwrap();
+        });
+        let (_, waker) = CountingWaker::new();
+        assert!(poll_with(&mut future, &waker).is_pending());
+        drop(future);
+        done.store(true, SeqCst);
+        end_ran.recv().unwrap();
+        assert_eq!(ends.load(SeqCst), 1);
+    });
 }

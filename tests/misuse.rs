@@ -6,11 +6,13 @@ mod common;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{mpsc, Arc};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::thread;
+use std::time::Duration;
 
 use apm_tap::{
-    Abandonment, ApmCallback, AsyncCallback, AsyncHandle, AsyncResult, Completer, Error, State,
+    Abandonment, ApmCallback, AsyncCallback, AsyncHandle, AsyncResult, Completer, Error,
+    PollHandle, State,
 };
 use common::{poll_with, CountingWaker, Probe};
 
@@ -94,17 +96,6 @@ fn panicking_future_reports_message_and_runtime_survives() {
 }
 
 #[test]
-fn panicking_callback_keeps_result_for_end() {
-    let (completer, handle) = apm_tap::Builder::new()
-        .callback(AsyncCallback::new(|_: AsyncResult<u8>| panic!("callback")))
-        .completer();
-    let panicked = thread::spawn(move || completer.complete(8)).join();
-    assert!(panicked.is_err());
-    assert!(handle.is_completed());
-    assert_eq!(handle.end(), Ok(8));
-}
-
-#[test]
 fn cancel_after_completion_keeps_result() {
     let (completer, handle) = Completer::new();
     completer.complete("kept").unwrap();
@@ -128,9 +119,6 @@ struct Liar {
 }
 
 impl AsyncHandle for Liar {
-    fn is_completed(&self) -> bool {
-        true
-    }
     fn completed_synchronously(&self) -> bool {
         let n = self.asked.fetch_add(1, SeqCst);
         (n % 2 == 0) == self.first_answer
@@ -293,4 +281,120 @@ fn state_downcast_and_debug() {
         "AsyncResult { is_completed: false, completed_synchronously: false, state: State(None) }"
     );
     assert_eq!(format!("{completer:?}"), "Completer { cancelled: false }");
+}
+
+/// A legacy handle that wakes its poller from inside `poll_completed` and stays
+/// pending until `done` (spurious wakes are allowed), counting its polls.
+struct SelfWaking {
+    done: Arc<AtomicBool>,
+    polls: Arc<AtomicUsize>,
+}
+
+impl PollHandle for SelfWaking {
+    fn poll_completed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.polls.fetch_add(1, SeqCst);
+        if self.done.load(SeqCst) {
+            return Poll::Ready(());
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// Rule 19: dropping a `from_async_result` future over a handle that wakes itself
+/// returns promptly (it used to poll it for ever on the dropping thread), even under a
+/// `timeout` on a current-thread runtime; End still runs once, when the operation
+/// completes.
+#[test]
+fn dropping_over_a_self_waking_handle_returns_and_ends_once() {
+    let done = Arc::new(AtomicBool::new(false));
+    let polls = Arc::new(AtomicUsize::new(0));
+    let handle = SelfWaking {
+        done: Arc::clone(&done),
+        polls: Arc::clone(&polls),
+    };
+    let (ended, end_ran) = mpsc::channel();
+    let runtime = common::current_thread();
+    let (returned, timed_out) = mpsc::channel();
+    let driver = thread::spawn(move || {
+        let future = apm_tap::from_async_result(handle, move |_| ended.send(()).unwrap());
+        let outcome = runtime
+            .block_on(async { tokio::time::timeout(Duration::from_millis(10), future).await });
+        returned.send(outcome.is_err()).unwrap();
+    });
+    let elapsed = timed_out
+        .recv_timeout(Duration::from_secs(30))
+        .expect("dropping the future never returned");
+    assert!(elapsed, "the self-waking handle completed by itself");
+    driver.join().unwrap();
+    assert!(end_ran.try_recv().is_err(), "End ran before completion");
+    done.store(true, SeqCst);
+    end_ran
+        .recv_timeout(Duration::from_secs(30))
+        .expect("End never ran");
+    assert!(end_ran.try_recv().is_err(), "End ran twice");
+}
+
+/// A handle that panics in `poll_completed` once the future was dropped: End still
+/// runs, on a thread of its own, where it may block until the operation completes.
+#[test]
+fn reaper_with_a_panicking_poll_completed_still_ends() {
+    /// Pending at its first poll (the future's); panics at every later one.
+    struct Fragile {
+        polls: usize,
+    }
+    impl PollHandle for Fragile {
+        fn poll_completed(&mut self, _: &mut Context<'_>) -> Poll<()> {
+            self.polls += 1;
+            if self.polls > 1 {
+                panic!("poll_completed exploded");
+            }
+            Poll::Pending
+        }
+    }
+    let (complete, completed) = mpsc::channel::<()>();
+    let (ended, end_ran) = mpsc::channel();
+    let mut future = apm_tap::from_async_result(Fragile { polls: 0 }, move |_| {
+        // An APM End blocks until the operation completes.
+        completed.recv().unwrap();
+        ended.send(thread::current().id()).unwrap();
+    });
+    let (_, waker) = CountingWaker::new();
+    assert!(poll_with(&mut future, &waker).is_pending());
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(future)));
+    assert!(dropped.is_ok(), "the handle's panic escaped drop");
+    complete.send(()).unwrap();
+    let end_thread = end_ran
+        .recv_timeout(Duration::from_secs(30))
+        .expect("End never ran");
+    assert_ne!(end_thread, thread::current().id());
+}
+
+/// An `io::Read` whose reads end an operation that was cancelled, as one that cancels
+/// on a timeout does: `read_exact` must give up at once, not retry (it retries only
+/// `ErrorKind::Interrupted`, which `Cancelled` used to become).
+struct CancelledReads {
+    reads: usize,
+}
+
+impl io::Read for CancelledReads {
+    fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+        self.reads += 1;
+        if self.reads > 3 {
+            // Ends a retrying loop all the same, with a different error.
+            return Ok(0);
+        }
+        let handle = apm_tap::begin(std::future::pending::<io::Result<usize>>());
+        handle.cancel();
+        apm_tap::flatten(handle.end())
+    }
+}
+
+#[test]
+fn cancelled_read_is_not_retried_by_read_exact() {
+    let mut reader = CancelledReads { reads: 0 };
+    let error = io::Read::read_exact(&mut reader, &mut [0; 4]).unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::Other);
+    assert_eq!(error.to_string(), "operation was cancelled");
+    assert_eq!(reader.reads, 1);
 }

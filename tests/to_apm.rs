@@ -9,8 +9,9 @@ use std::sync::{mpsc, Arc, Barrier};
 use std::thread::{self, ThreadId};
 use std::time::Duration;
 
-use apm_tap::{Abandonment, AsyncCallback, AsyncResult, Error, State};
+use apm_tap::{Abandonment, AsyncCallback, AsyncResult, Error, Spawner, State};
 use common::DropCounter;
+use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 
 /// Where a test body runs: a plain thread, a multi-thread runtime's `block_on`, a task
@@ -134,6 +135,47 @@ fn rule_9_pending_future_is_never_synchronous() {
             assert!(!seen.synchronous);
         }
     });
+}
+
+/// Rule 9 on every path: when the operation completes inside `spawn` on this thread (a
+/// tokio handle whose runtime shut down and a spawner that drop the task, or a spawner
+/// that runs it there and then), it completes inside Begin: synchronously, with the
+/// callback run on this thread before `begin` returns, never inside the spawner with
+/// `completed_synchronously` false.
+#[test]
+fn rule_9_completion_inside_spawn_is_synchronous() {
+    let shut_down = {
+        let runtime = common::multi_thread(1, "shut-down");
+        let handle = runtime.handle().clone();
+        drop(runtime);
+        handle
+    };
+    let refusing = |task: BoxFuture<'static, ()>| drop(task);
+    let inline = |task: BoxFuture<'static, ()>| futures::executor::block_on(task);
+    let abandoned = Err(Error::Abandoned(Abandonment::TaskDropped));
+    let cases: [(&dyn Spawner, Result<u8, Error>); 3] = [
+        (&shut_down, abandoned.clone()),
+        (&refusing, abandoned),
+        (&inline, Ok(9)),
+    ];
+    for (spawner, expected) in cases {
+        let returned = Arc::new(AtomicBool::new(false));
+        let (callback, seen) = reporting_callback(&returned);
+        let handle = apm_tap::Builder::new()
+            .callback(callback)
+            .spawner(spawner)
+            .begin(async {
+                tokio::task::yield_now().await;
+                9
+            });
+        returned.store(true, SeqCst);
+        let (seen, _) = seen.try_recv().expect("the callback ran inside begin");
+        assert_eq!(seen.thread, thread::current().id());
+        assert!(!seen.begin_had_returned);
+        assert!(seen.completed && seen.synchronous, "{seen:?}");
+        assert!(handle.completed_synchronously());
+        assert_eq!(handle.end(), expected);
+    }
 }
 
 /// Rule 10: the callback runs once, after the result is stored, with a clone of the

@@ -305,10 +305,6 @@ impl<T> Drop for AsyncResult<T> {
 }
 
 impl<T> AsyncHandle for AsyncResult<T> {
-    fn is_completed(&self) -> bool {
-        AsyncResult::is_completed(self)
-    }
-
     fn completed_synchronously(&self) -> bool {
         AsyncResult::completed_synchronously(self)
     }

@@ -130,7 +130,7 @@ impl<T> Completer<T> {
 
     fn finish(self, value: T, synchronous: bool) -> Result<(), T> {
         self.writer
-            .complete(Ok(value), synchronous)
+            .complete_quietly(Ok(value), synchronous)
             .map_err(|back| match back {
                 Ok(value) => value,
                 Err(_) => unreachable!("the completer only stores values"),

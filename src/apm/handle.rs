@@ -1,7 +1,7 @@
 use std::task::{Context, Poll};
 
-/// The `IAsyncResult` interface: what [`from_apm`](crate::from_apm) asks of the handle a
-/// Begin method returns.
+/// What [`from_apm`](crate::from_apm) asks of the handle a Begin method returns: the
+/// `IAsyncResult.CompletedSynchronously` of the APM model.
 ///
 /// Implement it for the handle type of a callback API this crate did not write.
 /// [`AsyncResult`](crate::AsyncResult) implements it too.
@@ -15,42 +15,32 @@ use std::task::{Context, Poll};
 /// struct Done(u32);
 ///
 /// impl AsyncHandle for Done {
-///     fn is_completed(&self) -> bool { true }
 ///     fn completed_synchronously(&self) -> bool { true }
 /// }
 ///
 /// let value = futures::executor::block_on(apm_tap::from_apm(|_callback| Done(5), |h: Done| h.0));
 /// assert_eq!(value, Ok(5));
 /// ```
+#[doc(alias = "IAsyncResult")]
 pub trait AsyncHandle {
-    /// Whether the operation has finished (`IAsyncResult.IsCompleted`).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use apm_tap::{AsyncCallback, AsyncHandle, State};
-    ///
-    /// let handle = apm_tap::begin(async {});
-    /// assert!(AsyncHandle::is_completed(&handle));
-    /// ```
-    fn is_completed(&self) -> bool;
-
     /// Whether the operation finished on the thread that called Begin, before Begin
     /// returned (`IAsyncResult.CompletedSynchronously`).
     ///
     /// [`from_apm`](crate::from_apm) reads this once, right after Begin returns: `true`
     /// makes it call End at once and ignore the callback; `false` makes it wait for the
     /// callback. An answer that changes later is never read, so a handle that flips it
-    /// cannot make End run twice.
+    /// cannot make End run twice. A panic here is taken for `false` (End runs when the
+    /// callback comes) and re-raised from `poll`.
     ///
     /// # Examples
     ///
     /// ```
-    /// use apm_tap::{AsyncCallback, AsyncHandle, State};
+    /// use apm_tap::AsyncHandle;
     ///
     /// let handle = apm_tap::begin(async {});
     /// assert!(AsyncHandle::completed_synchronously(&handle));
     /// ```
+    #[doc(alias = "CompletedSynchronously")]
     fn completed_synchronously(&self) -> bool;
 }
 
@@ -62,21 +52,26 @@ pub trait AsyncHandle {
 /// # Examples
 ///
 /// ```
-/// use apm_tap::{AsyncCallback, PollHandle, State};
+/// use apm_tap::PollHandle;
 /// use std::future::poll_fn;
 ///
 /// let mut handle = apm_tap::begin(async { 1 });
 /// futures::executor::block_on(poll_fn(|cx| handle.poll_completed(cx)));
-/// assert!(apm_tap::AsyncHandle::is_completed(&handle));
+/// assert!(handle.is_completed());
 /// ```
-pub trait PollHandle: AsyncHandle {
+#[doc(alias = "AsyncWaitHandle")]
+pub trait PollHandle {
     /// Ready once the operation has finished; otherwise arranges for `cx`'s waker to be
     /// woken when it does. Must not consume the result: End still has to find it.
+    ///
+    /// Spurious wakes are allowed, also from inside this call; they are answered
+    /// without spinning the thread that wakes (see
+    /// [`from_async_result`](crate::from_async_result)).
     ///
     /// # Examples
     ///
     /// ```
-    /// use apm_tap::{AsyncCallback, Completer, PollHandle, State};
+    /// use apm_tap::{Completer, PollHandle};
     /// use futures::FutureExt;
     /// use std::future::poll_fn;
     ///

@@ -46,7 +46,6 @@
 use std::marker::PhantomData;
 use std::mem::{self, MaybeUninit};
 use std::num::NonZeroU32;
-use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::ptr::{self, NonNull};
 use std::task::{Poll, Waker};
 
@@ -55,15 +54,18 @@ use crate::sync::{
     Ordering::{AcqRel, Acquire},
     PoisonError, Thread, UnsafeCell,
 };
+use crate::unwind::{catch, drop_quietly, Payload};
 use crate::{Abandonment, AsyncResult, Error, State};
 
 mod shared;
+mod task;
 #[cfg(all(test, not(apm_tap_loom)))]
 mod tests;
 mod writer;
 
 pub(crate) use shared::Shared;
-pub(crate) use writer::Writer;
+pub(crate) use task::{new_task, TaskWriter};
+pub(crate) use writer::{Completion, Writer};
 
 /// The boxed callback stored in a cell, run once with a clone of the handle.
 pub(crate) type Callback<T> = Box<dyn FnOnce(AsyncResult<T>) + Send>;
@@ -126,8 +128,12 @@ const WAITERS: usize = 1 << 7;
 const CALLBACK: usize = 1 << 8;
 /// The writer still owns the cell.
 const WRITER: usize = 1 << 9;
+/// The cell is the head of a `TaskCell` (see `task.rs`): the writer is a task running
+/// a `begin` future, and the allocation is freed through the header's `free`. Set at
+/// creation, never changed.
+const TASK: usize = 1 << 10;
 /// One handle. The count of handles takes every bit from here up.
-const REF: usize = 1 << 10;
+const REF: usize = 1 << 11;
 
 /// The number of handles counted in `state`.
 #[inline]
@@ -211,7 +217,25 @@ impl<T> More<T> {
 
 /// Makes a pending operation: its writer and its first handle.
 pub(crate) fn new<T>(callback: Option<Callback<T>>, state: State) -> (Writer<T>, Shared<T>) {
-    let mut bits = WRITER | REF;
+    let cell = Box::into_raw(Box::new(MaybeUninit::<Cell<T>>::uninit())).cast::<Cell<T>>();
+    // SAFETY: a fresh allocation for a `Cell<T>`.
+    unsafe { init(cell, callback, state, 0) };
+    let ptr = NonNull::new(cell).expect("`Box::into_raw` is never null");
+    owners(ptr)
+}
+
+/// Writes a pending cell's fields into `cell`, with `flags` set in its state word.
+///
+/// Written field by field into the allocation: `Box::new(Cell { .. })` builds the cell on
+/// the stack and copies it, which costs more than the rest of a synchronous completion's
+/// bookkeeping.
+///
+/// # Safety
+///
+/// `cell` points to memory for a `Cell<T>` that nothing else uses; afterwards it holds an
+/// initialised cell owned by one writer and one handle.
+unsafe fn init<T>(cell: *mut Cell<T>, callback: Option<Callback<T>>, state: State, flags: usize) {
+    let mut bits = WRITER | REF | flags;
     let more = match callback {
         None => ptr::null_mut(),
         Some(callback) => {
@@ -220,13 +244,9 @@ pub(crate) fn new<T>(callback: Option<Callback<T>>, state: State) -> (Writer<T>,
         }
     };
     let state_object = (!state.is_none()).then(|| Box::new(state));
-    // Written field by field into the allocation: `Box::new(Cell { .. })` builds the cell
-    // on the stack and copies it, which costs more than the rest of a synchronous
-    // completion's bookkeeping.
-    let cell = Box::into_raw(Box::new(MaybeUninit::<Cell<T>>::uninit())).cast::<Cell<T>>();
-    // SAFETY: `cell` is a fresh allocation for a `Cell<T>`; each field is written once,
-    // through raw pointers (no reference to the uninitialised cell is made), so that
-    // afterwards it is fully initialised.
+    // SAFETY: by this function's contract; each field is written once, through raw
+    // pointers (no reference to the uninitialised cell is made), so that afterwards it
+    // is fully initialised.
     unsafe {
         ptr::addr_of_mut!((*cell).state).write(AtomicUsize::new(bits));
         ptr::addr_of_mut!((*cell).slot).write(UnsafeCell::new(None));
@@ -234,7 +254,10 @@ pub(crate) fn new<T>(callback: Option<Callback<T>>, state: State) -> (Writer<T>,
         ptr::addr_of_mut!((*cell).more).write(AtomicPtr::new(more));
         ptr::addr_of_mut!((*cell).state_object).write(state_object);
     }
-    let ptr = NonNull::new(cell).expect("`Box::into_raw` is never null");
+}
+
+/// The writer and the first handle of the cell at `ptr`, just initialised by `init`.
+fn owners<T>(ptr: NonNull<Cell<T>>) -> (Writer<T>, Shared<T>) {
     (
         Writer {
             ptr,
@@ -344,28 +367,43 @@ impl<T> Cell<T> {
     }
 
     /// Registers `waker` in entry `n > 0` (or a new entry), or sees completion.
+    ///
+    /// The waker is cloned with no lock held: `Waker::clone` is user code and may call
+    /// back into this operation (rule 18).
     fn register_more(&self, state: usize, waker: &Waker, entry: &mut Entry) -> Poll<()> {
-        let Some(mut waiters) = self.lock_waiters(state) else {
+        if let Some(index) = entry.get() {
+            let Some(waiters) = self.lock_waiters(state) else {
+                return Poll::Ready(());
+            };
+            // An entry keeps its waker until the handle leaves or the cell completes.
+            if waiters.wakers[index - 1]
+                .as_ref()
+                .is_some_and(|current| current.will_wake(waker))
+            {
+                return Poll::Pending;
+            }
+        }
+        let fresh = waker.clone();
+        let Some(mut waiters) = self.lock_waiters(self.load()) else {
+            drop(fresh);
             return Poll::Ready(());
         };
-        let index = match entry.get() {
-            Some(index) => index,
+        let old = match entry.get() {
+            Some(index) => waiters.wakers[index - 1].replace(fresh),
             None => {
                 let index = match waiters.wakers.iter().position(Option::is_none) {
-                    Some(free) => free + 1,
+                    Some(free) => {
+                        waiters.wakers[free] = Some(fresh);
+                        free + 1
+                    }
                     None => {
-                        waiters.wakers.push(None);
+                        waiters.wakers.push(Some(fresh));
                         waiters.wakers.len()
                     }
                 };
                 entry.set(index);
-                index
+                None
             }
-        };
-        let slot = &mut waiters.wakers[index - 1];
-        let old = match slot {
-            Some(current) if current.will_wake(waker) => None,
-            _ => slot.replace(waker.clone()),
         };
         drop(waiters);
         drop(old);
@@ -456,8 +494,9 @@ impl<T> Cell<T> {
     }
 }
 
-/// What `Cell::collect` took out of a completed cell.
-struct Wake<T> {
+/// What `Cell::collect` took out of a completed cell: the wake-ups and the callback
+/// that its completer owes, to run once the completer has let go of the cell.
+pub(crate) struct Wake<T> {
     first: Option<Waker>,
     task: Option<Waker>,
     /// The writer's own waker, when the writer completed: dropped, not woken.
@@ -467,11 +506,11 @@ struct Wake<T> {
 }
 
 impl<T> Wake<T> {
-    /// Wakes every waiter, then runs the callback.
-    ///
-    /// A panicking waker is re-raised only after every other waiter was woken and the
-    /// callback ran; a panicking callback propagates (the result is stored by then).
-    fn run(self) {
+    /// Wakes every waiter, then runs the callback. Never unwinds: a panicking waker
+    /// (its `wake` or its `drop`) or callback cannot keep the others from running; the
+    /// first panic's payload is returned, for the caller to re-raise where someone can
+    /// catch it, or to discard (see `crate::unwind`).
+    pub(crate) fn run(self) -> Option<Payload> {
         let Wake {
             first,
             task,
@@ -479,34 +518,69 @@ impl<T> Wake<T> {
             wakers,
             callback,
         } = self;
-        drop(own);
-        let mut waker_panic = None;
+        let mut first_panic = catch(move || drop(own)).err();
         for waker in first
             .into_iter()
             .chain(task)
             .chain(wakers.into_iter().flatten())
         {
-            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| waker.wake())) {
-                waker_panic.get_or_insert(payload);
+            if let Err(payload) = catch(move || waker.wake()) {
+                keep_first(&mut first_panic, payload);
             }
         }
         if let Some((callback, handle)) = callback {
-            callback(AsyncResult::from_shared(handle));
+            if let Err(payload) = catch(move || callback(AsyncResult::from_shared(handle))) {
+                keep_first(&mut first_panic, payload);
+            }
         }
-        if let Some(payload) = waker_panic {
-            resume_unwind(payload);
+        first_panic
+    }
+}
+
+impl<T> Wake<T> {
+    /// Just one waker to wake: the common case of an awaited operation.
+    fn one(first: Option<Waker>) -> Self {
+        Wake {
+            first,
+            task: None,
+            own: None,
+            wakers: Vec::new(),
+            callback: None,
         }
     }
 }
 
+/// Keeps the first of several panics; the later ones are dropped.
+fn keep_first(first: &mut Option<Payload>, payload: Payload) {
+    match first {
+        Some(_) => crate::unwind::discard(payload),
+        None => *first = Some(payload),
+    }
+}
+
 impl<T> Drop for Cell<T> {
+    /// Drops what the cell still holds, each part on its own and quietly (an untaken
+    /// result, the state, leftover wakers, a callback that never ran), so that a
+    /// panicking `Drop` in one neither escapes the owner's `drop` nor keeps the others
+    /// from being dropped (rule 17).
     fn drop(&mut self) {
+        // SAFETY: `&mut self`: the last owner is dropping the cell, nobody else can
+        // touch any part of it.
+        drop_quietly(unsafe { access(&self.slot, Option::take) });
+        // SAFETY: as above.
+        drop_quietly(unsafe { access(&self.waker, Option::take) });
+        drop_quietly(self.state_object.take());
         // ORDERING: the last owner acquired every other owner's writes when it found it
         // was the last; Acquire is for loom, which checks that.
         let more = self.more.load(Acquire);
         if !more.is_null() {
             // SAFETY: installed with `Box::into_raw` for this cell, freed only here.
-            drop(unsafe { Box::from_raw(more) });
+            let more = unsafe { Box::from_raw(more) };
+            // SAFETY: as above, nobody else can touch the cell.
+            drop_quietly(unsafe { access(&more.callback, Option::take) });
+            // SAFETY: as above.
+            drop_quietly(unsafe { access(&more.task_waker, Option::take) });
+            drop_quietly(mem::take(&mut more.lock().wakers));
         }
     }
 }
@@ -535,13 +609,23 @@ unsafe fn access<U, R>(cell: &UnsafeCell<U>, f: impl FnOnce(&mut U) -> R) -> R {
     cell.with_mut(|contents| f(unsafe { &mut *contents }))
 }
 
-/// Frees the cell.
+/// Frees the cell: a plain one as the `Box<Cell<T>>` it was made as, a task's through
+/// its header (see `task.rs`).
 ///
 /// # Safety
 ///
 /// The caller was its last owner, has acquired every other owner's writes, and does not
 /// touch the cell again.
 unsafe fn free<T>(ptr: NonNull<Cell<T>>) {
-    // SAFETY: allocated with `Box` in `new`; the caller guarantees exclusive access.
-    drop(unsafe { Box::from_raw(ptr.as_ptr()) });
+    // SAFETY: the caller is the last owner, so the cell is alive and nobody writes it.
+    let cell = unsafe { ptr.as_ref() };
+    if cell.load() & TASK != 0 {
+        // SAFETY: `TASK` is set only on a cell made by `new_task`, at the head of its
+        // `TaskCell`, whose header holds `free`; the caller's guarantee passes on.
+        unsafe { task::free(ptr) }
+    } else {
+        // SAFETY: allocated with `Box` in `new`; the caller guarantees exclusive access.
+        // `Cell`'s `Drop` drops the contents quietly, so this does not unwind.
+        drop(unsafe { Box::from_raw(ptr.as_ptr()) });
+    }
 }

@@ -14,6 +14,7 @@ use crate::sync::{
     self,
     Ordering::{AcqRel, Relaxed},
 };
+use crate::unwind::{discard, drop_quietly};
 use crate::Error;
 
 /// A handle's ownership of a cell: the inside of an [`AsyncResult`].
@@ -199,7 +200,7 @@ impl<T> Shared<T> {
             let old = self
                 .more()
                 .and_then(|more| more.lock().wakers.get_mut(entry - 1)?.take());
-            drop(old);
+            drop_quietly(old);
             return;
         }
         let mut state = self.load();
@@ -221,11 +222,12 @@ impl<T> Shared<T> {
         // ORDERING: AcqRel: hands the (now empty) slot to the next handle that claims
         // entry 0.
         self.state.fetch_and(!ENTRY0, AcqRel);
-        drop(old);
+        drop_quietly(old);
     }
 
     /// Asks the operation to stop: completes the cell with `Cancelled` unless it is
-    /// complete already.
+    /// complete already. Wakes the waiters and runs the callback here; never unwinds
+    /// (their panics are discarded, see `crate::unwind`).
     pub(crate) fn cancel(&self) {
         let mut state = self.load();
         loop {
@@ -238,7 +240,10 @@ impl<T> Shared<T> {
             }
         }
         // SAFETY: this handle owns the cell by `self.ptr` until this returns.
-        unsafe { Cell::collect(self.ptr, state, false) }.run();
+        let wake = unsafe { Cell::collect(self.ptr, state, false) };
+        if let Some(payload) = wake.run() {
+            discard(payload);
+        }
     }
 
     /// Installs the completion callback, or hands it back if the cell already completed

@@ -37,13 +37,13 @@ fn first_completion_wins_and_result_is_taken_once() {
     assert!(!handle.is_completed());
     let mut other = handle.clone();
     handle.cancel();
-    assert_eq!(writer.complete(Ok(2), false), Err(Ok(2)));
+    assert_eq!(writer.complete_quietly(Ok(2), false), Err(Ok(2)));
     assert!(handle.is_completed() && !handle.completed_synchronously());
     assert_eq!(other.try_take(), Some(Err(Error::Cancelled)));
     assert_eq!(handle.try_take(), Some(Err(Error::AlreadyEnded)));
 
     let (writer, mut handle) = new::<u8>(None, State::none());
-    assert_eq!(writer.complete(Ok(1), true), Ok(()));
+    assert_eq!(writer.complete_quietly(Ok(1), true), Ok(()));
     handle.cancel();
     assert!(handle.completed_synchronously());
     assert_eq!(handle.try_take(), Some(Ok(1)));
@@ -67,7 +67,7 @@ fn each_entry_keeps_only_its_latest_waker() {
         .poll_completed(&mut cx, &mut other_entry)
         .is_pending());
     assert_eq!((entry.get(), other_entry.get()), (Some(0), Some(1)));
-    assert_eq!(writer.complete(Ok(3), false), Ok(()));
+    assert_eq!(writer.complete_quietly(Ok(3), false), Ok(()));
     let wakes = |c: &CountWakes| c.0.load(SeqCst);
     assert_eq!((wakes(&first), wakes(&second), wakes(&other)), (0, 1, 1));
     let mut cx = Context::from_waker(&second_waker);
@@ -95,7 +95,9 @@ fn released_entries_are_reused_and_not_woken() {
         .poll_completed(&mut cx, &mut second_next)
         .is_pending());
     assert_eq!((next, second_next), (entry, second_entry));
-    writer.complete(Err(Error::Cancelled), false).unwrap();
+    writer
+        .complete_quietly(Err(Error::Cancelled), false)
+        .unwrap();
     assert_eq!(gone.0.load(SeqCst), 0);
 }
 
@@ -108,12 +110,12 @@ fn callback_runs_once_after_the_result_is_stored() {
         c.fetch_add(1, SeqCst);
     });
     let (writer, handle) = new(Some(callback), State::none());
-    writer.complete(Ok(4), false).unwrap();
+    writer.complete_quietly(Ok(4), false).unwrap();
     handle.cancel();
     assert_eq!(calls.load(SeqCst), 1);
 
     let (writer, handle) = new(None, State::none());
-    writer.complete(Ok(5), false).unwrap();
+    writer.complete_quietly(Ok(5), false).unwrap();
     let late: Callback<u8> = Box::new(|_| unreachable!("installed after completion"));
     assert!(handle.set_callback(late).is_err());
 }
@@ -131,14 +133,14 @@ fn the_last_owner_frees_an_untaken_result() {
     let (writer, handle) = new(None, State::none());
     drop(handle);
     assert!(writer
-        .complete(Ok(Counted(std::sync::Arc::clone(&drops))), false)
+        .complete_quietly(Ok(Counted(std::sync::Arc::clone(&drops))), false)
         .is_ok());
     assert_eq!(drops.load(SeqCst), 1);
     // Writer first, then the last of two handles.
     let (writer, handle) = new(None, State::none());
     let clone = handle.clone();
     assert!(writer
-        .complete(Ok(Counted(std::sync::Arc::clone(&drops))), false)
+        .complete_quietly(Ok(Counted(std::sync::Arc::clone(&drops))), false)
         .is_ok());
     drop(handle);
     assert_eq!(drops.load(SeqCst), 1);
@@ -150,7 +152,7 @@ fn the_last_owner_frees_an_untaken_result() {
 fn timed_wait_times_out_then_sees_completion() {
     let (writer, handle) = new::<u8>(None, State::none());
     assert!(!handle.wait_until(Some(Instant::now() + Duration::from_millis(1))));
-    let thread = std::thread::spawn(move || writer.complete(Ok(6), false));
+    let thread = std::thread::spawn(move || writer.complete_quietly(Ok(6), false));
     assert!(handle.wait_until(None));
     thread.join().unwrap().unwrap();
     assert!(handle.wait_until(Some(Instant::now())));

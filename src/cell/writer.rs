@@ -7,14 +7,16 @@ use std::ptr::NonNull;
 use std::task::{Context, Poll};
 
 use super::{
-    access, cas, free, handles, Cell, Outcome, CALLBACK, COMPLETE, SYNC, TASK_WAKER, VALUE,
-    WAITERS, WAKER, WRITER,
+    access, cas, free, handles, Cell, Outcome, Wake, CALLBACK, COMPLETE, SYNC, TASK, TASK_WAKER,
+    VALUE, WAITERS, WAKER, WRITER,
 };
 use crate::sync::Ordering::{AcqRel, Acquire};
+use crate::unwind::discard;
 use crate::{Abandonment, Error};
 
 /// The writer's ownership of a cell. Dropping it unfinished completes the cell with
-/// [`Abandonment::CompleterDropped`]; [`abandon`](Self::abandon) gives another reason.
+/// `Abandoned`: [`Abandonment::TaskDropped`] for a task's cell, else
+/// [`Abandonment::CompleterDropped`].
 pub(crate) struct Writer<T> {
     pub(super) ptr: NonNull<Cell<T>>,
     pub(super) _owns: PhantomData<Box<Cell<T>>>,
@@ -36,23 +38,33 @@ impl<T> Deref for Writer<T> {
     }
 }
 
+/// What storing an outcome left to do: the wake-ups and the callback to run (`Ok`), or
+/// the outcome handed back because a handle cancelled first (`Err`).
+pub(crate) type Completion<T> = Result<Option<Wake<T>>, Result<T, Error>>;
+
 impl<T> Writer<T> {
-    /// Stores the result unless a handle cancelled first (then the result comes back),
-    /// wakes every waiter and runs the callback.
-    pub(crate) fn complete(
-        self,
-        result: Result<T, Error>,
-        synchronous: bool,
-    ) -> Result<(), Result<T, Error>> {
+    /// Stores the result unless a handle cancelled first (then the result comes back)
+    /// and gives up the writer's ownership. The caller runs the returned [`Wake`], and
+    /// decides what becomes of a panic in it.
+    pub(crate) fn complete(self, result: Result<T, Error>, synchronous: bool) -> Completion<T> {
         let mut this = ManuallyDrop::new(self);
         // SAFETY: `this` is never used or dropped again.
         unsafe { this.finish(result, synchronous) }
     }
 
-    /// Completes the cell with `Abandoned(why)`, unless it was cancelled.
-    pub(crate) fn abandon(self, why: Abandonment) {
-        // Refused, harmlessly, when the cell was cancelled.
-        let _ = self.complete(Err(Error::Abandoned(why)), false);
+    /// [`complete`](Self::complete), then wakes the waiters and runs the callback
+    /// right here, where nobody can catch their panics: they are discarded (see
+    /// `crate::unwind`), so this never unwinds.
+    pub(crate) fn complete_quietly(
+        self,
+        result: Result<T, Error>,
+        synchronous: bool,
+    ) -> Result<(), Result<T, Error>> {
+        let wake = self.complete(result, synchronous)?;
+        if let Some(payload) = wake.and_then(Wake::run) {
+            discard(payload);
+        }
+        Ok(())
     }
 
     /// Ready once a handle cancelled the cell; otherwise registers the writer's waker
@@ -71,11 +83,7 @@ impl<T> Writer<T> {
     ///
     /// Called once; the writer is not used or dropped afterwards.
     #[inline]
-    unsafe fn finish(
-        &mut self,
-        result: Result<T, Error>,
-        synchronous: bool,
-    ) -> Result<(), Result<T, Error>> {
+    unsafe fn finish(&mut self, result: Result<T, Error>, synchronous: bool) -> Completion<T> {
         let ptr = self.ptr;
         // SAFETY: the writer owns the cell until `release_writer` below.
         let cell = unsafe { ptr.as_ref() };
@@ -99,21 +107,21 @@ impl<T> Writer<T> {
                 .compare_exchange(state, (state | set) & !WRITER, AcqRel, Acquire)
                 .is_ok()
         {
-            return Ok(());
+            return Ok(None);
         }
         // SAFETY: the writer's ownership passes to `publish`.
         unsafe { Self::publish(ptr, set) }
     }
 
     /// The rest of `finish` once the outcome is in the slot: publishes it unless a
-    /// handle cancelled meanwhile, wakes the waiters, runs the callback and gives up the
-    /// writer's ownership.
+    /// handle cancelled meanwhile, takes out what is to be woken and called, and gives
+    /// up the writer's ownership.
     ///
     /// # Safety
     ///
     /// The caller holds the writer's ownership, by `ptr`, and gives it up.
     #[inline(never)]
-    unsafe fn publish(ptr: NonNull<Cell<T>>, set: usize) -> Result<(), Result<T, Error>> {
+    unsafe fn publish(ptr: NonNull<Cell<T>>, set: usize) -> Completion<T> {
         // SAFETY: the writer owns the cell until `release_writer` or `free` below.
         let cell = unsafe { ptr.as_ref() };
         let mut state = cell.load();
@@ -147,34 +155,38 @@ impl<T> Writer<T> {
                 // and its AcqRel update acquired the others' writes.
                 unsafe { free(ptr) };
             }
-            return Ok(());
+            return Ok(None);
         }
-        if state & (TASK_WAKER | WAITERS | CALLBACK) == 0 {
+        let wake = if state & (TASK_WAKER | WAITERS | CALLBACK) == 0 {
             // The common case of an awaited operation: one waker, no callback.
             // SAFETY: `WAKER` was set when the cell completed: the completer owns it.
-            let waker = unsafe { access(&cell.waker, Option::take) };
-            // SAFETY: the writer's last use of the cell.
-            unsafe { release_writer(ptr) };
-            if let Some(waker) = waker {
-                waker.wake();
-            }
-            return Ok(());
-        }
-        // SAFETY: the writer owns the cell by `ptr` until it gives that up just below.
-        let wake = unsafe { Cell::collect(ptr, state, true) };
+            Wake::one(unsafe { access(&cell.waker, Option::take) })
+        } else {
+            // SAFETY: the writer owns the cell by `ptr` until it gives that up below.
+            unsafe { Cell::collect(ptr, state, true) }
+        };
         // SAFETY: the writer's last use of the cell: `wake` does not need it.
         unsafe { release_writer(ptr) };
-        wake.run();
-        Ok(())
+        Ok(Some(wake))
     }
 }
 
 impl<T> Drop for Writer<T> {
+    /// Completes the cell with `Abandoned`, unless it was cancelled; never unwinds.
     fn drop(&mut self) {
-        // Refused, harmlessly, when the cell was cancelled.
-        let abandoned = Err(Error::Abandoned(Abandonment::CompleterDropped));
+        let why = if self.load() & TASK != 0 {
+            Abandonment::TaskDropped
+        } else {
+            Abandonment::CompleterDropped
+        };
         // SAFETY: this is the writer's last use.
-        let _ = unsafe { self.finish(abandoned, false) };
+        let completion = unsafe { self.finish(Err(Error::Abandoned(why)), false) };
+        // Refused, harmlessly, when the cell was cancelled.
+        if let Ok(Some(wake)) = completion {
+            if let Some(payload) = wake.run() {
+                discard(payload);
+            }
+        }
     }
 }
 

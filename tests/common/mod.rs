@@ -58,10 +58,13 @@ pub struct LegacyHandle {
     pub completed: Arc<AtomicBool>,
 }
 
-impl AsyncHandle for LegacyHandle {
-    fn is_completed(&self) -> bool {
+impl LegacyHandle {
+    pub fn is_completed(&self) -> bool {
         self.completed.load(SeqCst)
     }
+}
+
+impl AsyncHandle for LegacyHandle {
     fn completed_synchronously(&self) -> bool {
         self.synchronous
     }
