@@ -4,7 +4,7 @@
 use std::sync::OnceLock;
 
 use futures::future::BoxFuture;
-use tokio::runtime::{Builder, Handle, Runtime, RuntimeFlavor};
+use tokio::runtime::{Builder, Handle, Id, Runtime, RuntimeFlavor};
 
 use crate::Error;
 
@@ -58,6 +58,23 @@ pub trait Spawner {
     fn enter(&self, f: &mut dyn FnMut()) {
         f();
     }
+
+    /// The tokio runtime that runs what this spawner spawns, if it is one. A blocking
+    /// [`AsyncResult::end`](crate::AsyncResult::end) uses it to tell whether this thread
+    /// is the one that must run the task (rule 12). The default: `None`, not a tokio
+    /// runtime (or one the spawner does not tell).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use apm_tap::Spawner;
+    ///
+    /// let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// assert_eq!(Spawner::tokio_handle(&runtime).map(|h| h.id()), Some(runtime.handle().id()));
+    /// ```
+    fn tokio_handle(&self) -> Option<&Handle> {
+        None
+    }
 }
 
 impl Spawner for Handle {
@@ -69,6 +86,10 @@ impl Spawner for Handle {
         let _context = Handle::enter(self);
         f();
     }
+
+    fn tokio_handle(&self) -> Option<&Handle> {
+        Some(self)
+    }
 }
 
 impl Spawner for Runtime {
@@ -78,6 +99,10 @@ impl Spawner for Runtime {
 
     fn enter(&self, f: &mut dyn FnMut()) {
         Spawner::enter(self.handle(), f);
+    }
+
+    fn tokio_handle(&self) -> Option<&Handle> {
+        Some(self.handle())
     }
 }
 
@@ -106,20 +131,44 @@ pub(crate) fn default_handle() -> &'static Handle {
         .handle()
 }
 
-/// Runs the blocking wait `f`, unless blocking this thread could stop the runtime that
-/// must finish the operation.
+/// Runs the blocking wait `f`, unless this thread is the one that must run the
+/// operation's task: then blocking would deadlock, and it refuses (rule 12).
 ///
-/// - Outside tokio: just blocks.
-/// - On a current-thread runtime's thread: refuses with `WouldDeadlock`, since nothing
-///   else can run that runtime's tasks while this thread waits.
-/// - On a multi-thread runtime: blocks inside `block_in_place`, which hands this worker's
-///   other tasks to a new thread first.
-pub(crate) fn blocking<R>(f: impl FnOnce() -> R) -> Result<R, Error> {
-    match Handle::try_current() {
-        Err(_) => Ok(f()),
-        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::CurrentThread => {
-            Err(Error::WouldDeadlock)
-        }
-        Ok(_) => Ok(tokio::task::block_in_place(f)),
+/// `task_runtime` is the current-thread runtime that runs the operation's task, if it
+/// has one (see `Spawner::tokio_handle`). tokio tells which scheduler, if any, this
+/// thread drives (`worker_index`), and which runtime's context is entered; from those:
+///
+/// - No scheduler runs on this thread (a plain thread, a `spawn_blocking` thread, the
+///   thread in a multi-thread runtime's `block_on`, one that only entered a handle):
+///   it parks. Nothing it stops can be needed by the operation.
+/// - A multi-thread runtime's worker: it blocks inside `block_in_place`, which first
+///   hands the worker's other tasks to a new thread.
+/// - The driver of a current-thread runtime (its `block_on`, and the tasks polled
+///   there): it refuses if the operation's task runs on that very runtime, and parks
+///   otherwise (stalling this runtime, but nothing it must run). If the entered runtime
+///   is not the one it drives (a multi-thread handle entered inside `block_on`), it
+///   cannot tell which current-thread runtime it drives, and refuses for every task on
+///   a current-thread runtime.
+///
+/// tokio cannot tell a multi-thread worker from a task of a current-thread runtime that
+/// entered a multi-thread runtime's handle; the second is taken for the first.
+pub(crate) fn blocking<R>(task_runtime: Option<Id>, f: impl FnOnce() -> R) -> Result<R, Error> {
+    if tokio::runtime::worker_index().is_none() {
+        return Ok(f());
+    }
+    let entered = Handle::try_current().ok();
+    let entered_current_thread = entered
+        .as_ref()
+        .filter(|handle| handle.runtime_flavor() == RuntimeFlavor::CurrentThread);
+    // Only a current-thread runtime's driver runs `block_on`'s own future (outside any
+    // task) with a worker index.
+    let drives_current_thread = tokio::task::try_id().is_none() || entered_current_thread.is_some();
+    if !drives_current_thread {
+        return Ok(tokio::task::block_in_place(f));
+    }
+    match (task_runtime, entered_current_thread) {
+        (None, _) => Ok(f()),
+        (Some(task), Some(driven)) if task != driven.id() => Ok(f()),
+        (Some(_), _) => Err(Error::WouldDeadlock),
     }
 }

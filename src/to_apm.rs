@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures::task::noop_waker_ref;
-use tokio::runtime::Handle;
+use tokio::runtime::{Handle, RuntimeFlavor};
 
 use crate::cell::{self, Completion, TaskWriter, Wake};
 use crate::runtime::{default_handle, Spawner};
@@ -143,7 +143,11 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    let (mut task, handle) = cell::new_task(future, callback.into_inner(), state);
+    let runtime = spawner
+        .tokio_handle()
+        .filter(|handle| handle.runtime_flavor() == RuntimeFlavor::CurrentThread)
+        .map(Handle::id);
+    let (mut task, handle) = cell::new_task(future, callback.into_inner(), state, runtime);
     let mut first = Poll::Pending;
     let entered = catch(|| {
         spawner.enter(&mut || {

@@ -9,7 +9,7 @@ use std::sync::{mpsc, Arc, Barrier};
 use std::thread::{self, ThreadId};
 use std::time::Duration;
 
-use apm_tap::{Abandonment, AsyncCallback, AsyncResult, Error, Spawner, State};
+use apm_tap::{Abandonment, AsyncCallback, AsyncResult, Error, PollHandle, Spawner, State};
 use common::DropCounter;
 use futures::future::BoxFuture;
 use tokio::sync::oneshot;
@@ -279,6 +279,114 @@ fn rule_12_current_thread_refuses_to_deadlock() {
         assert_eq!(handle.wait(), Ok(()));
         assert_eq!(handle.end(), Err(Error::AlreadyEnded));
     });
+}
+
+/// Rule 12: the refusal holds in a task of the current-thread runtime too, not only in
+/// its `block_on`, and `begin_on` with the runtime's handle is detected like `begin`.
+#[test]
+fn rule_12_refuses_in_the_runtimes_tasks() {
+    let runtime = common::current_thread();
+    let refused = runtime.block_on(async {
+        let handle = tokio::runtime::Handle::current();
+        tokio::spawn(async move {
+            let (_tx, rx) = oneshot::channel::<u8>();
+            let op = apm_tap::begin_on(&handle, async move { rx.await.unwrap_or(0) });
+            (op.clone().end(), op.wait_timeout(Duration::from_millis(1)))
+        })
+        .await
+        .unwrap()
+    });
+    assert_eq!(
+        refused,
+        (Err(Error::WouldDeadlock), Err(Error::WouldDeadlock))
+    );
+}
+
+/// Rule 12: nothing is refused where nothing can deadlock. On a current-thread
+/// runtime's thread, an operation that another thread completes, or whose task runs on
+/// another runtime, is waited for (stalling this runtime meanwhile, as `# Blocking`
+/// says), timed waits included.
+#[test]
+fn rule_12_current_thread_waits_for_work_done_elsewhere() {
+    let elsewhere = common::multi_thread(1, "elsewhere");
+    common::current_thread().block_on(async {
+        let (completer, handle) = apm_tap::Completer::new();
+        assert_eq!(handle.wait_timeout(Duration::from_millis(1)), Ok(false));
+        let completing = thread::spawn(move || completer.complete(5));
+        assert_eq!(handle.end(), Ok(5));
+        completing.join().unwrap().unwrap();
+        let other = apm_tap::begin_on(&elsewhere, async {
+            tokio::task::yield_now().await;
+            6
+        });
+        assert_eq!(other.end(), Ok(6));
+    });
+}
+
+/// Rule 12: in `spawn_blocking` (where tokio says blocking calls go), waiting for an
+/// operation whose task runs on the same current-thread runtime blocks, while that
+/// runtime's driver runs the task.
+#[test]
+fn rule_12_spawn_blocking_may_wait() {
+    let value = common::current_thread().block_on(async {
+        let (tx, rx) = oneshot::channel::<u8>();
+        let handle = apm_tap::begin(async move { rx.await.unwrap() });
+        tokio::task::spawn_blocking(move || {
+            // Unfinished until this thread sends: the wait has to block.
+            let waited = handle.wait_timeout(Duration::from_millis(1));
+            tx.send(12).unwrap();
+            (waited, handle.end())
+        })
+        .await
+        .unwrap()
+    });
+    assert_eq!(value, (Ok(false), Ok(12)));
+}
+
+/// Rule 12, and no panic from tokio: a current-thread `block_on` that entered a
+/// multi-thread runtime's handle ends an operation running on the latter by blocking
+/// (it used to panic in `block_in_place`).
+#[test]
+fn rule_12_multi_thread_handle_entered_in_current_thread_block_on() {
+    let multi = common::multi_thread(1, "entered");
+    let value = common::current_thread().block_on(async {
+        let _entered = multi.enter();
+        let handle = apm_tap::begin(async {
+            tokio::task::yield_now().await;
+            thread::current().name().map(str::to_owned)
+        });
+        handle.end()
+    });
+    assert_eq!(value, Ok(Some("entered".to_owned())));
+}
+
+/// Rule 12, what cannot be detected: a task on a current-thread runtime that no thread
+/// drives (its `block_on` returned). tokio cannot tell whether a thread will drive it
+/// again, so a wait waits: it ends when one does, or with `Abandoned` once the runtime
+/// is dropped.
+// The handle is returned out of `block_on` unawaited on purpose: that is the case.
+#[allow(clippy::async_yields_async)]
+#[test]
+fn rule_12_undriven_current_thread_runtime_is_waited_for() {
+    let runtime = common::current_thread();
+    let handle = runtime.block_on(async {
+        apm_tap::begin(async {
+            tokio::task::yield_now().await;
+            4
+        })
+    });
+    assert_eq!(handle.wait_timeout(Duration::from_millis(10)), Ok(false));
+    let mut driven = handle.clone();
+    runtime.block_on(std::future::poll_fn(|cx| driven.poll_completed(cx)));
+    assert_eq!(handle.end(), Ok(4));
+
+    let handle = apm_tap::begin_on(&runtime, std::future::pending::<u8>());
+    let waiting = thread::spawn(move || handle.end());
+    drop(runtime);
+    assert_eq!(
+        waiting.join().unwrap(),
+        Err(Error::Abandoned(Abandonment::TaskDropped))
+    );
 }
 
 /// Rule 12: on a multi-thread worker, `end` blocks in place and the runtime keeps going,

@@ -127,7 +127,7 @@ impl<T> AsyncResult<T> {
         if self.is_completed() {
             return Ok(());
         }
-        blocking(|| self.cell.wait_until(None)).map(drop)
+        blocking(self.cell.task_runtime(), || self.cell.wait_until(None)).map(drop)
     }
 
     /// Blocks until the operation completes or `timeout` passes; returns whether it
@@ -159,7 +159,7 @@ impl<T> AsyncResult<T> {
         }
         // A timeout too large to represent waits without a deadline.
         let deadline = Instant::now().checked_add(timeout);
-        blocking(|| self.cell.wait_until(deadline))
+        blocking(self.cell.task_runtime(), || self.cell.wait_until(deadline))
     }
 
     /// Waits for the operation and takes its result (`EndXxx`).
@@ -194,7 +194,7 @@ impl<T> AsyncResult<T> {
         if let Some(result) = self.cell.try_take() {
             return result;
         }
-        blocking(|| self.cell.wait_until(None))?;
+        blocking(self.cell.task_runtime(), || self.cell.wait_until(None))?;
         self.cell
             .try_take()
             .expect("the cell is complete once an unbounded wait returns")

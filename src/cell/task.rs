@@ -17,19 +17,25 @@ use std::pin::Pin;
 use std::ptr::{self, NonNull};
 use std::task::{Context, Poll};
 
+use tokio::runtime::Id;
+
 use super::{access, init, owners, Callback, Cell, Completion, Shared, Writer, TASK};
 use crate::sync::UnsafeCell;
 use crate::unwind::{catch, discard};
 use crate::{Error, State};
 
-/// What every `TaskCell` starts with, whatever its future: what `free` reads knowing
-/// only `T`. `#[repr(C)]`, so that a pointer to
+/// What every `TaskCell` starts with, whatever its future: what `free` and
+/// [`Shared::task_runtime`] read knowing only `T`. `#[repr(C)]`, so that a pointer to
 /// the cell at its head is a pointer to it.
 #[repr(C)]
 struct TaskHeader<T> {
     cell: Cell<T>,
     /// Frees the whole `TaskCell<F>`: `free_task::<F>`.
     free: unsafe fn(NonNull<Cell<T>>),
+    /// The current-thread runtime whose driver runs the task, if it was spawned on one:
+    /// blocking on the operation from that thread would deadlock (rule 12). Written
+    /// before the cell is shared, never changed.
+    runtime: Option<Id>,
 }
 
 /// A task's cell and its future, in one allocation.
@@ -42,11 +48,13 @@ struct TaskCell<F: Future> {
 }
 
 /// Makes a pending operation that `future` completes: the writer, which polls the
-/// future, and the first handle.
+/// future, and the first handle. `runtime` is the current-thread runtime the task will
+/// run on, if any.
 pub(crate) fn new_task<F: Future>(
     future: F,
     callback: Option<Callback<F::Output>>,
     state: State,
+    runtime: Option<Id>,
 ) -> (TaskWriter<F>, Shared<F::Output>) {
     let task = Box::into_raw(Box::new(MaybeUninit::<TaskCell<F>>::uninit())).cast::<TaskCell<F>>();
     // SAFETY: `task` is a fresh allocation for a `TaskCell<F>`; `init` writes the cell,
@@ -56,6 +64,7 @@ pub(crate) fn new_task<F: Future>(
         let header = ptr::addr_of_mut!((*task).header);
         init(ptr::addr_of_mut!((*header).cell), callback, state, TASK);
         ptr::addr_of_mut!((*header).free).write(free_task::<F>);
+        ptr::addr_of_mut!((*header).runtime).write(runtime);
         ptr::addr_of_mut!((*task).future).write(UnsafeCell::new(Some(future)));
     }
     let task = NonNull::new(task).expect("`Box::into_raw` is never null");
@@ -92,6 +101,18 @@ pub(super) unsafe fn free<T>(ptr: NonNull<Cell<T>>) {
     let free = unsafe { ptr.cast::<TaskHeader<T>>().as_ref() }.free;
     // SAFETY: `free` is `free_task::<F>` for the `F` this cell was made with.
     unsafe { free(ptr) }
+}
+
+impl<T> Shared<T> {
+    /// The current-thread runtime that runs this operation's task, if it has one.
+    pub(crate) fn task_runtime(&self) -> Option<Id> {
+        if self.load() & TASK == 0 {
+            return None;
+        }
+        // SAFETY: a `TASK` cell heads a `TaskHeader`; this handle keeps it alive, and
+        // `runtime` never changes after the cell is shared.
+        unsafe { self.ptr.cast::<TaskHeader<T>>().as_ref() }.runtime
+    }
 }
 
 /// The writer of a task's cell, with the future it polls: what `begin` spawns.
