@@ -8,6 +8,8 @@ use std::panic::resume_unwind;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use futures::future::FusedFuture;
+
 use crate::reaper::{ErasedEnd, OnCancel, Reaper};
 use crate::unwind::{catch, drop_quietly, quietly};
 use crate::{Abandonment, AsyncCallback, AsyncHandle, AsyncResult, Completer, Error, PollHandle};
@@ -367,6 +369,29 @@ where
     }
 }
 
+impl<B, H, E, R> FusedFuture for FromApm<B, H, E>
+where
+    B: FnOnce(ApmCallback) -> H,
+    H: AsyncHandle + Send + 'static,
+    E: FnOnce(H) -> R + Send + 'static,
+{
+    fn is_terminated(&self) -> bool {
+        self.op.is_done()
+    }
+}
+
+impl<B, H, E, U, X> FusedFuture for TryFromApm<B, H, E>
+where
+    B: FnOnce(ApmCallback) -> Result<H, X>,
+    H: AsyncHandle + Send + 'static,
+    E: FnOnce(H) -> Result<U, X> + Send + 'static,
+    X: From<Error>,
+{
+    fn is_terminated(&self) -> bool {
+        self.op.is_done()
+    }
+}
+
 impl<B, H, E> fmt::Debug for FromApm<B, H, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FromApm")
@@ -423,6 +448,11 @@ impl<B, H, E> Op<B, H, E> {
             stage: Stage::Start { begin, end },
             on_cancel: None,
         }
+    }
+
+    /// The future returned `Ready` (or `begin` panicked): it must not be polled again.
+    fn is_done(&self) -> bool {
+        matches!(self.stage, Stage::Done)
     }
 
     fn stage_name(&self) -> &'static str {
@@ -640,6 +670,16 @@ where
         }
         let (handle, end) = this.parts.take().expect("checked just above");
         Poll::Ready(end(handle))
+    }
+}
+
+impl<H, E, R> FusedFuture for FromAsyncResult<H, E>
+where
+    H: PollHandle + Send + 'static,
+    E: FnOnce(H) -> R + Send + 'static,
+{
+    fn is_terminated(&self) -> bool {
+        self.parts.is_none()
     }
 }
 

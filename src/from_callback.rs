@@ -6,6 +6,9 @@ use std::mem;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use futures::future::FusedFuture;
+
+use crate::unwind::{drop_quietly, quietly};
 use crate::{AsyncResult, Completer, Error};
 
 /// Turns a function that reports its result through a completion callback into a
@@ -15,12 +18,18 @@ use crate::{AsyncResult, Completer, Error};
 /// [`Completer::complete`] with the value from any thread, at any time (inside `start`
 /// too). A callback that delivers several values completes with a tuple. The future
 /// resolves to `Ok(value)`, or to [`Error::Abandoned`] if the completer is dropped
-/// unused. Dropping the future first drops the value when it arrives. No runtime is
-/// needed.
+/// unused. No runtime is needed.
+///
+/// What `start` returns (say, the legacy request to cancel) is kept until the
+/// operation completes: dropping the future before that cancels the operation
+/// ([`Completer::is_cancelled`] turns true, a late `complete` hands its value back) and
+/// gives it to the [`on_cancel`](FromCallback::on_cancel) hook, the place to call the
+/// legacy Cancel.
 ///
 /// # Panics
 ///
-/// A panic in `start` propagates out of `poll`.
+/// A panic in `start` propagates out of `poll`; the completer it dropped completes the
+/// operation with `Abandoned`.
 ///
 /// # Examples
 ///
@@ -41,12 +50,14 @@ use crate::{AsyncResult, Completer, Error};
 /// assert_eq!(response, Ok((200, "<html>example</html>".to_owned())));
 /// # });
 /// ```
-pub fn from_callback<F, T>(start: F) -> FromCallback<F, T>
+#[doc(alias = "promisify")]
+pub fn from_callback<F, T, R>(start: F) -> FromCallback<F, T, R>
 where
-    F: FnOnce(Completer<T>),
+    F: FnOnce(Completer<T>) -> R,
 {
     FromCallback {
         stage: Stage::Start(start),
+        on_cancel: None,
     }
 }
 
@@ -64,52 +75,134 @@ where
 /// ```text
 /// async fn from_callback(start) -> Result<T, Error> {
 ///     let (completer, handle) = Completer::new();
-///     start(completer);
-///     handle.await
+///     let registration = start(completer);
+///     handle.await // dropped before this: handle.cancel(); on_cancel(registration)
 /// }
 /// ```
-#[must_use = "futures do nothing unless polled"]
-pub struct FromCallback<F, T> {
-    stage: Stage<F, T>,
+#[must_use = "futures do nothing unless polled; dropping this one before completion cancels the operation"]
+pub struct FromCallback<F, T, R = (), C = fn(R)>
+where
+    C: FnOnce(R),
+{
+    stage: Stage<F, T, R>,
+    on_cancel: Option<C>,
 }
 
-/// Two variants only, so that the future is as small as it can be (the handle's non-null
-/// pointer tells them apart): futures are moved around a lot.
-enum Stage<F, T> {
+enum Stage<F, T, R> {
     Start(F),
-    Waiting(AsyncResult<T>),
+    /// `start` is running (`None`) or returned the registration, kept until the
+    /// operation completes.
+    Waiting(AsyncResult<T>, Option<R>),
+    /// Only while `on_cancel` moves the stage into a new future.
+    Moved,
+}
+
+impl<F, T, R> FromCallback<F, T, R> {
+    /// Sets the hook run, once, with what `start` returned when the future is dropped
+    /// before the operation completed: the place to call the legacy Cancel. It runs on
+    /// the dropping thread; a panic in it is discarded (it runs inside `drop`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use futures::FutureExt;
+    /// use std::sync::mpsc;
+    ///
+    /// /// Legacy: starts a request and returns its id; the callback comes later.
+    /// fn start_request(done: apm_tap::Completer<String>, pending: &mpsc::Sender<apm_tap::Completer<String>>) -> u32 {
+    ///     pending.send(done).unwrap();
+    ///     17
+    /// }
+    ///
+    /// let (pending, requests) = mpsc::channel();
+    /// let (cancelled, cancel_calls) = mpsc::channel();
+    /// let mut future = apm_tap::from_callback(move |done| start_request(done, &pending))
+    ///     .on_cancel(move |id: u32| cancelled.send(id).unwrap());
+    /// assert!((&mut future).now_or_never().is_none());
+    /// drop(future);
+    /// assert_eq!(cancel_calls.recv().unwrap(), 17); // the legacy Cancel got the id
+    /// let late = requests.recv().unwrap();
+    /// assert!(late.is_cancelled());
+    /// assert_eq!(late.complete("too late".into()), Err("too late".into()));
+    /// ```
+    pub fn on_cancel<C>(mut self, hook: C) -> FromCallback<F, T, R, C>
+    where
+        C: FnOnce(R),
+    {
+        FromCallback {
+            stage: mem::replace(&mut self.stage, Stage::Moved),
+            on_cancel: Some(hook),
+        }
+    }
 }
 
 // `start` is moved out before it runs, never pinned.
-impl<F, T> Unpin for FromCallback<F, T> {}
+impl<F, T, R, C: FnOnce(R)> Unpin for FromCallback<F, T, R, C> {}
 
-impl<F, T> Future for FromCallback<F, T>
+impl<F, T, R, C> Future for FromCallback<F, T, R, C>
 where
-    F: FnOnce(Completer<T>),
+    F: FnOnce(Completer<T>) -> R,
+    C: FnOnce(R),
 {
     type Output = Result<T, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         if let Stage::Start(_) = this.stage {
+            let Stage::Start(start) = mem::replace(&mut this.stage, Stage::Moved) else {
+                unreachable!("matched just above")
+            };
             let (completer, handle) = Completer::new();
-            // The handle is in place before `start` runs: if `start` panics, the completer
-            // it dropped has completed the operation with `Abandoned`.
-            if let Stage::Start(start) = mem::replace(&mut this.stage, Stage::Waiting(handle)) {
-                start(completer);
+            // The handle is in place before `start` runs: if `start` panics, the
+            // completer it dropped has completed the operation with `Abandoned`, which
+            // a later poll reports.
+            this.stage = Stage::Waiting(handle, None);
+            let registration = start(completer);
+            if let Stage::Waiting(_, slot) = &mut this.stage {
+                *slot = Some(registration);
             }
         }
         match &mut this.stage {
-            Stage::Waiting(handle) => handle.poll_end(cx),
-            Stage::Start(_) => unreachable!("started just above"),
+            Stage::Waiting(handle, _) => handle.poll_end(cx),
+            Stage::Start(_) | Stage::Moved => unreachable!("started just above"),
         }
     }
 }
 
-impl<F, T> fmt::Debug for FromCallback<F, T> {
+impl<F, T, R, C> FusedFuture for FromCallback<F, T, R, C>
+where
+    F: FnOnce(Completer<T>) -> R,
+    C: FnOnce(R),
+{
+    fn is_terminated(&self) -> bool {
+        matches!(&self.stage, Stage::Waiting(handle, _) if handle.is_terminated())
+    }
+}
+
+impl<F, T, R, C: FnOnce(R)> Drop for FromCallback<F, T, R, C> {
+    /// Before completion: cancels the operation and runs the hook. Never unwinds: the
+    /// hook's panic, and those of values dropped here, are discarded.
+    fn drop(&mut self) {
+        let stage = mem::replace(&mut self.stage, Stage::Moved);
+        let on_cancel = self.on_cancel.take();
+        match stage {
+            Stage::Waiting(handle, registration) if !handle.is_completed() => {
+                handle.cancel();
+                match (on_cancel, registration) {
+                    (Some(hook), Some(registration)) => quietly(move || hook(registration)),
+                    unused => drop_quietly(unused),
+                }
+                drop_quietly(handle);
+            }
+            other => drop_quietly((other, on_cancel)),
+        }
+    }
+}
+
+impl<F, T, R, C: FnOnce(R)> fmt::Debug for FromCallback<F, T, R, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FromCallback")
-            .field("started", &matches!(self.stage, Stage::Waiting(_)))
+            .field("started", &matches!(self.stage, Stage::Waiting(..)))
             .finish()
     }
 }

@@ -642,10 +642,97 @@ fn from_callback_delivers_tuple_or_abandoned() {
     let (_, waker) = CountingWaker::new();
     assert!(poll_with(&mut future, &waker).is_pending());
     drop(future);
-    assert!(rx
-        .recv()
-        .unwrap()
-        .complete(DropCounter(Arc::clone(&drops)))
-        .is_ok());
+    // Dropping the future cancelled the operation: the late value comes back, once.
+    let late = rx.recv().unwrap();
+    assert!(late.is_cancelled());
+    let back = late.complete(DropCounter(Arc::clone(&drops)));
+    assert!(back.is_err());
+    drop(back);
     assert_eq!(drops.load(SeqCst), 1);
+}
+
+/// `from_callback`'s `on_cancel`: runs once with what `start` returned when the future
+/// is dropped before completion; not after completion, not before the first poll.
+#[test]
+fn from_callback_on_cancel_gets_the_registration() {
+    let cancels = Arc::new(AtomicUsize::new(0));
+    let hook = |cancels: &Arc<AtomicUsize>| {
+        let c = Arc::clone(cancels);
+        move |request: u32| {
+            assert_eq!(request, 17);
+            c.fetch_add(1, SeqCst);
+        }
+    };
+    let (tx, rx) = mpsc::channel();
+    let mut pending = apm_tap::from_callback(move |done: Completer<u8>| {
+        tx.send(done).unwrap();
+        17_u32
+    })
+    .on_cancel(hook(&cancels));
+    let (_, waker) = CountingWaker::new();
+    assert!(poll_with(&mut pending, &waker).is_pending());
+    drop(pending);
+    assert_eq!(cancels.load(SeqCst), 1);
+    assert_eq!(rx.recv().unwrap().complete(1), Err(1));
+
+    let mut done = apm_tap::from_callback(|done: Completer<u8>| {
+        done.complete(2).unwrap();
+        17_u32
+    })
+    .on_cancel(hook(&cancels));
+    assert_eq!(poll_with(&mut done, &waker), Poll::Ready(Ok(2)));
+    drop(done);
+    let never_polled = apm_tap::from_callback(|_: Completer<u8>| 17_u32).on_cancel(hook(&cancels));
+    drop(never_polled);
+    assert_eq!(cancels.load(SeqCst), 1);
+}
+
+/// Every future of the crate is a `FusedFuture`, terminated once it returned `Ready`:
+/// `select!` in a loop needs no `.fuse()`.
+#[test]
+fn futures_are_fused() {
+    use futures::future::FusedFuture;
+    let (_, waker) = CountingWaker::new();
+    let mut apm = apm_tap::from_apm(
+        |cb| legacy_begin(&Probe::default(), cb, 1, false, Fire::InsideBegin),
+        |h| h.value,
+    );
+    let mut tried = apm_tap::try_from_apm(
+        |cb| Ok::<_, io::Error>(legacy_begin(&Probe::default(), cb, 2, true, Fire::Drop)),
+        |h| Ok(h.value),
+    );
+    let (completer, handle) = Completer::new();
+    completer.complete(3).unwrap();
+    let mut started = apm_tap::from_async_result(handle.clone(), |h| h.end());
+    let mut callback = apm_tap::from_callback(|done| done.complete(4).unwrap());
+    let mut awaited = handle;
+    assert!(!apm.is_terminated() && !tried.is_terminated() && !started.is_terminated());
+    assert!(!callback.is_terminated() && !awaited.is_terminated());
+    assert_eq!(poll_with(&mut apm, &waker), Poll::Ready(Ok(1)));
+    assert!(matches!(poll_with(&mut tried, &waker), Poll::Ready(Ok(2))));
+    assert_eq!(poll_with(&mut started, &waker), Poll::Ready(Ok(3)));
+    assert_eq!(poll_with(&mut callback, &waker), Poll::Ready(Ok(4)));
+    assert_eq!(
+        poll_with(&mut awaited, &waker),
+        Poll::Ready(Err(Error::AlreadyEnded))
+    );
+    assert!(apm.is_terminated() && tried.is_terminated() && started.is_terminated());
+    assert!(callback.is_terminated() && awaited.is_terminated());
+
+    // `select!` in a loop, on the futures themselves.
+    futures::executor::block_on(async {
+        let mut first = apm_tap::from_callback(|done| done.complete("first").unwrap());
+        let (completer, mut second) = Completer::new();
+        completer.complete("second").unwrap();
+        let mut seen = Vec::new();
+        while seen.len() < 2 {
+            futures::select! {
+                value = first => seen.push(value),
+                value = second => seen.push(value),
+            }
+        }
+        let mut seen: Vec<&str> = seen.into_iter().map(Result::unwrap).collect();
+        seen.sort();
+        assert_eq!(seen, ["first", "second"]);
+    });
 }

@@ -4,6 +4,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use futures::future::FusedFuture;
+
 use crate::cell::{Callback, Entry, Shared};
 use crate::runtime::blocking;
 use crate::{AsyncHandle, Error, PollHandle, State};
@@ -33,10 +35,13 @@ use crate::{AsyncHandle, Error, PollHandle, State};
 /// assert!(handle.is_completed());
 /// assert_eq!(handle.end(), Ok(42));
 /// ```
+#[doc(alias = "IAsyncResult")]
 pub struct AsyncResult<T> {
     cell: Shared<T>,
     /// This handle's entry in the cell's waker list, once it has been polled.
     entry: Entry,
+    /// This handle's `poll_end` returned `Ready`: as a future, it is done.
+    ended: bool,
 }
 
 impl<T> AsyncResult<T> {
@@ -44,6 +49,7 @@ impl<T> AsyncResult<T> {
         AsyncResult {
             cell,
             entry: Entry::default(),
+            ended: false,
         }
     }
 
@@ -262,7 +268,9 @@ impl<T> AsyncResult<T> {
     /// assert_eq!(value, Ok(2));
     /// ```
     pub fn poll_end(&mut self, cx: &mut Context<'_>) -> Poll<Result<T, Error>> {
-        self.cell.poll_take(cx, &mut self.entry)
+        let polled = self.cell.poll_take(cx, &mut self.entry);
+        self.ended |= polled.is_ready();
+        polled
     }
 }
 
@@ -287,6 +295,33 @@ impl<T> Future for AsyncResult<T> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.get_mut().poll_end(cx)
+    }
+}
+
+/// Done once this handle's `.await` (or [`poll_end`](AsyncResult::poll_end)) returned,
+/// so that `select!` needs no `.fuse()`. Polled again, it returns
+/// [`Error::AlreadyEnded`].
+///
+/// # Examples
+///
+/// ```
+/// use apm_tap::Completer;
+/// use futures::future::FusedFuture;
+///
+/// # futures::executor::block_on(async {
+/// let (completer, mut handle) = Completer::new();
+/// let mut other = std::future::pending::<()>();
+/// completer.complete(1).unwrap();
+/// futures::select! {
+///     value = handle => assert_eq!(value, Ok(1)),
+///     _ = futures::FutureExt::fuse(&mut other) => unreachable!(),
+/// }
+/// assert!(handle.is_terminated());
+/// # });
+/// ```
+impl<T> FusedFuture for AsyncResult<T> {
+    fn is_terminated(&self) -> bool {
+        self.ended
     }
 }
 
