@@ -1,7 +1,7 @@
 //! apm-tap against the hand-rolled bridges (`tokio::sync::oneshot`,
 //! `futures::channel::oneshot`, the `oneshot` crate), side by side in one run.
 //!
-//! `cargo bench --bench bridge` runs the criterion groups, then prints one summary:
+//! `cargo bench -p apm-tap-benches` runs the criterion groups, then prints one summary:
 //! medians, the ratio apm-tap / fastest baseline, allocations per operation, the
 //! blocking hand-off latency, the CPU time of a 10 ms wait, and the 10^6-pending scale
 //! test. See BENCHMARKS.md for the table of the last run.
@@ -575,8 +575,9 @@ static RUN_STARTED: std::sync::OnceLock<std::time::SystemTime> = std::sync::Once
 
 /// Criterion's median for `group/function`, in nanoseconds, if this run measured it.
 fn criterion_median(group: &str, function: &str) -> Option<f64> {
+    // The workspace's target directory, beside this member's.
     let target = std::env::var("CARGO_TARGET_DIR")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target").to_owned());
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").to_owned());
     let path = format!("{target}/criterion/{group}/{function}/new/estimates.json");
     // Written before this run started: measured by another run, or filtered out of this one.
     if std::fs::metadata(&path).ok()?.modified().ok()? < *RUN_STARTED.get()? {
