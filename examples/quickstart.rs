@@ -5,7 +5,7 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
-use apm_tap::{AsyncCallback, AsyncResult, Error, State};
+use apm_tap::{AsyncCallback, AsyncResult, Builder, Error, State};
 
 /// A legacy API in APM style: `begin_read` starts a reading and returns a handle at
 /// once; `end_read` collects it. The device answers on a thread of its own.
@@ -13,10 +13,7 @@ struct Thermometer;
 
 impl Thermometer {
     fn begin_read(&self, callback: AsyncCallback<f64>, state: State) -> AsyncResult<f64> {
-        let (completer, handle) = apm_tap::Builder::new()
-            .callback(callback)
-            .state(state)
-            .completer();
+        let (completer, handle) = Builder::new().callback(callback).state(state).completer();
         thread::spawn(move || {
             thread::sleep(Duration::from_millis(20)); // the slow device
             let _ = completer.complete(21.5);
@@ -35,8 +32,8 @@ async fn forecast(city: &'static str) -> String {
     format!("sunny in {city}")
 }
 
-fn main() {
-    // 1. Legacy -> future: wrap the Begin/End pair and await it.
+fn main() -> Result<(), Error> {
+    // 1. Legacy -> future: wrap the Begin/End pair and await it, here on tokio.
     let thermometer = Arc::new(Thermometer);
     let (begin_side, end_side) = (Arc::clone(&thermometer), thermometer);
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
@@ -47,31 +44,35 @@ fn main() {
         )
         .await;
         apm_tap::flatten(outcome) // the bridge's error and End's, merged
-    });
-    println!("awaited the legacy reading: {reading:?}");
+    })?;
+    println!("1. legacy -> future: awaited the thermometer's Begin/End pair: {reading} degrees");
 
     // 2. Future -> legacy: a plain thread, with no runtime of its own, drives an async
-    //    fn through Begin (with callback and state) and a blocking End.
-    thread::spawn(|| {
+    //    fn through Begin (with a callback and a state) and a blocking End.
+    thread::spawn(|| -> Result<(), Error> {
+        println!("2. future -> legacy, from a plain thread:");
         let (told, heard) = mpsc::channel();
-        let handle = apm_tap::Builder::new()
+        let handle = Builder::new()
             .callback(move |h: AsyncResult<String>| {
-                let state = h.state().downcast_ref::<&str>().copied();
-                told.send(format!(
-                    "callback ran for {state:?}, completed = {}",
-                    h.is_completed()
-                ))
-                .unwrap();
+                let state = *h.state().downcast_ref::<&str>().expect("a &str state");
+                told.send((state, h.is_completed())).unwrap();
             })
             .state(State::new("request 1"))
             .begin(forecast("Oslo"));
         println!(
-            "begin returned; completed_synchronously = {}",
+            "   begin returned at once; completed_synchronously = {} (the forecast was still running)",
             handle.completed_synchronously()
         );
-        println!("blocking end returned: {:?}", handle.end());
-        println!("{}", heard.recv().unwrap());
+        let forecast = handle.end()?;
+        println!("   end blocked until the forecast was ready: {forecast:?}");
+        let (state, completed) = heard.recv().expect("the callback runs once");
+        println!(
+            "   the callback ran on the runtime's thread, for state {state:?}; is_completed = \
+             {completed} inside it (the result is stored before the callback runs, so end \
+             may return first)"
+        );
+        Ok(())
     })
     .join()
-    .unwrap();
+    .expect("the plain thread")
 }

@@ -52,11 +52,13 @@ pub struct ApmCallback(Completer<()>);
 impl ApmCallback {
     /// Reports that the operation completed.
     ///
+    /// Never panics, so it is safe to call from an `extern "C"` function (a C library's
+    /// notify callback): if the future was dropped, End runs here, and its panic is
+    /// discarded (see the crate docs' [Panics](crate#panics)).
+    ///
     /// # Examples
     ///
     /// ```
-    /// use apm_tap::{AsyncCallback, State};
-    ///
     /// let future = apm_tap::from_apm(
     ///     |callback| {
     ///         // A Begin that finishes at once and calls back inside Begin.
@@ -85,7 +87,7 @@ impl fmt::Debug for ApmCallback {
 /// # Examples
 ///
 /// ```
-/// use apm_tap::{AsyncCallback, AsyncResult, Builder, Completer, State};
+/// use apm_tap::{AsyncCallback, AsyncResult, Builder, State};
 ///
 /// fn begin_op(callback: AsyncCallback<u8>, state: State) -> AsyncResult<u8> {
 ///     let (completer, handle) = Builder::new().callback(callback).state(state).completer();
@@ -126,13 +128,16 @@ impl<T> From<ApmCallback> for AsyncCallback<T> {
 ///
 /// # Panics
 ///
-/// A panic in `begin` or `end` propagates out of `poll` (or out of the callback, for an
-/// `end` that runs there). Polling again after completion panics.
+/// A panic in `begin`, `end` or the handle's `completed_synchronously` propagates out
+/// of `poll` (End still runs once, when the callback comes, after a panicking
+/// `completed_synchronously`). Where nobody can catch it (End or `on_cancel` in `drop`,
+/// End on the callback's thread), a panic is discarded; see the crate docs'
+/// [Panics](crate#panics). Polling again after completion panics.
 ///
 /// # Examples
 ///
 /// ```
-/// use apm_tap::{AsyncCallback, AsyncResult, Builder, Completer, State};
+/// use apm_tap::{AsyncCallback, AsyncResult, Builder, State};
 ///
 /// // A legacy API in Begin/End style.
 /// fn begin_len(s: String, callback: AsyncCallback<usize>, state: State) -> AsyncResult<usize> {
@@ -149,6 +154,7 @@ impl<T> From<ApmCallback> for AsyncCallback<T> {
 /// assert_eq!(len, Ok(4));
 /// # });
 /// ```
+#[doc(alias = "FromAsync")]
 pub fn from_apm<B, H, E, R>(begin: B, end: E) -> FromApm<B, H, E>
 where
     B: FnOnce(ApmCallback) -> H,
@@ -199,15 +205,12 @@ where
 /// # Examples
 ///
 /// ```
-/// use apm_tap::{FromApm, State};
-///
 /// let future = apm_tap::from_apm(
 ///     |cb| apm_tap::Builder::new().callback(cb).begin(async { 1 }),
 ///     |handle| handle.end(),
 /// );
 /// assert_eq!(futures::executor::block_on(future), Ok(Ok(1)));
 /// ```
-///
 /// Equivalent to:
 ///
 /// ```text
@@ -239,7 +242,6 @@ pub struct FromApm<B, H, E> {
 /// );
 /// assert_eq!(futures::executor::block_on(future).unwrap(), 2);
 /// ```
-///
 /// Equivalent to [`FromApm`], with `begin`'s error returned as is and the bridge's
 /// errors converted into the operation's error type.
 #[must_use = "futures do nothing unless polled; dropping this one before completion cancels the operation"]
@@ -560,14 +562,18 @@ impl<B, H, E> Drop for Op<B, H, E> {
 /// `Task.Factory.FromAsync(asyncResult, end)`.
 ///
 /// The future resolves to `end(handle)` once the handle reports completion through
-/// [`PollHandle::poll_completed`]. If it is dropped before that, the
-/// [`on_cancel`](FromAsyncResult::on_cancel) hook runs once with the handle, and `end`
-/// still runs exactly once, on the thread that completes the operation (no executor is
-/// needed for that either).
+/// [`PollHandle::poll_completed`]. If it is dropped before that, `drop` polls the
+/// handle once; if it is still pending, the [`on_cancel`](FromAsyncResult::on_cancel)
+/// hook runs once with the handle, and `end` still runs exactly once, on the thread
+/// whose wake reports completion (no executor is needed for that either). A handle
+/// that wakes its poller from inside `poll_completed` is polled a few times there, then
+/// by a task of the crate's default runtime: `drop` never spins.
 ///
 /// # Panics
 ///
-/// A panic in `end` propagates out of `poll`. Polling again after completion panics.
+/// A panic in `end` or `poll_completed` propagates out of `poll`. After the future was
+/// dropped, such panics are discarded (see the crate docs' [Panics](crate#panics)).
+/// Polling again after completion panics.
 ///
 /// # Examples
 ///
@@ -580,6 +586,7 @@ impl<B, H, E> Drop for Op<B, H, E> {
 /// let value = futures::executor::block_on(apm_tap::from_async_result(handle, |h| h.end()));
 /// assert_eq!(value, Ok(42));
 /// ```
+#[doc(alias = "FromAsync")]
 pub fn from_async_result<H, E, R>(handle: H, end: E) -> FromAsyncResult<H, E>
 where
     H: PollHandle + Send + 'static,
@@ -603,7 +610,6 @@ where
 /// let future = apm_tap::from_async_result(handle, |h| h.end());
 /// assert_eq!(futures::executor::block_on(future), Ok('z'));
 /// ```
-///
 /// Equivalent to:
 ///
 /// ```text
@@ -628,7 +634,7 @@ impl<H: PollHandle + Send + 'static, E: Send + 'static> FromAsyncResult<H, E> {
     /// # Examples
     ///
     /// ```
-    /// use apm_tap::{AsyncCallback, Error, State};
+    /// use apm_tap::Error;
     /// use futures::FutureExt;
     ///
     /// let handle = apm_tap::begin(std::future::pending::<()>());

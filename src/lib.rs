@@ -10,8 +10,9 @@
 //!   not done yet. The handle reports `IsCompleted`, `CompletedSynchronously` (it
 //!   finished inside Begin), `AsyncState` (the `state` given to Begin) and a wait
 //!   handle to block on. The optional `callback(handle)` runs once when the operation
-//!   completes, possibly before Begin has even returned. Any Rust API of the shape
-//!   "start it, get a handle, get a callback later" is this model.
+//!   completes, possibly before Begin has even returned. Any API of the shape "start
+//!   it, get a handle, get called back later" is this model: C libraries with a
+//!   completion function and a `void *user_data`, POSIX AIO, libuv, COM.
 //! - **TAP**, the Task-based Asynchronous Pattern: `Task<T>` plus `async`/`await`. In
 //!   Rust this is [`Future`](std::future::Future) plus `async`/`await`.
 //!
@@ -22,22 +23,21 @@
 //! |---|---|
 //! | `Task.Factory.FromAsync(begin, end)` | [`from_apm`], [`try_from_apm`] |
 //! | `Task.Factory.FromAsync(asyncResult, end)` | [`from_async_result`] |
-//! | `TaskToAsyncResult.Begin` / `.End` | [`begin`], [`begin_on`] / [`AsyncResult::end`] |
-//! | `IAsyncResult` | [`AsyncResult`]; [`AsyncHandle`] for foreign handles |
+//! | `TaskToAsyncResult.Begin` / `.End` | [`begin`], [`begin_on`], [`Builder::begin`] / [`AsyncResult::end`] |
+//! | `IAsyncResult` | [`AsyncResult`]; [`AsyncHandle`], [`PollHandle`] for foreign handles |
 //! | `AsyncCallback` | [`AsyncCallback`] (given to Begin), [`ApmCallback`] (given by [`from_apm`]) |
 //! | `TaskCompletionSource` | [`Completer`] |
+//! | (Node) `util.promisify` / `util.callbackify` | [`from_callback`] / [`callbackify`] |
 //!
 //! # Example: both directions
 //!
 //! ```
-//! use apm_tap::{AsyncCallback, AsyncResult, Builder, Completer, State};
+//! use apm_tap::{AsyncCallback, AsyncResult, Builder, State};
 //!
 //! // A legacy Begin/End API: the work finishes on a thread of its own.
 //! fn begin_square(x: u64, callback: AsyncCallback<u64>, state: State) -> AsyncResult<u64> {
 //!     let (completer, handle) = Builder::new().callback(callback).state(state).completer();
-//!     std::thread::spawn(move || {
-//!         let _ = completer.complete(x * x);
-//!     });
+//!     std::thread::spawn(move || completer.complete(x * x));
 //!     handle
 //! }
 //! fn end_square(handle: AsyncResult<u64>) -> Result<u64, apm_tap::Error> {
@@ -53,7 +53,7 @@
 //!
 //! // Future -> APM: a plain thread drives an async fn with Begin/End.
 //! async fn add(a: u64, b: u64) -> u64 { a + b }
-//! let handle = apm_tap::Builder::new().state(State::new("sum")).begin(add(2, 3));
+//! let handle = Builder::new().state(State::new("sum")).begin(add(2, 3));
 //! assert_eq!(handle.state().downcast_ref::<&str>(), Some(&"sum"));
 //! assert_eq!(handle.end(), Ok(5));
 //! ```
@@ -77,44 +77,126 @@
 //! 7. The latest poll's waker is woken exactly once; an equal waker is not cloned again.
 //! 8. No runtime is needed.
 //!
-//! Future to APM ([`begin`], [`begin_on`], [`AsyncResult`]):
+//! Future to APM ([`begin`], [`begin_on`], [`Builder`], [`AsyncResult`]):
 //!
-//! 9. `begin` polls the future once inline: if that finishes it,
-//!    `completed_synchronously` is true and the callback runs before `begin` returns;
-//!    otherwise it is false forever and the callback never runs inside `begin`.
+//! 9. `begin` polls the future once inline. If the operation completes inside `begin`
+//!    (that poll finishes it, or the spawner runs or drops the task within `spawn`),
+//!    `completed_synchronously` is true and the callback runs on the calling thread
+//!    before `begin` returns; otherwise it is false forever and the callback never runs
+//!    inside `begin`.
 //! 10. The callback runs exactly once, after the result is stored, with a clone of the
 //!     handle: `end` inside it does not block.
 //! 11. `end` returns the value exactly once; later calls get [`Error::AlreadyEnded`].
 //!     `wait` and `wait_timeout` do not consume; nothing is allocated for blocking
 //!     unless someone blocks.
-//! 12. `end` never deadlocks silently: on a current-thread runtime it returns
-//!     [`Error::WouldDeadlock`]; on a multi-thread runtime it blocks in place.
-//! 13. A panicking future completes with [`Error::Panicked`]; a panicking callback
-//!     cannot lose the result.
+//! 12. A blocking `end`, `wait` or `wait_timeout` refuses with
+//!     [`Error::WouldDeadlock`] exactly where it would block the thread that must run
+//!     the operation's task; see [Blocking and deadlocks](#blocking-and-deadlocks) for
+//!     what is detected and what cannot be.
+//! 13. A panicking future completes with [`Error::Panicked`], which keeps the payload;
+//!     a panicking callback cannot lose the result, which is stored first.
 //! 14. [`AsyncResult::cancel`] completes with [`Error::Cancelled`] unless a result is
 //!     already stored, and drops the future on its executor.
 //! 15. [`begin`] uses the ambient tokio runtime, or a default runtime started lazily.
 //! 16. The [`State`] given to Begin is returned by every clone and in the callback.
+//!
+//! Wherever user code runs:
+//!
+//! 17. A panic in user code never loses a result, never skips End, never skips the
+//!     other waiters or the callback. It is re-raised only in the `poll` or call that
+//!     ran it, never out of a `Drop` and never into a thread that only called the crate
+//!     (a legacy thread calling back, an `extern "C"` function): see
+//!     [Panics](#panics).
+//! 18. No user code runs while the crate holds a lock, `Waker::clone` included.
+//! 19. Dropping any of the crate's futures returns promptly: no blocking, no spinning.
+//!
+//! # Blocking and deadlocks
+//!
+//! [`AsyncResult::end`], [`wait`](AsyncResult::wait) and
+//! [`wait_timeout`](AsyncResult::wait_timeout) block only when the operation is not
+//! complete yet. Where they would block, they ask tokio which scheduler, if any, the
+//! calling thread drives:
+//!
+//! | the calling thread | what a blocking call does |
+//! |---|---|
+//! | drives no scheduler: a plain thread, a `spawn_blocking` thread, the thread in a multi-thread runtime's `block_on` | parks until the operation completes |
+//! | a worker of a multi-thread runtime | blocks inside [`block_in_place`](tokio::task::block_in_place), which first hands the worker's other tasks to a new thread |
+//! | drives the current-thread runtime that the operation's task was spawned on (its `block_on`, or one of its tasks) | returns [`Error::WouldDeadlock`] at once: blocking would stop the very runtime that must finish the operation |
+//! | drives a current-thread runtime, and the operation is finished elsewhere (by another thread, another runtime) | parks: no deadlock, but this runtime's other tasks wait meanwhile |
+//!
+//! What cannot be detected, because tokio does not say:
+//!
+//! - A task spawned on a current-thread runtime that *no* thread drives (its `block_on`
+//!   returned, or never ran). A wait waits until some thread drives the runtime again,
+//!   or the runtime is dropped: then the operation ends with
+//!   [`Abandonment::TaskDropped`]. Use `wait_timeout`, or spawn such operations on a
+//!   multi-thread runtime.
+//! - A spawner that hides which runtime runs its tasks (a closure around a tokio
+//!   handle): implement [`Spawner::tokio_handle`] to tell.
+//! - A task of a current-thread runtime that has entered a *multi-thread* runtime's
+//!   handle looks, to tokio's public API, like a worker of that multi-thread runtime:
+//!   its blocking call goes to `block_in_place`, which tokio refuses with a panic there.
+//!   (A current-thread runtime's `block_on` itself is told apart, and parks.)
+//!
+//! Awaiting the handle never blocks: inside async code, `.await` it instead.
+//!
+//! # Panics
+//!
+//! User code runs in many places; a panic in each goes where somebody can catch it, and
+//! nowhere else. Where nobody can (a `Drop`, a legacy thread that only calls back, an
+//! executor), the panic is caught and its payload dropped: the panic hook (by default,
+//! the message on standard error) has already reported it when it was raised. Where
+//! somebody waits for the result, the payload is kept: [`Error::Panicked`] carries a
+//! [`Panic`], which [`Panic::into_panic`] re-raises.
+//!
+//! | user code | runs on | a panic there |
+//! |---|---|---|
+//! | [`from_apm`]'s Begin closure | the thread polling the future | propagates out of `poll`; no handle, so no End |
+//! | [`AsyncHandle::completed_synchronously`] | the polling thread, after Begin | propagates out of `poll`; the handle is taken for asynchronous, and End runs when the callback comes |
+//! | End, in `poll` | the polling thread | propagates out of `poll` (End ran) |
+//! | End, in the future's `drop` (the callback came first) | the dropping thread | discarded; `drop` returns |
+//! | End, after the future was dropped | the thread calling [`ApmCallback::call`], or waking the [`from_async_result`] handle | discarded: `call` and the waker return normally, also into an `extern "C"` caller |
+//! | `on_cancel` ([`FromApm`], [`TryFromApm`], [`FromAsyncResult`], [`FromCallback`]) | the dropping thread | discarded; End still runs once |
+//! | [`PollHandle::poll_completed`], in `poll` | the polling thread | propagates out of `poll`; the future may be polled again or dropped |
+//! | [`PollHandle::poll_completed`], after the future was dropped | the dropping or waking thread, or a task of the default runtime | discarded; End then runs on a blocking thread of the default runtime, where it may block until the operation completes, as an APM End does |
+//! | [`from_callback`]'s start | the polling thread | propagates out of `poll`; the completer it dropped completes the operation with `Abandoned` |
+//! | the future given to [`begin`]: its `poll` | the caller of `begin`, then the executor | caught: the operation completes with [`Error::Panicked`], the callback still runs |
+//! | the future's `Drop` | the caller of `begin` or the executor | discarded; the result is delivered |
+//! | the callback, when the operation completes inside `begin` | the caller of `begin` | propagates out of `begin`, after the result is stored |
+//! | the callback, anywhere else: [`Completer::complete`] or its drop, [`ApmCallback::call`], [`AsyncResult::cancel`], the executor | the completing thread | discarded; the result is stored first |
+//! | `Waker::wake`, and `Drop` of a waker, when the operation completes | the completing thread | discarded; every other waiter, blocked thread and the callback still run |
+//! | `Waker::clone` | the polling thread | propagates out of `poll`; the handle stays usable (no lock is held, so the clone may call back into the operation) |
+//! | [`Spawner::spawn`], [`Spawner::enter`] | the caller of `begin` | propagates out of `begin`; the operation completes inside Begin with [`Abandonment::TaskDropped`], its callback run first |
+//! | `Drop` of a result nobody took, of a [`State`], of a callback that never ran, of the closures given to the crate | whichever owner drops it | discarded |
+//!
+//! So [`Completer::complete`], a `Completer`'s drop, [`ApmCallback::call`] and
+//! [`AsyncResult::cancel`] never unwind: they are safe to call from an `extern "C"`
+//! function.
 
-// Denied everywhere but in the completion cell (`cell.rs`), which allows it for its
+// Denied everywhere but in the completion cell (`cell/`), which allows it for its
 // lock-free protocol.
 #![deny(unsafe_code)]
 
 // Implementation notes
 //
 // - One allocation per operation holds its completion: `cell::Cell`, owned by its one
-//   writer (the `Completer` or spawned `Task`) and by every `AsyncResult` clone
-//   (including the callback's handle), counted in the cell's atomic state word. The
-//   last owner frees it, dropping any result nobody took.
+//   writer (the `Completer`, or the task running a `begin` future) and by every
+//   `AsyncResult` clone (including the callback's handle), counted in the cell's atomic
+//   state word. The last owner frees it, dropping any result nobody took. A `begin`
+//   future lives in the same allocation (`cell/task.rs`), dropped by the writer as soon
+//   as it finished.
 // - Only the cell decides who wins: the writer stores the result unless a handle
-//   cancelled first, and then gets it back. A dropped `Completer` or `Task` stores
+//   cancelled first, and then gets it back. A dropped `Completer` or task stores
 //   `Abandoned`.
 // - `from_apm` uses a cell of its own, `AsyncResult<()>`, as the signal between the
 //   legacy callback (`ApmCallback` wraps its `Completer<()>`) and the future. When the
 //   future is dropped early it installs End as that cell's callback, so End runs on
-//   whichever side comes second.
-// - No user code (wakers, callbacks, End, on_cancel) runs while a lock is held, except
-//   `Waker::clone` for a second concurrent waiter of one operation.
+//   whichever side comes second. `from_async_result` has no callback to hook: its
+//   dropped future hands the handle to a `Reaper` (`reaper.rs`), which polls it.
+// - No user code (wakers, callbacks, End, hooks) runs while a lock is held. Completing
+//   an operation takes its wake-ups and callback out of the cell and gives up the
+//   completer's ownership first, then runs them, each under `catch_unwind`
+//   (`unwind.rs` holds the one policy for panics nobody can catch).
 
 mod apm;
 mod builder;

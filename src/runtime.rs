@@ -18,7 +18,6 @@ use crate::Error;
 /// # Examples
 ///
 /// ```
-/// use apm_tap::{AsyncCallback, State};
 /// use futures::executor::ThreadPool;
 ///
 /// let pool = ThreadPool::new().unwrap();
@@ -28,7 +27,10 @@ use crate::Error;
 /// ```
 pub trait Spawner {
     /// Runs `task` to completion in the background. An executor that cannot take it
-    /// drops it: the operation then completes with [`Error::Abandoned`].
+    /// drops it: the operation then completes with [`Error::Abandoned`]. If it does so
+    /// within this call, on the calling thread (or runs the task to completion there),
+    /// the operation completes inside Begin: synchronously, its callback run by `begin`
+    /// once `spawn` returned.
     ///
     /// # Examples
     ///

@@ -58,7 +58,8 @@ where
 ///
 /// # Panics
 ///
-/// Propagates a panic of the spawner.
+/// Propagates a panic of the spawner, after completing the operation with
+/// [`Error::Abandoned`] if the task was lost.
 ///
 /// # Examples
 ///

@@ -283,10 +283,10 @@ fn model_09_cancel_races_completion() {
         let calls = Arc::new(AtomicUsize::new(0));
         let c = Arc::clone(&calls);
         let (completer, handle) = apm_tap::Builder::new()
-            .callback(AsyncCallback::new(move |h: AsyncResult<u8>| {
+            .callback(move |h: AsyncResult<u8>| {
                 assert!(h.is_completed());
                 c.fetch_add(1, SeqCst);
-            }))
+            })
             .completer();
         let completing = thread::spawn(move || completer.complete(9));
         handle.cancel();
@@ -305,9 +305,9 @@ fn model_10_dropped_completer_races_waiter() {
         let calls = Arc::new(AtomicUsize::new(0));
         let c = Arc::clone(&calls);
         let (completer, handle) = apm_tap::Builder::new()
-            .callback(AsyncCallback::new(move |_: AsyncResult<u8>| {
+            .callback(move |_: AsyncResult<u8>| {
                 c.fetch_add(1, SeqCst);
-            }))
+            })
             .completer();
         let dropping = thread::spawn(move || drop(completer));
         assert_eq!(

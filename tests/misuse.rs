@@ -11,8 +11,7 @@ use std::thread;
 use std::time::Duration;
 
 use apm_tap::{
-    Abandonment, ApmCallback, AsyncCallback, AsyncHandle, AsyncResult, Completer, Error,
-    PollHandle, State,
+    Abandonment, ApmCallback, AsyncHandle, AsyncResult, Completer, Error, PollHandle, State,
 };
 use common::{poll_with, CountingWaker, Probe};
 
@@ -32,10 +31,10 @@ fn dropped_completer_abandons_and_still_calls_back() {
     let calls = Arc::new(AtomicUsize::new(0));
     let c = Arc::clone(&calls);
     let (completer, handle) = apm_tap::Builder::new()
-        .callback(AsyncCallback::new(move |h: AsyncResult<u8>| {
+        .callback(move |h: AsyncResult<u8>| {
             assert!(h.is_completed());
             c.fetch_add(1, SeqCst);
-        }))
+        })
         .completer();
     let waiter = {
         let handle = handle.clone();

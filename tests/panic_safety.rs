@@ -30,23 +30,26 @@ use common::{poll_with, CountingWaker, Fire, Probe};
 use futures::future::BoxFuture;
 
 /// A waker that counts its wakes and panics in the place it is told to: `clone`,
-/// `wake` or `drop` (every drop of every clone). Built from a vtable over a leaked
-/// `Hostile`, so that it panics no matter which clone is dropped last.
+/// `wake` or `drop` (every drop of every clone). Built from a vtable over a `static`,
+/// so that it panics no matter which clone is dropped last, and leaks nothing.
 struct Hostile {
     wakes: AtomicUsize,
     panics_on: &'static str,
 }
 
 impl Hostile {
-    fn waker(panics_on: &'static str) -> (&'static Hostile, Waker) {
-        let hostile: &'static Hostile = Box::leak(Box::new(Hostile {
+    const fn new(panics_on: &'static str) -> Self {
+        Hostile {
             wakes: AtomicUsize::new(0),
             panics_on,
-        }));
-        let raw = RawWaker::new((hostile as *const Hostile).cast(), &HOSTILE);
-        // SAFETY: every vtable function reads the data pointer as the leaked, never
-        // freed `Hostile`, through a shared reference only.
-        (hostile, unsafe { Waker::from_raw(raw) })
+        }
+    }
+
+    fn waker(&'static self) -> Waker {
+        let raw = RawWaker::new((self as *const Hostile).cast(), &HOSTILE);
+        // SAFETY: every vtable function reads the data pointer as this `'static`
+        // `Hostile`, through a shared reference only.
+        unsafe { Waker::from_raw(raw) }
     }
 
     fn wakes(&self) -> usize {
@@ -274,8 +277,13 @@ struct ControlBlock {
     result: u64,
 }
 
-/// Owns the control block, as a Rust wrapper of `aiocb` does; End reads and frees it.
-struct AioHandle(Box<ControlBlock>);
+/// Owns the control block, as a Rust wrapper of `aiocb` does: frees it when dropped.
+/// End reads the result (`aio_return`), then drops it.
+struct AioHandle(*mut ControlBlock);
+
+// SAFETY: the block is plain data owned by the handle; the other thread writes it only
+// until it calls back, before End (the property under test).
+unsafe impl Send for AioHandle {}
 
 impl AsyncHandle for AioHandle {
     fn completed_synchronously(&self) -> bool {
@@ -283,11 +291,17 @@ impl AsyncHandle for AioHandle {
     }
 }
 
+impl Drop for AioHandle {
+    fn drop(&mut self) {
+        // SAFETY: made by `Box::into_raw` below, freed only here.
+        drop(unsafe { Box::from_raw(self.0) });
+    }
+}
+
 /// The address of a control block, sent to the thread that plays the C library.
 struct Address(*mut ControlBlock);
 
-// SAFETY: the test hands the address to one thread, which writes through it while the
-// handle that owns the block keeps it alive (the property under test).
+// SAFETY: as for `AioHandle`.
 unsafe impl Send for Address {}
 
 #[test]
@@ -296,19 +310,20 @@ fn ffi_handle_outlives_the_legacy_writes_despite_a_panicking_hook() {
     let (result_tx, result_rx) = mpsc::channel();
     let mut future = apm_tap::from_apm(
         move |callback: ApmCallback| {
-            let mut block = Box::new(ControlBlock { result: 0 });
-            let address = Address(&mut *block);
+            let block = Box::into_raw(Box::new(ControlBlock { result: 0 }));
+            let address = Address(block);
             thread::spawn(move || {
                 let address = address;
                 started.recv().unwrap();
-                // SAFETY: the block is alive until End, which runs after this
-                // callback; writing it after End would be the bug under test.
+                // SAFETY: the block lives until End, which runs after this callback;
+                // freeing it before (the bug under test) makes this a use after free.
                 unsafe { (*address.0).result = 42 };
                 callback.call();
             });
             AioHandle(block)
         },
-        move |handle: AioHandle| result_tx.send(handle.0.result).unwrap(),
+        // SAFETY: End runs once the callback came: the writer is done with the block.
+        move |handle: AioHandle| result_tx.send(unsafe { (*handle.0).result }).unwrap(),
     )
     .on_cancel(|_| panic!("aio_cancel wrapper exploded"));
     let (_, waker) = CountingWaker::new();
@@ -499,7 +514,8 @@ fn waker_wake_panic_wakes_everyone_else() {
         .completer();
     let mut bad = handle.clone();
     let mut good = handle.clone();
-    let (hostile, bad_waker) = Hostile::waker("wake");
+    static HOSTILE: Hostile = Hostile::new("wake");
+    let (hostile, bad_waker) = (&HOSTILE, HOSTILE.waker());
     let (counter, good_waker) = CountingWaker::new();
     assert!(poll_with(&mut bad, &bad_waker).is_pending());
     assert!(poll_with(&mut good, &good_waker).is_pending());
@@ -547,7 +563,8 @@ fn waker_drop_panic_wakes_everyone_else() {
         .spawner(&executor)
         .begin(async move { opened.await.unwrap() });
     let mut task = spawned.recv().unwrap();
-    let (_, hostile) = Hostile::waker("drop");
+    static HOSTILE: Hostile = Hostile::new("drop");
+    let hostile = HOSTILE.waker();
     let mut cx = Context::from_waker(&hostile);
     assert!(task.as_mut().poll(&mut cx).is_pending());
     let (counter, good) = CountingWaker::new();
@@ -573,7 +590,8 @@ fn waker_drop_panic_stays_out_of_handle_drop() {
     for first in [true, false] {
         // Entry 0 for the first handle, a shared entry for the second.
         let mut polled = handle.clone();
-        let (_, hostile) = Hostile::waker("drop");
+        static HOSTILE: Hostile = Hostile::new("drop");
+        let hostile = HOSTILE.waker();
         assert!(poll_with(&mut polled, &hostile).is_pending());
         std::mem::forget(hostile);
         assert!(
@@ -591,7 +609,8 @@ fn waker_drop_panic_stays_out_of_handle_drop() {
 fn waker_clone_panic_leaves_the_cell_usable() {
     let (completer, handle) = Completer::new();
     let mut polled = handle.clone();
-    let (_, bad) = Hostile::waker("clone");
+    static HOSTILE: Hostile = Hostile::new("clone");
+    let bad = HOSTILE.waker();
     let panic = catch_unwind(AssertUnwindSafe(|| poll_with(&mut polled, &bad))).unwrap_err();
     assert_eq!(panic.downcast_ref::<&str>(), Some(&"waker clone exploded"));
     let (counter, good) = CountingWaker::new();
@@ -611,7 +630,8 @@ fn waker_clone_panic_in_from_apm_poll() {
         move |cb| common::legacy_begin(&Probe::default(), cb, 1, false, Fire::Later(tx)),
         |h| h.value,
     );
-    let (_, bad) = Hostile::waker("clone");
+    static HOSTILE: Hostile = Hostile::new("clone");
+    let bad = HOSTILE.waker();
     assert!(catch_unwind(AssertUnwindSafe(|| poll_with(&mut future, &bad))).is_err());
     rx.recv().unwrap().call();
     let (_, good) = CountingWaker::new();
@@ -625,7 +645,8 @@ fn waker_clone_panic_in_from_apm_poll() {
 fn waker_clone_that_reenters_the_operation() {
     /// Cancels its operation (the leaked handle behind `data`) from inside `clone`.
     fn clone_cancels(data: *const ()) -> RawWaker {
-        // SAFETY: the data pointer is a leaked, never freed `AsyncResult<u8>`.
+        // SAFETY: the data pointer is the test's `AsyncResult<u8>`, alive while wakers
+        // made from it are.
         unsafe { &*data.cast::<AsyncResult<u8>>() }.cancel();
         RawWaker::new(data, &REENTRANT)
     }
@@ -640,11 +661,17 @@ fn waker_clone_that_reenters_the_operation() {
         let mut second = handle.clone();
         let (_, waker) = CountingWaker::new();
         assert!(poll_with(&mut first, &waker).is_pending());
-        let leaked: &'static AsyncResult<u8> = Box::leak(Box::new(handle.clone()));
-        let raw = RawWaker::new((leaked as *const AsyncResult<u8>).cast(), &REENTRANT);
-        // SAFETY: the vtable only reads the leaked handle, which is never freed.
+        let kept = Box::into_raw(Box::new(handle.clone()));
+        let raw = RawWaker::new(kept.cast_const().cast(), &REENTRANT);
+        // SAFETY: the vtable only reads the handle, which is freed below, after the
+        // waker and every clone of it are gone (the cell dropped its clone when the
+        // cancel completed it).
         let waker = unsafe { Waker::from_raw(raw) };
         let polled = poll_with(&mut second, &waker);
+        drop(waker);
+        drop(second);
+        // SAFETY: made by `Box::into_raw` above; no waker refers to it any more.
+        drop(unsafe { Box::from_raw(kept) });
         done.send((polled, completer.complete(1), handle.end()))
             .unwrap();
     });

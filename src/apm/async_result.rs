@@ -27,7 +27,7 @@ use crate::{AsyncHandle, Error, PollHandle, State};
 /// # Examples
 ///
 /// ```
-/// use apm_tap::{AsyncCallback, State};
+/// use apm_tap::State;
 ///
 /// let handle = apm_tap::Builder::new().state(State::new("job")).begin(async { 6 * 7 });
 /// assert_eq!(handle.state().downcast_ref::<&str>(), Some(&"job"));
@@ -65,13 +65,14 @@ impl<T> AsyncResult<T> {
     /// # Examples
     ///
     /// ```
-    /// use apm_tap::{AsyncCallback, Completer, State};
+    /// use apm_tap::Completer;
     ///
     /// let (completer, handle) = Completer::new();
     /// assert!(!handle.is_completed());
     /// completer.complete(()).unwrap();
     /// assert!(handle.is_completed());
     /// ```
+    #[doc(alias = "IsCompleted")]
     pub fn is_completed(&self) -> bool {
         self.cell.is_completed()
     }
@@ -82,12 +83,11 @@ impl<T> AsyncResult<T> {
     /// # Examples
     ///
     /// ```
-    /// use apm_tap::{AsyncCallback, State};
-    ///
     /// // A future that is ready at once completes inside `begin`.
     /// let handle = apm_tap::begin(async { 1 });
     /// assert!(handle.completed_synchronously());
     /// ```
+    #[doc(alias = "CompletedSynchronously")]
     pub fn completed_synchronously(&self) -> bool {
         self.cell.completed_synchronously()
     }
@@ -97,38 +97,39 @@ impl<T> AsyncResult<T> {
     /// # Examples
     ///
     /// ```
-    /// use apm_tap::{AsyncCallback, State};
+    /// use apm_tap::State;
     ///
     /// let handle = apm_tap::Builder::new().state(State::new(9_i32)).begin(async {});
     /// assert_eq!(handle.clone().state().downcast_ref::<i32>(), Some(&9));
     /// ```
+    #[doc(alias = "AsyncState")]
     pub fn state(&self) -> &State {
         self.cell.state()
     }
 
-    /// Blocks until the operation completes, without taking the result.
+    /// Blocks until the operation completes, without taking the result
+    /// (`AsyncWaitHandle.WaitOne()`).
     ///
     /// # Errors
     ///
-    /// [`Error::WouldDeadlock`] if the operation is not complete and this thread belongs
-    /// to a current-thread tokio runtime (see [`end`](Self::end)).
+    /// [`Error::WouldDeadlock`] as for [`end`](Self::end).
     ///
     /// # Blocking
     ///
-    /// Parks the thread; nothing is allocated for blocking unless this call has to wait.
-    /// On a multi-thread tokio worker the wait runs in
-    /// [`block_in_place`](tokio::task::block_in_place).
+    /// As [`end`](Self::end).
     ///
     /// # Examples
     ///
     /// ```
-    /// use apm_tap::{AsyncCallback, Completer, State};
+    /// use apm_tap::Completer;
     ///
     /// let (completer, handle) = Completer::new();
     /// std::thread::spawn(move || completer.complete(5).unwrap());
     /// handle.wait().unwrap();
     /// assert!(handle.is_completed());
     /// ```
+    #[doc(alias = "WaitOne")]
+    #[doc(alias = "AsyncWaitHandle")]
     pub fn wait(&self) -> Result<(), Error> {
         if self.is_completed() {
             return Ok(());
@@ -150,7 +151,7 @@ impl<T> AsyncResult<T> {
     /// # Examples
     ///
     /// ```
-    /// use apm_tap::{AsyncCallback, Completer, State};
+    /// use apm_tap::Completer;
     /// use std::time::Duration;
     ///
     /// let (completer, handle) = Completer::<u8>::new();
@@ -178,24 +179,31 @@ impl<T> AsyncResult<T> {
     /// - [`Error::AlreadyEnded`] if this handle or a clone already took the result;
     /// - [`Error::Cancelled`], [`Error::Abandoned`] or [`Error::Panicked`] if that is how
     ///   the operation ended;
-    /// - [`Error::WouldDeadlock`] if the operation is not complete and this thread
-    ///   belongs to a current-thread tokio runtime, whose tasks cannot run while it is
-    ///   blocked (also in that runtime's `spawn_blocking` threads: tokio does not tell
-    ///   them apart). `.await` the handle there instead.
+    /// - [`Error::WouldDeadlock`] if the operation is not complete and this thread drives
+    ///   the current-thread tokio runtime that its task was spawned on (its `block_on`,
+    ///   or one of its tasks): blocking would stop the runtime that must finish it.
+    ///   `.await` the handle there instead, or end it in `spawn_blocking`.
     ///
     /// # Blocking
     ///
-    /// Parks the thread until the result arrives; on a multi-thread tokio worker inside
-    /// [`block_in_place`](tokio::task::block_in_place), so the runtime keeps running.
+    /// When the operation is not complete: spins for a few microseconds (the result is
+    /// often that close), then parks the thread until the result arrives; nothing is
+    /// allocated for blocking unless it parks. On a multi-thread tokio worker the wait
+    /// runs inside [`block_in_place`](tokio::task::block_in_place), so that the runtime
+    /// keeps running. On a current-thread runtime's thread, for an operation that
+    /// another thread or runtime finishes, it parks that runtime's thread: its other
+    /// tasks wait meanwhile. A task on a current-thread runtime that no thread drives is
+    /// waited for until one does, or until the runtime is dropped (then `Abandoned`).
+    /// The crate docs' [Blocking and deadlocks](crate#blocking-and-deadlocks) has the
+    /// whole table.
     ///
     /// # Examples
     ///
     /// ```
-    /// use apm_tap::{AsyncCallback, State};
-    ///
     /// let handle = apm_tap::begin(async { "value" });
     /// assert_eq!(handle.end(), Ok("value"));
     /// ```
+    #[doc(alias = "EndInvoke")]
     pub fn end(mut self) -> Result<T, Error> {
         if let Some(result) = self.cell.try_take() {
             return result;
@@ -214,10 +222,13 @@ impl<T> AsyncResult<T> {
     /// [`begin`](crate::begin) is then dropped on its executor; a
     /// [`Completer`](crate::Completer) sees [`is_cancelled`](crate::Completer::is_cancelled).
     ///
+    /// Never panics: a panic of a waker or of the callback run here is discarded (see
+    /// the crate docs' [Panics](crate#panics)).
+    ///
     /// # Examples
     ///
     /// ```
-    /// use apm_tap::{AsyncCallback, Error, State};
+    /// use apm_tap::Error;
     ///
     /// let handle = apm_tap::begin(std::future::pending::<()>());
     /// handle.cancel();
@@ -233,8 +244,6 @@ impl<T> AsyncResult<T> {
     /// # Examples
     ///
     /// ```
-    /// use apm_tap::{AsyncCallback, State};
-    ///
     /// let a = apm_tap::begin(async {});
     /// let b = apm_tap::begin(async {});
     /// assert!(a.ptr_eq(&a.clone()));
@@ -260,7 +269,6 @@ impl<T> AsyncResult<T> {
     /// # Examples
     ///
     /// ```
-    /// use apm_tap::{AsyncCallback, State};
     /// use std::future::poll_fn;
     ///
     /// let mut handle = apm_tap::begin(async { 2 });
@@ -283,8 +291,6 @@ impl<T> AsyncResult<T> {
 /// # Examples
 ///
 /// ```
-/// use apm_tap::{AsyncCallback, State};
-///
 /// # futures::executor::block_on(async {
 /// let handle = apm_tap::begin(async { 5 });
 /// assert_eq!(handle.await, Ok(5));
@@ -370,7 +376,7 @@ impl<T> fmt::Debug for AsyncResult<T> {
 /// # Examples
 ///
 /// ```
-/// use apm_tap::{AsyncCallback, State};
+/// use apm_tap::AsyncCallback;
 /// use std::sync::mpsc;
 ///
 /// let (tx, rx) = mpsc::channel();

@@ -12,8 +12,9 @@ use crate::{AsyncCallback, AsyncResult, State};
 /// second completion does not compile.
 ///
 /// Dropping a completer unfinished completes the operation with
-/// [`Error::Abandoned`](crate::Error::Abandoned): the callback still runs and nobody
-/// waits forever.
+/// [`Error::Abandoned`](crate::Error::Abandoned)`(`[`CompleterDropped`](crate::Abandonment::CompleterDropped)`)`:
+/// the callback still runs and nobody waits forever. The drop never panics, also while
+/// its thread unwinds from a panic of its own.
 ///
 /// # Examples
 ///
@@ -87,14 +88,14 @@ impl<T> Completer<T> {
     /// Hands `value` back if the operation was already cancelled
     /// ([`AsyncResult::cancel`]); nobody will read it.
     ///
-    /// # Panics
-    ///
-    /// Propagates a panic of the callback, after the value is stored.
+    /// Never panics, so it is safe to call from an `extern "C"` function: a panic of a
+    /// waker or of the callback is discarded (see the crate docs'
+    /// [Panics](crate#panics)); the value is stored before either runs.
     ///
     /// # Examples
     ///
     /// ```
-    /// use apm_tap::{AsyncCallback, Completer, State};
+    /// use apm_tap::Completer;
     ///
     /// let (completer, handle) = Completer::new();
     /// std::thread::spawn(move || completer.complete(3).unwrap());
@@ -111,14 +112,12 @@ impl<T> Completer<T> {
     ///
     /// Hands `value` back if the operation was already cancelled.
     ///
-    /// # Panics
-    ///
-    /// Propagates a panic of the callback, after the value is stored.
+    /// Never panics, as [`complete`](Self::complete).
     ///
     /// # Examples
     ///
     /// ```
-    /// use apm_tap::{AsyncCallback, Completer, State};
+    /// use apm_tap::Completer;
     ///
     /// let (completer, handle) = Completer::new();
     /// completer.complete_synchronously('x').unwrap();
@@ -143,7 +142,7 @@ impl<T> Completer<T> {
     /// # Examples
     ///
     /// ```
-    /// use apm_tap::{AsyncCallback, Completer, Error, State};
+    /// use apm_tap::{Completer, Error};
     ///
     /// let (completer, handle) = Completer::new();
     /// handle.cancel();
