@@ -83,7 +83,12 @@ mod aio {
     }
 
     /// Begin: starts reading `len` bytes of `file` at `offset`.
-    pub fn begin_read(file: File, offset: i64, len: usize, callback: ApmCallback) -> io::Result<Read> {
+    pub fn begin_read(
+        file: File,
+        offset: i64,
+        len: usize,
+        callback: ApmCallback,
+    ) -> io::Result<Read> {
         let callback = Box::into_raw(Box::new(callback)).cast::<c_void>();
         // SAFETY: `aiocb` is plain C data, valid all zero.
         let control: libc::aiocb = unsafe { std::mem::zeroed() };
@@ -102,7 +107,9 @@ mod aio {
             block.control.aio_nbytes = len;
             block.control.aio_offset = offset;
             let event = SigeventThread {
-                value: libc::sigval { sival_ptr: callback },
+                value: libc::sigval {
+                    sival_ptr: callback,
+                },
                 signo: 0,
                 notify: libc::SIGEV_THREAD,
                 function: Some(notify),
@@ -203,7 +210,10 @@ fn main() -> std::io::Result<()> {
     // 3. A read whose future is dropped after its first poll: `on_cancel` calls
     //    aio_cancel, and End still runs once, when glibc calls back.
     let mut dropped = aio::read_at(&path, 100, 5, ended.clone());
-    assert!((&mut dropped).now_or_never().is_none(), "glibc calls back later");
+    assert!(
+        (&mut dropped).now_or_never().is_none(),
+        "glibc calls back later"
+    );
     drop(dropped);
     drop(ended);
     // Every sender is gone once every End ran, the dropped read's included.

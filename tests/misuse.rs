@@ -282,6 +282,56 @@ fn state_downcast_and_debug() {
     assert_eq!(format!("{completer:?}"), "Completer { cancelled: false }");
 }
 
+/// `Error::Panicked` keeps the payload: the first `into_panic` (of any clone) gets it,
+/// to re-raise; later ones get the message as a `String`.
+#[test]
+fn panic_payload_is_taken_once() {
+    let handle = apm_tap::begin(async { std::panic::panic_any(String::from("mine")) });
+    let Err(Error::Panicked(panic)) = handle.end() else {
+        panic!("not a panic");
+    };
+    let again = panic.clone();
+    assert_eq!(panic, again);
+    assert_eq!(
+        format!("{panic:?}"),
+        "Panic { message: Some(\"mine\"), .. }"
+    );
+    let payload = panic.into_panic();
+    assert_eq!(
+        payload.downcast_ref::<String>().map(String::as_str),
+        Some("mine")
+    );
+    let message = again.into_panic();
+    assert_eq!(
+        message.downcast_ref::<String>().map(String::as_str),
+        Some("mine")
+    );
+    let raised = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        std::panic::resume_unwind(payload)
+    }));
+    assert_eq!(
+        raised
+            .unwrap_err()
+            .downcast_ref::<String>()
+            .map(String::as_str),
+        Some("mine")
+    );
+
+    let odd = apm_tap::begin(async { std::panic::panic_any(7_u8) });
+    let Err(Error::Panicked(panic)) = odd.end() else {
+        panic!("not a panic");
+    };
+    let again = panic.clone();
+    assert_eq!(panic.into_panic().downcast_ref::<u8>(), Some(&7));
+    assert_eq!(
+        again
+            .into_panic()
+            .downcast_ref::<String>()
+            .map(String::as_str),
+        Some("Box<dyn Any>")
+    );
+}
+
 /// A legacy handle that wakes its poller from inside `poll_completed` and stays
 /// pending until `done` (spurious wakes are allowed), counting its polls.
 struct SelfWaking {

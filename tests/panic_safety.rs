@@ -194,10 +194,13 @@ fn completed_synchronously_panic_still_ends() {
     }
 }
 
-/// End that panics in `drop` (the callback came, nobody polled): `drop` returns, End
-/// ran once.
-#[test]
-fn end_panic_in_drop_stays_in_drop() {
+/// A `from_apm` future, polled once, whose End counts its runs and then panics; and
+/// the callback Begin handed over.
+fn polled_with_exploding_end() -> (
+    Arc<AtomicUsize>,
+    ApmCallback,
+    impl Future<Output = Result<u8, Error>> + Unpin,
+) {
     let ends = Arc::new(AtomicUsize::new(0));
     let e = Arc::clone(&ends);
     let (tx, rx) = mpsc::channel();
@@ -210,7 +213,15 @@ fn end_panic_in_drop_stays_in_drop() {
     );
     let (_, waker) = CountingWaker::new();
     assert!(poll_with(&mut future, &waker).is_pending());
-    rx.recv().unwrap().call();
+    (ends, rx.recv().unwrap(), future)
+}
+
+/// End that panics in `drop` (the callback came, nobody polled): `drop` returns, End
+/// ran once.
+#[test]
+fn end_panic_in_drop_stays_in_drop() {
+    let (ends, callback, future) = polled_with_exploding_end();
+    callback.call();
     assert!(catch_unwind(AssertUnwindSafe(move || drop(future))).is_ok());
     assert_eq!(ends.load(SeqCst), 1);
 }
@@ -228,43 +239,12 @@ extern "C" fn c_notify(callback: *mut c_void) {
 /// function.
 #[test]
 fn end_panic_never_reaches_the_callback_thread() {
-    let ends = Arc::new(AtomicUsize::new(0));
-    let e = Arc::clone(&ends);
-    let (tx, rx) = mpsc::channel();
-    let mut future = apm_tap::from_apm(
-        move |cb| common::legacy_begin(&Probe::default(), cb, 0, false, Fire::Later(tx)),
-        move |_| -> u8 {
-            e.fetch_add(1, SeqCst);
-            panic!("end exploded")
-        },
-    );
-    let (_, waker) = CountingWaker::new();
-    assert!(poll_with(&mut future, &waker).is_pending());
+    let (ends, callback, future) = polled_with_exploding_end();
     drop(future);
-    let raw = Box::into_raw(Box::new(rx.recv().unwrap())).cast::<c_void>();
-    let address = raw as usize;
+    let address = Box::into_raw(Box::new(callback)) as usize;
     let outcome = thread::spawn(move || c_notify(address as *mut c_void)).join();
     assert!(outcome.is_ok(), "End's panic reached the callback's thread");
     assert_eq!(ends.load(SeqCst), 1);
-}
-
-/// A Begin that panics: the panic surfaces in `poll`; there is no handle, so no End.
-#[test]
-fn begin_panic_surfaces_in_poll_without_end() {
-    let probe = Probe::new();
-    let p = Arc::clone(&probe);
-    let mut future = apm_tap::from_apm(
-        |_cb| -> common::LegacyHandle { panic!("begin exploded") },
-        move |h| p.end(h),
-    );
-    let (_, waker) = CountingWaker::new();
-    let polled = catch_unwind(AssertUnwindSafe(|| poll_with(&mut future, &waker)));
-    assert_eq!(
-        polled.unwrap_err().downcast_ref::<&str>(),
-        Some(&"begin exploded")
-    );
-    drop(future);
-    assert_eq!(probe.ends(), 0);
 }
 
 // ---------------------------------------------------------------------------------
