@@ -157,7 +157,7 @@ impl<H: PollHandle + Send + 'static> Reaper<H> {
 
     /// A wake, from any thread: the first to find `RUNNING` clear polls once, here.
     fn wake(self: &Arc<Self>) {
-        // ORDERING: Acquire pairs with the AcqRel updates below and in `release`.
+        // ORDERING: Acquire pairs with the AcqRel updates below and in `finish_turn`.
         let mut state = self.state.load(Ordering::Acquire);
         loop {
             let new = if state & RUNNING == 0 {

@@ -294,11 +294,7 @@ where
             let deferred: Deferred = Box::new(move || wake.run());
             SPAWNING.with(|s| s.borrow_mut().deferred = Some(deferred));
         }
-        Ok(Some(wake)) => {
-            if let Some(payload) = wake.run() {
-                discard(payload);
-            }
-        }
+        Ok(Some(wake)) => wake.run_quietly(),
         Ok(None) => {}
         // Cancelled first: the value is dropped here.
         Err(refused) => drop_quietly(refused),

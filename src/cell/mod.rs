@@ -535,9 +535,14 @@ impl<T> Wake<T> {
         }
         first_panic
     }
-}
 
-impl<T> Wake<T> {
+    /// [`run`](Self::run), where nobody can catch a panic: it is discarded.
+    pub(crate) fn run_quietly(self) {
+        if let Some(payload) = self.run() {
+            crate::unwind::discard(payload);
+        }
+    }
+
     /// Just one waker to wake: the common case of an awaited operation.
     fn one(first: Option<Waker>) -> Self {
         Wake {
@@ -580,7 +585,9 @@ impl<T> Drop for Cell<T> {
             drop_quietly(unsafe { access(&more.callback, Option::take) });
             // SAFETY: as above.
             drop_quietly(unsafe { access(&more.task_waker, Option::take) });
-            drop_quietly(mem::take(&mut more.lock().wakers));
+            // Taken out first: no user code runs under the lock (rule 18).
+            let wakers = mem::take(&mut more.lock().wakers);
+            drop_quietly(wakers);
         }
     }
 }

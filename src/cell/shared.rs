@@ -14,7 +14,7 @@ use crate::sync::{
     self,
     Ordering::{AcqRel, Relaxed},
 };
-use crate::unwind::{discard, drop_quietly};
+use crate::unwind::drop_quietly;
 use crate::Error;
 
 /// A handle's ownership of a cell: the inside of an [`AsyncResult`].
@@ -240,10 +240,7 @@ impl<T> Shared<T> {
             }
         }
         // SAFETY: this handle owns the cell by `self.ptr` until this returns.
-        let wake = unsafe { Cell::collect(self.ptr, state, false) };
-        if let Some(payload) = wake.run() {
-            discard(payload);
-        }
+        unsafe { Cell::collect(self.ptr, state, false) }.run_quietly();
     }
 
     /// Installs the completion callback, or hands it back if the cell already completed

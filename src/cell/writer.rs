@@ -11,7 +11,6 @@ use super::{
     VALUE, WAITERS, WAKER, WRITER,
 };
 use crate::sync::Ordering::{AcqRel, Acquire};
-use crate::unwind::discard;
 use crate::{Abandonment, Error};
 
 /// The writer's ownership of a cell. Dropping it unfinished completes the cell with
@@ -60,9 +59,8 @@ impl<T> Writer<T> {
         result: Result<T, Error>,
         synchronous: bool,
     ) -> Result<(), Result<T, Error>> {
-        let wake = self.complete(result, synchronous)?;
-        if let Some(payload) = wake.and_then(Wake::run) {
-            discard(payload);
+        if let Some(wake) = self.complete(result, synchronous)? {
+            wake.run_quietly();
         }
         Ok(())
     }
@@ -183,9 +181,7 @@ impl<T> Drop for Writer<T> {
         let completion = unsafe { self.finish(Err(Error::Abandoned(why)), false) };
         // Refused, harmlessly, when the cell was cancelled.
         if let Ok(Some(wake)) = completion {
-            if let Some(payload) = wake.run() {
-                discard(payload);
-            }
+            wake.run_quietly();
         }
     }
 }
