@@ -138,8 +138,8 @@ async fn main() -> io::Result<()> {
     }
 
     tokio::select! {
-        result = read(&fast, dir.join("b.txt")) => println!("select!: fast disk won:      {}", text(&result)),
-        result = read(&slow, dir.join("c.txt")) => println!("select!: slow disk won?!     {}", text(&result)),
+        result = read(&fast, dir.join("b.txt")) => println!("select!: fast disk won:         {}", text(&result)),
+        result = read(&slow, dir.join("c.txt")) => println!("select!: slow disk won?!        {}", text(&result)),
     }
 
     let all =

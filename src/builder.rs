@@ -74,7 +74,9 @@ impl<T> Default for Builder<'static, T> {
 
 impl<'a, T> Builder<'a, T> {
     /// The callback to run once when the operation completes (`AsyncCallback` in .NET):
-    /// an [`AsyncCallback`], or any `FnOnce(AsyncResult<T>) + Send + 'static`.
+    /// an [`AsyncCallback`], or any `FnOnce(AsyncResult<T>) + Send + 'static`. A
+    /// closure states its argument's type (`|h: AsyncResult<u8>|`): this method takes
+    /// either kind, so the compiler cannot infer it.
     ///
     /// # Examples
     ///

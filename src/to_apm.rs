@@ -45,6 +45,7 @@ use crate::{Abandonment, AsyncCallback, AsyncResult, Builder, Error, State};
 /// assert_eq!(handle.end(), Ok(42));
 /// ```
 #[doc(alias = "TaskToAsyncResult")]
+#[doc(alias = "BeginInvoke")]
 pub fn begin<F>(future: F) -> AsyncResult<F::Output>
 where
     F: Future + Send + 'static,

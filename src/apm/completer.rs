@@ -11,6 +11,10 @@ use crate::{AsyncCallback, AsyncResult, State};
 /// when Begin received a callback and a state). Completing consumes the completer, so a
 /// second completion does not compile.
 ///
+/// The operation's own failure is part of its value: make `T` a `Result` (what
+/// `TaskCompletionSource.SetException` does). Cancellation comes from the handle's side
+/// ([`AsyncResult::cancel`]), which the completer sees in [`is_cancelled`](Self::is_cancelled).
+///
 /// Dropping a completer unfinished completes the operation with
 /// [`Error::Abandoned`](crate::Error::Abandoned)`(`[`CompleterDropped`](crate::Abandonment::CompleterDropped)`)`:
 /// the callback still runs and nobody waits forever. The drop never panics, also while
@@ -101,6 +105,8 @@ impl<T> Completer<T> {
     /// std::thread::spawn(move || completer.complete(3).unwrap());
     /// assert_eq!(handle.end(), Ok(3));
     /// ```
+    #[doc(alias = "SetResult")]
+    #[doc(alias = "TrySetResult")]
     pub fn complete(self, value: T) -> Result<(), T> {
         self.finish(value, false)
     }
