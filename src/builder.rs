@@ -136,8 +136,9 @@ impl<'a, T> Builder<'a, T> {
     ///
     /// # Panics
     ///
-    /// As [`begin`](crate::begin): propagates a panic of the callback when it runs
-    /// inside this call, and of the spawner.
+    /// Propagates a panic of the callback when the operation completes inside this call
+    /// (after the result is stored), and of the spawner (as [`begin_on`](crate::begin_on)
+    /// says). Panics if the default runtime is needed and cannot be started.
     ///
     /// # Examples
     ///

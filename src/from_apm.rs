@@ -481,9 +481,18 @@ impl<B, H, E> Op<B, H, E> {
                 unreachable!("matched just above")
             };
             let (completer, signal) = Completer::new();
-            let handle = match start(begin, ApmCallback(completer)) {
-                Ok(handle) => handle,
-                Err(begin_error) => return Poll::Ready(Err(begin_error)),
+            // End is dropped unused if Begin fails or panics: quietly, so that its own
+            // `Drop` can neither hide Begin's error nor panic during Begin's unwind.
+            let handle = match catch(|| start(begin, ApmCallback(completer))) {
+                Ok(Ok(handle)) => handle,
+                Ok(Err(begin_error)) => {
+                    drop_quietly(end);
+                    return Poll::Ready(Err(begin_error));
+                }
+                Err(payload) => {
+                    drop_quietly(end);
+                    resume_unwind(payload);
+                }
             };
             // Read once: a handle that changes its answer later cannot cause a second End.
             let synchronous = catch(|| handle.completed_synchronously());
@@ -564,10 +573,11 @@ impl<B, H, E> Drop for Op<B, H, E> {
 /// The future resolves to `end(handle)` once the handle reports completion through
 /// [`PollHandle::poll_completed`]. If it is dropped before that, `drop` polls the
 /// handle once; if it is still pending, the [`on_cancel`](FromAsyncResult::on_cancel)
-/// hook runs once with the handle, and `end` still runs exactly once, on the thread
-/// whose wake reports completion (no executor is needed for that either). A handle
-/// that wakes its poller from inside `poll_completed` is polled a few times there, then
-/// by a task of the crate's default runtime: `drop` never spins.
+/// hook runs once with the handle, and `end` still runs exactly once when the operation
+/// completes: on a task of the crate's default runtime (started on first use), which
+/// the handle's next wake schedules, as .NET's `FromAsync(IAsyncResult)` runs End on a
+/// thread-pool thread. Never inside the handle's `Waker::wake`: a handle may wake under
+/// its own lock. `drop` never blocks or spins, also over a handle that wakes itself.
 ///
 /// # Panics
 ///

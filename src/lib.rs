@@ -65,7 +65,8 @@
 //! 1. Lazy: nothing starts until the first poll; then Begin runs exactly once.
 //! 2. End runs exactly once for every Begin that returned a handle: in `poll`, in `drop`
 //!    if the future is dropped after completion, or from the callback when the future
-//!    was dropped before.
+//!    was dropped before ([`from_async_result`], which has no callback: on a task of
+//!    the default runtime, scheduled by the handle's wake).
 //! 3. A handle that reports `completed_synchronously` gets End at once, after Begin
 //!    returned; the callback then does nothing. No stack dives.
 //! 4. The callback may run inside Begin, on another thread, later, or never; dropped
@@ -75,7 +76,7 @@
 //! 6. Dropping the future early runs the `on_cancel` hook once; a racing completion is
 //!    neither lost nor delivered twice.
 //! 7. The latest poll's waker is woken exactly once; an equal waker is not cloned again.
-//! 8. No runtime is needed.
+//! 8. No runtime is needed to await them.
 //!
 //! Future to APM ([`begin`], [`begin_on`], [`Builder`], [`AsyncResult`]):
 //!
@@ -133,10 +134,14 @@
 //!   multi-thread runtime.
 //! - A spawner that hides which runtime runs its tasks (a closure around a tokio
 //!   handle): implement [`Spawner::tokio_handle`] to tell.
-//! - A task of a current-thread runtime that has entered a *multi-thread* runtime's
-//!   handle looks, to tokio's public API, like a worker of that multi-thread runtime:
-//!   its blocking call goes to `block_in_place`, which tokio refuses with a panic there.
-//!   (A current-thread runtime's `block_on` itself is told apart, and parks.)
+//! - Another runtime's handle entered with `Handle::enter` inside a task or a
+//!   `block_on`: tokio says which runtime's context is entered, not which runtime's
+//!   scheduler the thread runs, so the decision follows the entered runtime. It may
+//!   then refuse an operation it could have waited for, or wait for one whose task only
+//!   this thread can run; and a task of a current-thread runtime that entered a
+//!   multi-thread runtime's handle reaches `block_in_place`, which tokio refuses with a
+//!   panic. A current-thread runtime's own `block_on` is told apart, whatever handle it
+//!   entered.
 //!
 //! Awaiting the handle never blocks: inside async code, `.await` it instead.
 //!
@@ -155,10 +160,10 @@
 //! | [`AsyncHandle::completed_synchronously`] | the polling thread, after Begin | propagates out of `poll`; the handle is taken for asynchronous, and End runs when the callback comes |
 //! | End, in `poll` | the polling thread | propagates out of `poll` (End ran) |
 //! | End, in the future's `drop` (the callback came first) | the dropping thread | discarded; `drop` returns |
-//! | End, after the future was dropped | the thread calling [`ApmCallback::call`], or waking the [`from_async_result`] handle | discarded: `call` and the waker return normally, also into an `extern "C"` caller |
+//! | End, after the future was dropped | the thread calling [`ApmCallback::call`] ([`from_apm`]); a task of the default runtime ([`from_async_result`]) | discarded: `call` returns normally, also into an `extern "C"` caller |
 //! | `on_cancel` ([`FromApm`], [`TryFromApm`], [`FromAsyncResult`], [`FromCallback`]) | the dropping thread | discarded; End still runs once |
 //! | [`PollHandle::poll_completed`], in `poll` | the polling thread | propagates out of `poll`; the future may be polled again or dropped |
-//! | [`PollHandle::poll_completed`], after the future was dropped | the dropping or waking thread, or a task of the default runtime | discarded; End then runs on a blocking thread of the default runtime, where it may block until the operation completes, as an APM End does |
+//! | [`PollHandle::poll_completed`], after the future was dropped | the dropping thread, then a task of the default runtime | discarded; End then runs on a blocking thread of the default runtime, where it may block until the operation completes, as an APM End does |
 //! | [`from_callback`]'s start | the polling thread | propagates out of `poll`; the completer it dropped completes the operation with `Abandoned` |
 //! | the future given to [`begin`]: its `poll` | the caller of `begin`, then the executor | caught: the operation completes with [`Error::Panicked`], the callback still runs |
 //! | the future's `Drop` | the caller of `begin` or the executor | discarded; the result is delivered |
@@ -166,7 +171,7 @@
 //! | the callback, anywhere else: [`Completer::complete`] or its drop, [`ApmCallback::call`], [`AsyncResult::cancel`], the executor | the completing thread | discarded; the result is stored first |
 //! | `Waker::wake`, and `Drop` of a waker, when the operation completes | the completing thread | discarded; every other waiter, blocked thread and the callback still run |
 //! | `Waker::clone` | the polling thread | propagates out of `poll`; the handle stays usable (no lock is held, so the clone may call back into the operation) |
-//! | [`Spawner::spawn`], [`Spawner::enter`] | the caller of `begin` | propagates out of `begin`; the operation completes inside Begin with [`Abandonment::TaskDropped`], its callback run first |
+//! | [`Spawner::spawn`], [`Spawner::enter`], [`Spawner::tokio_handle`] | the caller of `begin` | propagates out of `begin`. If the task was lost (never handed over, or dropped within `spawn`), the operation first completes inside Begin with [`Abandonment::TaskDropped`] and its callback runs; a task the spawner kept runs on |
 //! | `Drop` of a result nobody took, of a [`State`], of a callback that never ran, of the closures given to the crate | whichever owner drops it | discarded |
 //!
 //! So [`Completer::complete`], a `Completer`'s drop, [`ApmCallback::call`] and

@@ -1,32 +1,39 @@
 //! What finishes a [`from_async_result`](crate::from_async_result) future that was
-//! dropped before its operation completed: it polls the handle with a waker of its own
-//! and runs End once the handle reports completion (rule 2), with no executor.
+//! dropped before its operation completed: it polls the handle and runs End once the
+//! handle reports completion (rule 2).
+//!
+//! The dropping thread polls first, with a waker of the reaper's own. If the handle is
+//! still pending, the first wake hands the polling to a task of the crate's default
+//! runtime, which polls it as any task would and runs End; a wake never polls the
+//! handle or runs End itself, inside `Waker::wake`: a handle commonly wakes under its
+//! own lock, which `poll_completed` takes again (.NET's `FromAsync(IAsyncResult)` runs
+//! End on a thread-pool thread for the same reason).
 //!
 //! # States
 //!
-//! One atomic byte hands the handle and End (`parts`) from thread to thread:
+//! One atomic byte hands the handle and End (`parts`) over:
 //!
 //! ```text
-//!              a wake finds RUNNING clear: it polls once, here
-//!   idle (0) --------------------------------------------------> RUNNING
-//!      ^                                                          |  |
-//!      |  pending, and no wake came while polling                 |  | a wake while RUNNING:
-//!      +----------------------------------------------------------+  | NOTIFIED, for the holder
-//!                                                                     v
-//!   a wake came while polling: an executor task takes over, for good ----> RUNNING for ever
+//!   RUNNING (the dropping thread polls) --pending, no wake meanwhile--> idle (0)
+//!      |                                                                   |
+//!      | a wake came: poll again, at most INLINE_POLLS in all              | the first wake
+//!      v                                                                   v
+//!   ...then a task of the default runtime takes over ------------> RUNNING for ever
 //! ```
 //!
 //! - Whoever sets `RUNNING` owns `parts` until it clears `RUNNING` (or for good, once End
-//!   ran or an executor took over). The mutex around `parts` is never contended and is
+//!   ran or the task took over). The mutex around `parts` is never contended and is
 //!   never held while user code runs (rule 18): the holder takes the parts out, polls,
 //!   and puts them back.
-//! - A wake that comes while the holder polls (or runs the `on_cancel` hook: a legacy
-//!   Cancel that completes the operation at once) is answered by another poll, by the
-//!   holder, up to `INLINE_POLLS` in one turn. A handle may wake its poller from inside
-//!   `poll_completed` and stay pending (spurious wakes are allowed); looping on it
-//!   would spin the thread that dropped the future, or that woke it, for ever
-//!   (rule 19). So after that many polls an executor task (on the crate's default
-//!   runtime) takes over, and polls the handle as any task would, fairly.
+//! - A wake that comes while the dropping thread polls (or runs the `on_cancel` hook: a
+//!   legacy Cancel that completes the operation at once) sets `NOTIFIED`, and is
+//!   answered by another poll there, up to `INLINE_POLLS` in all. A handle may wake its
+//!   poller from inside `poll_completed` and stay pending (spurious wakes are allowed);
+//!   looping on it would spin the dropping thread for ever (rule 19), so after that many
+//!   polls the task takes over.
+//! - If the default runtime cannot be started (the process may not create threads),
+//!   the handle and End are leaked: never freed, never run. Nothing else is safe there:
+//!   the handle may own memory the legacy side still writes.
 //!
 //! # Panics
 //!
@@ -37,6 +44,8 @@
 //! an APM End does.
 
 use std::future::Future;
+#[cfg(not(apm_tap_loom))]
+use std::mem;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -59,7 +68,7 @@ const RUNNING: u8 = 1 << 0;
 /// Cleared by the holder.
 const NOTIFIED: u8 = 1 << 1;
 
-/// How many times one holder polls in one turn before it hands the polling over.
+/// How many times the dropping thread polls before it hands the polling over.
 const INLINE_POLLS: usize = 3;
 
 /// The poller of one dropped future's handle; its waker is an `Arc` of it.
@@ -94,7 +103,7 @@ enum Polled {
 impl<H: PollHandle + Send + 'static> Reaper<H> {
     /// Takes over the handle of a future dropped before its operation completed, on the
     /// dropping thread: polls it once, runs `on_cancel` if it is still pending, and
-    /// leaves End to the wake that reports completion. Returns promptly; never unwinds.
+    /// leaves the rest to the first wake. Returns promptly; never unwinds.
     pub(crate) fn start(handle: H, end: ErasedEnd<H>, on_cancel: Option<OnCancel<H>>) {
         let reaper = Arc::new(Reaper {
             state: AtomicU8::new(RUNNING),
@@ -123,10 +132,10 @@ impl<H: PollHandle + Send + 'static> Reaper<H> {
         }
     }
 
-    /// Ends the holder's turn after its first poll: runs End if the operation
+    /// Ends the dropping thread's turn after its first poll: runs End if the operation
     /// completed; otherwise puts the parts back and lets go of them, polling again while
     /// wakes keep coming during the turn, up to `INLINE_POLLS`, then handing the polling
-    /// over to an executor task.
+    /// over to a task.
     fn finish_turn(self: &Arc<Self>, mut parts: Parts<H>, mut polled: Polled) {
         let mut polls = 1;
         loop {
@@ -155,7 +164,9 @@ impl<H: PollHandle + Send + 'static> Reaper<H> {
         }
     }
 
-    /// A wake, from any thread: the first to find `RUNNING` clear polls once, here.
+    /// A wake, from any thread: the first to find `RUNNING` clear hands the polling to a
+    /// task; one that finds it set leaves `NOTIFIED` for the dropping thread. It never
+    /// polls the handle here, inside `Waker::wake`.
     fn wake(self: &Arc<Self>) {
         // ORDERING: Acquire pairs with the AcqRel updates below and in `finish_turn`.
         let mut state = self.state.load(Ordering::Acquire);
@@ -165,8 +176,8 @@ impl<H: PollHandle + Send + 'static> Reaper<H> {
             } else {
                 state | NOTIFIED
             };
-            // ORDERING: AcqRel: Acquire to see `parts` as the last holder left them,
-            // Release so that the holder that finds NOTIFIED polls after this wake.
+            // ORDERING: AcqRel: Acquire to see `parts` as the dropping thread left them,
+            // Release so that a holder that finds NOTIFIED polls after this wake.
             match self
                 .state
                 .compare_exchange_weak(state, new, Ordering::AcqRel, Ordering::Acquire)
@@ -175,15 +186,9 @@ impl<H: PollHandle + Send + 'static> Reaper<H> {
                 Err(actual) => state = actual,
             }
         }
-        if state & RUNNING != 0 {
-            return; // The holder will see NOTIFIED.
+        if state & RUNNING == 0 {
+            hand_off(Takeover(Arc::clone(self)));
         }
-        // RUNNING stays set once End ran: a later wake finds no parts.
-        let Some(mut parts) = self.lock().take() else {
-            return;
-        };
-        let polled = self.poll(&mut parts);
-        self.finish_turn(parts, polled);
     }
 }
 
@@ -238,10 +243,14 @@ impl<H: PollHandle + Send + 'static> Future for Takeover<H> {
     }
 }
 
-/// Runs `takeover` on the crate's default runtime (a loom thread under loom).
+/// Runs `takeover` on the crate's default runtime (a loom thread under loom), or leaks
+/// it if that runtime cannot be started.
 #[cfg(not(apm_tap_loom))]
 fn hand_off<H: PollHandle + Send + 'static>(takeover: Takeover<H>) {
-    drop(crate::runtime::default_handle().spawn(takeover));
+    match crate::runtime::try_default_handle() {
+        Some(runtime) => drop(runtime.spawn(takeover)),
+        None => mem::forget(takeover),
+    }
 }
 
 #[cfg(apm_tap_loom)]
@@ -251,10 +260,14 @@ fn hand_off<H: PollHandle + Send + 'static>(takeover: Takeover<H>) {
 
 /// Runs End on a blocking thread of the default runtime: the handle panicked in
 /// `poll_completed`, so nothing will say when the operation completes, and End (which
-/// blocks until then, as an APM End does) is the only way left to finish it.
+/// blocks until then, as an APM End does) is the only way left to finish it. Leaks the
+/// handle and End if that runtime cannot be started.
 #[cfg(not(apm_tap_loom))]
 fn end_elsewhere<H: Send + 'static>(parts: Parts<H>) {
-    drop(crate::runtime::default_handle().spawn_blocking(move || parts.end()));
+    match crate::runtime::try_default_handle() {
+        Some(runtime) => drop(runtime.spawn_blocking(move || parts.end())),
+        None => mem::forget(parts),
+    }
 }
 
 #[cfg(apm_tap_loom)]

@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 use futures::future::BoxFuture;
 use tokio::runtime::{Builder, Handle, Id, Runtime, RuntimeFlavor};
 
+use crate::unwind::{catch, discard};
 use crate::Error;
 
 /// Something that runs futures to completion in the background: an executor.
@@ -120,17 +121,42 @@ where
 /// The runtime used by [`begin`](crate::begin) when the caller is outside any tokio
 /// runtime: a multi-thread tokio runtime, built on first use and kept for the life of
 /// the process.
+///
+/// # Panics
+///
+/// If it cannot be started (the process may not create threads).
 pub(crate) fn default_handle() -> &'static Handle {
+    try_default_handle().expect("apm-tap could not start its default runtime")
+}
+
+/// The default runtime's handle, starting it if need be; `None` if it cannot be started.
+/// For the clean-up paths that run inside `drop` or a waker, which must not panic.
+pub(crate) fn try_default_handle() -> Option<&'static Handle> {
     static RUNTIME: OnceLock<Runtime> = OnceLock::new();
-    RUNTIME
-        .get_or_init(|| {
-            Builder::new_multi_thread()
-                .thread_name("apm-tap-worker")
-                .enable_all()
-                .build()
-                .expect("apm-tap could not start its default runtime")
-        })
-        .handle()
+    if let Some(runtime) = RUNTIME.get() {
+        return Some(runtime.handle());
+    }
+    let built = catch(|| {
+        Builder::new_multi_thread()
+            .thread_name("apm-tap-worker")
+            .enable_all()
+            .build()
+    });
+    match built {
+        Ok(Ok(runtime)) => {
+            // Another thread may have won the race: its runtime stays, this one goes,
+            // without blocking (this may run inside an async context).
+            if let Err(loser) = RUNTIME.set(runtime) {
+                loser.shutdown_background();
+            }
+            RUNTIME.get().map(Runtime::handle)
+        }
+        Ok(Err(_)) => None,
+        Err(payload) => {
+            discard(payload);
+            None
+        }
+    }
 }
 
 /// Runs the blocking wait `f`, unless this thread is the one that must run the

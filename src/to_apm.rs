@@ -7,6 +7,7 @@ use std::panic::resume_unwind;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use futures::future::BoxFuture;
 use futures::task::noop_waker_ref;
 use tokio::runtime::{Handle, RuntimeFlavor};
 
@@ -60,7 +61,8 @@ where
 /// # Panics
 ///
 /// Propagates a panic of the spawner, after completing the operation with
-/// [`Error::Abandoned`] if the task was lost.
+/// [`Error::Abandoned`] (inside Begin, callback first) if the task was lost; a task
+/// the spawner kept runs on.
 ///
 /// # Examples
 ///
@@ -122,7 +124,25 @@ where
 {
     match Handle::try_current() {
         Ok(handle) => start(&handle, future, callback, state),
+        // This thread's tokio context is gone (`begin` runs in a thread-local
+        // destructor): the default runtime, without entering it, which needs that context.
+        Err(error) if error.is_thread_local_destroyed() => {
+            start(&WithoutContext(default_handle()), future, callback, state)
+        }
         Err(_) => start(default_handle(), future, callback, state),
+    }
+}
+
+/// A tokio runtime that does not enter its context for the first poll.
+struct WithoutContext<'a>(&'a Handle);
+
+impl Spawner for WithoutContext<'_> {
+    fn spawn(&self, task: BoxFuture<'static, ()>) {
+        drop(self.0.spawn(task));
+    }
+
+    fn tokio_handle(&self) -> Option<&Handle> {
+        Some(self.0)
     }
 }
 
@@ -145,22 +165,32 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    let runtime = spawner
-        .tokio_handle()
-        .filter(|handle| handle.runtime_flavor() == RuntimeFlavor::CurrentThread)
-        .map(Handle::id);
+    // Every call into the spawner is user code: a panic there completes the operation
+    // inside Begin (`TaskDropped`, callback run first), then leaves `begin`.
+    let runtime = catch(|| {
+        spawner
+            .tokio_handle()
+            .filter(|handle| handle.runtime_flavor() == RuntimeFlavor::CurrentThread)
+            .map(Handle::id)
+    });
+    let (runtime, mut spawner_panic) = match runtime {
+        Ok(runtime) => (runtime, None),
+        Err(payload) => (None, Some(payload)),
+    };
     let (mut task, handle) = cell::new_task(future, callback.into_inner(), state, runtime);
     let mut first = Poll::Pending;
-    let entered = catch(|| {
-        spawner.enter(&mut || {
-            let mut cx = Context::from_waker(noop_waker_ref());
-            first = task.poll_future(&mut cx);
+    if spawner_panic.is_none() {
+        let entered = catch(|| {
+            spawner.enter(&mut || {
+                let mut cx = Context::from_waker(noop_waker_ref());
+                first = task.poll_future(&mut cx);
+            });
         });
-    });
-    let mut spawner_panic = entered.err();
+        spawner_panic = entered.err();
+    }
     let finished_here = match first {
         Poll::Ready(outcome) => Some(outcome),
-        // `enter` panicked before the future could finish: nobody will run it.
+        // The spawner panicked before the future could finish: nobody will run it.
         Poll::Pending if spawner_panic.is_some() => {
             Some(Err(Error::Abandoned(Abandonment::TaskDropped)))
         }
@@ -222,7 +252,7 @@ crate::sync::thread_local! {
 fn spawning<R>(id: Option<usize>, spawn: impl FnOnce() -> R) -> (R, Option<Deferred>) {
     let mark = Spawning { id, deferred: None };
     let Ok(outer) = SPAWNING.try_with(|s| mem::replace(&mut *s.borrow_mut(), mark)) else {
-        // The thread's locals are gone (a thread-local destructor began the
+        // This thread's locals are gone (a thread-local destructor began the
         // operation): a completion inside `spawn` is then reported as asynchronous.
         return (spawn(), None);
     };

@@ -191,17 +191,13 @@ fn model_04_future_dropped_while_callback_completes() {
     model(
         "04b future never polled, dropped while the operation completes",
         || {
-            let ends = Arc::new(AtomicUsize::new(0));
-            let (completer, handle) = Completer::new();
-            let e = Arc::clone(&ends);
-            let future = apm_tap::from_async_result(handle, move |h: AsyncResult<u8>| {
-                assert_eq!(h.end(), Ok(4));
-                e.fetch_add(1, SeqCst);
-            });
+            let (completer, end_ran, future) = reaped(false);
             let completing = thread::spawn(move || completer.complete(4).unwrap());
             drop(future);
             completing.join().unwrap();
-            assert_eq!(ends.load(SeqCst), 1);
+            // End runs in `drop`, or on the task that the completion's wake schedules.
+            assert_eq!(end_ran.recv().unwrap(), Ok(4));
+            assert!(end_ran.try_recv().is_err(), "End ran twice");
         },
     );
 }
@@ -456,51 +452,45 @@ fn counting_callback<T: Send + 'static>() -> (AsyncCallback<T>, Arc<AtomicUsize>
     (callback, calls)
 }
 
-/// What End saw, once it ran.
-type Seen = Arc<std::sync::Mutex<Option<Result<u8, Error>>>>;
-
-/// `from_async_result` over a `Completer`'s handle, whose End counts itself and reports
-/// the result, with an `on_cancel` hook that cancels or does nothing.
+/// `from_async_result` over a `Completer`'s handle, whose End reports the result on a
+/// channel (it may run on the task that the handle's wake schedules), with an
+/// `on_cancel` hook that cancels or does nothing.
 fn reaped(
     cancels: bool,
 ) -> (
     Completer<u8>,
-    Arc<AtomicUsize>,
-    Seen,
+    loom::sync::mpsc::Receiver<Result<u8, Error>>,
     impl std::future::Future<Output = ()> + Unpin,
 ) {
     let (completer, handle) = Completer::new();
-    let ends = Arc::new(AtomicUsize::new(0));
-    let seen: Seen = Arc::default();
-    let (e, s) = (Arc::clone(&ends), Arc::clone(&seen));
+    let (ended, end_ran) = loom::sync::mpsc::channel();
     let future = apm_tap::from_async_result(handle, move |h: AsyncResult<u8>| {
-        e.fetch_add(1, SeqCst);
-        *s.lock().unwrap() = Some(h.end());
+        ended.send(h.end()).unwrap();
     })
     .on_cancel(move |h| {
         if cancels {
             h.cancel();
         }
     });
-    (completer, ends, seen, future)
+    (completer, end_ran, future)
 }
 
 #[test]
 fn model_14_reaper_races_completion() {
     model("14a future dropped while the operation completes", || {
-        let (completer, ends, seen, mut future) = reaped(false);
+        let (completer, end_ran, mut future) = reaped(false);
         let (_, waker) = CountingWaker::new();
         assert!(poll_with(&mut future, &waker).is_pending());
         let completing = thread::spawn(move || completer.complete(14).unwrap());
         drop(future);
         completing.join().unwrap();
-        assert_eq!(ends.load(SeqCst), 1);
-        assert_eq!(*seen.lock().unwrap(), Some(Ok(14)));
+        assert_eq!(end_ran.recv().unwrap(), Ok(14));
+        assert!(end_ran.try_recv().is_err(), "End ran twice");
     });
     model(
         "14b on_cancel cancels while the operation completes",
         || {
-            let (completer, ends, seen, mut future) = reaped(true);
+            let (completer, end_ran, mut future) = reaped(true);
             let (_, waker) = CountingWaker::new();
             assert!(poll_with(&mut future, &waker).is_pending());
             let completing = thread::spawn(move || {
@@ -508,12 +498,9 @@ fn model_14_reaper_races_completion() {
             });
             drop(future);
             completing.join().unwrap();
-            assert_eq!(ends.load(SeqCst), 1);
-            let seen = seen.lock().unwrap().clone();
-            assert!(
-                seen == Some(Ok(14)) || seen == Some(Err(Error::Cancelled)),
-                "{seen:?}"
-            );
+            let seen = end_ran.recv().unwrap();
+            assert!(seen == Ok(14) || seen == Err(Error::Cancelled), "{seen:?}");
+            assert!(end_ran.try_recv().is_err(), "End ran twice");
         },
     );
 }

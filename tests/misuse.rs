@@ -6,13 +6,10 @@ mod common;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{mpsc, Arc};
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::thread;
-use std::time::Duration;
 
-use apm_tap::{
-    Abandonment, ApmCallback, AsyncHandle, AsyncResult, Completer, Error, PollHandle, State,
-};
+use apm_tap::{Abandonment, ApmCallback, AsyncHandle, AsyncResult, Completer, Error, State};
 use common::{poll_with, CountingWaker, Probe};
 
 #[test]
@@ -330,93 +327,6 @@ fn panic_payload_is_taken_once() {
             .map(String::as_str),
         Some("Box<dyn Any>")
     );
-}
-
-/// A legacy handle that wakes its poller from inside `poll_completed` and stays
-/// pending until `done` (spurious wakes are allowed), counting its polls.
-struct SelfWaking {
-    done: Arc<AtomicBool>,
-    polls: Arc<AtomicUsize>,
-}
-
-impl PollHandle for SelfWaking {
-    fn poll_completed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        self.polls.fetch_add(1, SeqCst);
-        if self.done.load(SeqCst) {
-            return Poll::Ready(());
-        }
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-}
-
-/// Rule 19: dropping a `from_async_result` future over a handle that wakes itself
-/// returns promptly (it used to poll it for ever on the dropping thread), even under a
-/// `timeout` on a current-thread runtime; End still runs once, when the operation
-/// completes.
-#[test]
-fn dropping_over_a_self_waking_handle_returns_and_ends_once() {
-    let done = Arc::new(AtomicBool::new(false));
-    let polls = Arc::new(AtomicUsize::new(0));
-    let handle = SelfWaking {
-        done: Arc::clone(&done),
-        polls: Arc::clone(&polls),
-    };
-    let (ended, end_ran) = mpsc::channel();
-    let runtime = common::current_thread();
-    let (returned, timed_out) = mpsc::channel();
-    let driver = thread::spawn(move || {
-        let future = apm_tap::from_async_result(handle, move |_| ended.send(()).unwrap());
-        let outcome = runtime
-            .block_on(async { tokio::time::timeout(Duration::from_millis(10), future).await });
-        returned.send(outcome.is_err()).unwrap();
-    });
-    let elapsed = timed_out
-        .recv_timeout(Duration::from_secs(30))
-        .expect("dropping the future never returned");
-    assert!(elapsed, "the self-waking handle completed by itself");
-    driver.join().unwrap();
-    assert!(end_ran.try_recv().is_err(), "End ran before completion");
-    done.store(true, SeqCst);
-    end_ran
-        .recv_timeout(Duration::from_secs(30))
-        .expect("End never ran");
-    assert!(end_ran.try_recv().is_err(), "End ran twice");
-}
-
-/// A handle that panics in `poll_completed` once the future was dropped: End still
-/// runs, on a thread of its own, where it may block until the operation completes.
-#[test]
-fn reaper_with_a_panicking_poll_completed_still_ends() {
-    /// Pending at its first poll (the future's); panics at every later one.
-    struct Fragile {
-        polls: usize,
-    }
-    impl PollHandle for Fragile {
-        fn poll_completed(&mut self, _: &mut Context<'_>) -> Poll<()> {
-            self.polls += 1;
-            if self.polls > 1 {
-                panic!("poll_completed exploded");
-            }
-            Poll::Pending
-        }
-    }
-    let (complete, completed) = mpsc::channel::<()>();
-    let (ended, end_ran) = mpsc::channel();
-    let mut future = apm_tap::from_async_result(Fragile { polls: 0 }, move |_| {
-        // An APM End blocks until the operation completes.
-        completed.recv().unwrap();
-        ended.send(thread::current().id()).unwrap();
-    });
-    let (_, waker) = CountingWaker::new();
-    assert!(poll_with(&mut future, &waker).is_pending());
-    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(future)));
-    assert!(dropped.is_ok(), "the handle's panic escaped drop");
-    complete.send(()).unwrap();
-    let end_thread = end_ran
-        .recv_timeout(Duration::from_secs(30))
-        .expect("End never ran");
-    assert_ne!(end_thread, thread::current().id());
 }
 
 /// An `io::Read` whose reads end an operation that was cancelled, as one that cancels

@@ -143,25 +143,6 @@ fn on_cancel_panic_still_ends() {
     assert_eq!(probe.ends(), 1);
 }
 
-/// The same for `from_async_result`.
-#[test]
-fn on_cancel_panic_still_ends_from_async_result() {
-    let (completer, handle) = Completer::new();
-    let (ended, end_result) = mpsc::channel();
-    let mut future = apm_tap::from_async_result(handle, move |h: AsyncResult<u8>| {
-        ended.send(h.end()).unwrap()
-    })
-    .on_cancel(|_| panic!("on_cancel exploded"));
-    let (_, waker) = CountingWaker::new();
-    assert!(poll_with(&mut future, &waker).is_pending());
-    let dropped = catch_unwind(AssertUnwindSafe(move || drop(future)));
-    assert!(dropped.is_ok(), "the hook's panic escaped drop");
-    assert!(end_result.try_recv().is_err(), "End ran before completion");
-    completer.complete(9).unwrap();
-    assert_eq!(end_result.recv().unwrap(), Ok(9));
-    assert!(end_result.try_recv().is_err(), "End ran twice");
-}
-
 /// A handle whose `completed_synchronously` panics is taken for asynchronous: the
 /// panic reaches the caller of `poll`, and End runs once, when the callback comes:
 /// in a later poll, or on the callback's thread if the future is dropped.
@@ -245,6 +226,96 @@ fn end_panic_never_reaches_the_callback_thread() {
     let outcome = thread::spawn(move || c_notify(address as *mut c_void)).join();
     assert!(outcome.is_ok(), "End's panic reached the callback's thread");
     assert_eq!(ends.load(SeqCst), 1);
+}
+
+/// A value whose `Drop` panics, captured by a closure given to the crate.
+struct ExplodesOnDrop;
+
+impl Drop for ExplodesOnDrop {
+    fn drop(&mut self) {
+        panic!("captured value's drop exploded");
+    }
+}
+
+/// Begin panics while End, unused, owns a value whose `Drop` panics: End is dropped
+/// quietly, and only Begin's panic leaves `poll` (two panics at once aborted the
+/// process).
+#[test]
+fn begin_panic_with_an_end_whose_drop_panics() {
+    let guard = ExplodesOnDrop;
+    let mut future = apm_tap::from_apm(
+        |_cb| -> common::LegacyHandle { panic!("begin exploded") },
+        move |h| {
+            let _guard = &guard;
+            h.value
+        },
+    );
+    let (_, waker) = CountingWaker::new();
+    let polled = catch_unwind(AssertUnwindSafe(|| poll_with(&mut future, &waker)));
+    assert_eq!(
+        polled.unwrap_err().downcast_ref::<&str>(),
+        Some(&"begin exploded")
+    );
+}
+
+/// A failing Begin (`try_from_apm`) with an End whose `Drop` panics: the future
+/// resolves to Begin's error; End's drop panic stays out of `poll`.
+#[test]
+fn failed_begin_with_an_end_whose_drop_panics_keeps_the_error() {
+    let guard = ExplodesOnDrop;
+    let mut future = apm_tap::try_from_apm(
+        |_cb| -> std::io::Result<common::LegacyHandle> { Err(std::io::ErrorKind::NotFound.into()) },
+        move |h| {
+            let _guard = &guard;
+            Ok(h.value)
+        },
+    );
+    let (_, waker) = CountingWaker::new();
+    let polled = catch_unwind(AssertUnwindSafe(|| poll_with(&mut future, &waker)));
+    match polled {
+        Ok(Poll::Ready(Err(error))) => assert_eq!(error.kind(), std::io::ErrorKind::NotFound),
+        other => panic!(
+            "not Begin's error: {:?}",
+            other.map(|p| p.map(|r| r.is_ok()))
+        ),
+    }
+}
+
+/// A spawner whose `tokio_handle` panics: as for `spawn`, `begin` re-raises it after
+/// completing the operation inside Begin (callback run first), and a future whose
+/// `Drop` panics is dropped quietly meanwhile.
+#[test]
+fn spawner_tokio_handle_panic_abandons_synchronously() {
+    struct BadHandle;
+    impl apm_tap::Spawner for BadHandle {
+        fn spawn(&self, _task: BoxFuture<'static, ()>) {
+            unreachable!("nothing is spawned once the spawner failed");
+        }
+        fn tokio_handle(&self) -> Option<&tokio::runtime::Handle> {
+            panic!("tokio_handle exploded");
+        }
+    }
+    let (tx, rx) = mpsc::channel();
+    let guard = ExplodesOnDrop;
+    let begun = catch_unwind(AssertUnwindSafe(|| {
+        Builder::new()
+            .callback(move |h: AsyncResult<u8>| {
+                tx.send((h.completed_synchronously(), h.end())).unwrap();
+            })
+            .spawner(&BadHandle)
+            .begin(async move {
+                let _guard = guard;
+                1
+            })
+    }));
+    assert_eq!(
+        begun.unwrap_err().downcast_ref::<&str>(),
+        Some(&"tokio_handle exploded")
+    );
+    assert_eq!(
+        rx.try_recv().expect("the callback ran in begin"),
+        (true, Err(Error::Abandoned(Abandonment::TaskDropped)))
+    );
 }
 
 // ---------------------------------------------------------------------------------

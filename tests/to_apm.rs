@@ -178,6 +178,41 @@ fn rule_9_completion_inside_spawn_is_synchronous() {
     }
 }
 
+/// `begin` in a thread-local destructor that runs after tokio's own thread-local is
+/// gone: it works (it used to panic there, inside tokio, and abort the process).
+#[test]
+fn begin_works_in_a_thread_local_destructor() {
+    struct BeginsOnExit(mpsc::Sender<(bool, Result<u8, Error>)>);
+    impl Drop for BeginsOnExit {
+        fn drop(&mut self) {
+            let ready = apm_tap::begin(async { 13 });
+            let pending = apm_tap::begin(async {
+                tokio::task::yield_now().await;
+                14
+            });
+            let synchronous = ready.completed_synchronously();
+            self.0.send((synchronous, ready.end())).unwrap();
+            self.0
+                .send((pending.completed_synchronously(), pending.end()))
+                .unwrap();
+        }
+    }
+    thread_local! {
+        static ON_EXIT: std::cell::RefCell<Option<BeginsOnExit>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        // Set before tokio's thread-local is first used, so destroyed after it.
+        ON_EXIT.with(|slot| *slot.borrow_mut() = Some(BeginsOnExit(tx)));
+        assert_eq!(apm_tap::begin(async { 0 }).end(), Ok(0));
+    })
+    .join()
+    .unwrap();
+    assert_eq!(rx.recv().unwrap(), (true, Ok(13)));
+    assert_eq!(rx.recv().unwrap(), (false, Ok(14)));
+}
+
 /// Rule 10: the callback runs once, after the result is stored, with a clone of the
 /// handle `begin` returned; `end` inside it does not block.
 #[test]

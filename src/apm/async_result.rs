@@ -182,7 +182,10 @@ impl<T> AsyncResult<T> {
     /// - [`Error::WouldDeadlock`] if the operation is not complete and this thread drives
     ///   the current-thread tokio runtime that its task was spawned on (its `block_on`,
     ///   or one of its tasks): blocking would stop the runtime that must finish it.
-    ///   `.await` the handle there instead, or end it in `spawn_blocking`.
+    ///   `.await` the handle there instead, or end it in `spawn_blocking`. `end` consumes
+    ///   the handle, so keep a clone (or ask [`wait_timeout`](Self::wait_timeout) first,
+    ///   which does not consume) where this can happen: the result stays in the
+    ///   operation for a clone to take.
     ///
     /// # Blocking
     ///

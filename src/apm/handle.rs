@@ -64,9 +64,9 @@ pub trait PollHandle {
     /// Ready once the operation has finished; otherwise arranges for `cx`'s waker to be
     /// woken when it does. Must not consume the result: End still has to find it.
     ///
-    /// Spurious wakes are allowed, also from inside this call; they are answered
-    /// without spinning the thread that wakes (see
-    /// [`from_async_result`](crate::from_async_result)).
+    /// Spurious wakes are allowed, also from inside this call, and so is waking while
+    /// holding a lock that this method takes: the crate's wakers only schedule a poll,
+    /// they never poll inside `wake` (see [`from_async_result`](crate::from_async_result)).
     ///
     /// # Examples
     ///
