@@ -183,18 +183,24 @@ impl<F, T, R, C: FnOnce(R)> Drop for FromCallback<F, T, R, C> {
     /// Before completion: cancels the operation and runs the hook. Never unwinds: the
     /// hook's panic, and those of values dropped here, are discarded.
     fn drop(&mut self) {
-        let stage = mem::replace(&mut self.stage, Stage::Moved);
         let on_cancel = self.on_cancel.take();
-        match stage {
-            Stage::Waiting(handle, registration) if !handle.is_completed() => {
-                handle.cancel();
+        match mem::replace(&mut self.stage, Stage::Moved) {
+            Stage::Waiting(handle, registration) => {
+                let cancelled = !handle.is_completed();
+                if cancelled {
+                    handle.cancel();
+                }
                 match (on_cancel, registration) {
-                    (Some(hook), Some(registration)) => quietly(move || hook(registration)),
+                    (Some(hook), Some(registration)) if cancelled => {
+                        quietly(move || hook(registration));
+                    }
                     unused => drop_quietly(unused),
                 }
-                drop_quietly(handle);
+                // A handle's drop never unwinds.
+                drop(handle);
             }
-            other => drop_quietly((other, on_cancel)),
+            Stage::Start(start) => drop_quietly((start, on_cancel)),
+            Stage::Moved => drop_quietly(on_cancel),
         }
     }
 }

@@ -38,7 +38,18 @@ pub(crate) fn quietly(f: impl FnOnce()) {
 }
 
 /// Drops a value that may hold user code (a waker, a callback, a result, a state)
-/// where a panic must not escape.
+/// where a panic must not escape. A type with no drop glue costs nothing.
+#[inline]
 pub(crate) fn drop_quietly<T>(value: T) {
-    quietly(move || drop(value));
+    if std::mem::needs_drop::<T>() {
+        quietly(move || drop(value));
+    }
+}
+
+/// [`drop_quietly`] for what an `Option` holds: an empty one costs nothing.
+#[inline]
+pub(crate) fn drop_quietly_if_some<T>(value: Option<T>) {
+    if let Some(value) = value {
+        drop_quietly(value);
+    }
 }

@@ -54,7 +54,7 @@ use crate::sync::{
     Ordering::{AcqRel, Acquire},
     PoisonError, Thread, UnsafeCell,
 };
-use crate::unwind::{catch, drop_quietly, Payload};
+use crate::unwind::{catch, drop_quietly, drop_quietly_if_some, Payload};
 use crate::{Abandonment, AsyncResult, Error, State};
 
 mod shared;
@@ -518,20 +518,24 @@ impl<T> Wake<T> {
             wakers,
             callback,
         } = self;
-        let mut first_panic = catch(move || drop(own)).err();
-        for waker in first
-            .into_iter()
-            .chain(task)
-            .chain(wakers.into_iter().flatten())
-        {
-            if let Err(payload) = catch(move || waker.wake()) {
-                keep_first(&mut first_panic, payload);
+        let mut first_panic = None;
+        if let Some(own) = own {
+            keep_first(&mut first_panic, catch(move || drop(own)));
+        }
+        if let Some(waker) = first {
+            keep_first(&mut first_panic, catch(move || waker.wake()));
+        }
+        if let Some(waker) = task {
+            keep_first(&mut first_panic, catch(move || waker.wake()));
+        }
+        if !wakers.is_empty() {
+            for waker in wakers.into_iter().flatten() {
+                keep_first(&mut first_panic, catch(move || waker.wake()));
             }
         }
         if let Some((callback, handle)) = callback {
-            if let Err(payload) = catch(move || callback(AsyncResult::from_shared(handle))) {
-                keep_first(&mut first_panic, payload);
-            }
+            let called = catch(move || callback(AsyncResult::from_shared(handle)));
+            keep_first(&mut first_panic, called);
         }
         first_panic
     }
@@ -556,10 +560,13 @@ impl<T> Wake<T> {
 }
 
 /// Keeps the first of several panics; the later ones are dropped.
-fn keep_first(first: &mut Option<Payload>, payload: Payload) {
-    match first {
-        Some(_) => crate::unwind::discard(payload),
-        None => *first = Some(payload),
+#[inline]
+fn keep_first(first: &mut Option<Payload>, outcome: Result<(), Payload>) {
+    if let Err(payload) = outcome {
+        match first {
+            Some(_) => crate::unwind::discard(payload),
+            None => *first = Some(payload),
+        }
     }
 }
 
@@ -571,10 +578,10 @@ impl<T> Drop for Cell<T> {
     fn drop(&mut self) {
         // SAFETY: `&mut self`: the last owner is dropping the cell, nobody else can
         // touch any part of it.
-        drop_quietly(unsafe { access(&self.slot, Option::take) });
+        drop_quietly_if_some(unsafe { access(&self.slot, Option::take) });
         // SAFETY: as above.
-        drop_quietly(unsafe { access(&self.waker, Option::take) });
-        drop_quietly(self.state_object.take());
+        drop_quietly_if_some(unsafe { access(&self.waker, Option::take) });
+        drop_quietly_if_some(self.state_object.take());
         // ORDERING: the last owner acquired every other owner's writes when it found it
         // was the last; Acquire is for loom, which checks that.
         let more = self.more.load(Acquire);
@@ -582,9 +589,9 @@ impl<T> Drop for Cell<T> {
             // SAFETY: installed with `Box::into_raw` for this cell, freed only here.
             let more = unsafe { Box::from_raw(more) };
             // SAFETY: as above, nobody else can touch the cell.
-            drop_quietly(unsafe { access(&more.callback, Option::take) });
+            drop_quietly_if_some(unsafe { access(&more.callback, Option::take) });
             // SAFETY: as above.
-            drop_quietly(unsafe { access(&more.task_waker, Option::take) });
+            drop_quietly_if_some(unsafe { access(&more.task_waker, Option::take) });
             // Taken out first: no user code runs under the lock (rule 18).
             let wakers = mem::take(&mut more.lock().wakers);
             drop_quietly(wakers);

@@ -45,6 +45,7 @@ impl<T> Writer<T> {
     /// Stores the result unless a handle cancelled first (then the result comes back)
     /// and gives up the writer's ownership. The caller runs the returned [`Wake`], and
     /// decides what becomes of a panic in it.
+    #[inline]
     pub(crate) fn complete(self, result: Result<T, Error>, synchronous: bool) -> Completion<T> {
         let mut this = ManuallyDrop::new(self);
         // SAFETY: `this` is never used or dropped again.
@@ -54,6 +55,7 @@ impl<T> Writer<T> {
     /// [`complete`](Self::complete), then wakes the waiters and runs the callback
     /// right here, where nobody can catch their panics: they are discarded (see
     /// `crate::unwind`), so this never unwinds.
+    #[inline]
     pub(crate) fn complete_quietly(
         self,
         result: Result<T, Error>,
@@ -80,7 +82,7 @@ impl<T> Writer<T> {
     /// # Safety
     ///
     /// Called once; the writer is not used or dropped afterwards.
-    #[inline]
+    #[inline(always)]
     unsafe fn finish(&mut self, result: Result<T, Error>, synchronous: bool) -> Completion<T> {
         let ptr = self.ptr;
         // SAFETY: the writer owns the cell until `release_writer` below.
