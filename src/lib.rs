@@ -140,8 +140,14 @@
 //!   then refuse an operation it could have waited for, or wait for one whose task only
 //!   this thread can run; and a task of a current-thread runtime that entered a
 //!   multi-thread runtime's handle reaches `block_in_place`, which tokio refuses with a
-//!   panic. A current-thread runtime's own `block_on` is told apart, whatever handle it
-//!   entered.
+//!   panic. In a current-thread runtime's own `block_on` with a multi-thread handle
+//!   entered, the thread is known to drive *a* current-thread runtime, not which: it
+//!   refuses for every task on a current-thread runtime, and waits for the rest. A
+//!   multi-thread worker outside any task (in its park hooks) is taken for a
+//!   current-thread driver in the same way.
+//! - An operation whose completer, not a task, finishes it: a [`Completer`] held by a
+//!   task of the current-thread runtime that this thread drives cannot complete while
+//!   it blocks, and nothing tells the crate where a completer lives.
 //!
 //! Awaiting the handle never blocks: inside async code, `.await` it instead.
 //!

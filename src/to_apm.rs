@@ -180,10 +180,15 @@ where
     let (mut task, handle) = cell::new_task(future, callback.into_inner(), state, runtime);
     let mut first = Poll::Pending;
     if spawner_panic.is_none() {
+        let mut polled = false;
         let entered = catch(|| {
             spawner.enter(&mut || {
-                let mut cx = Context::from_waker(noop_waker_ref());
-                first = task.poll_future(&mut cx);
+                // Once, whatever `enter` does with `f`.
+                if !polled {
+                    polled = true;
+                    let mut cx = Context::from_waker(noop_waker_ref());
+                    first = task.poll_future(&mut cx);
+                }
             });
         });
         spawner_panic = entered.err();

@@ -178,6 +178,38 @@ fn rule_9_completion_inside_spawn_is_synchronous() {
     }
 }
 
+/// A spawner whose `enter` calls its closure twice: the future is polled inline once
+/// all the same (a second poll of a finished future used to panic inside the crate).
+#[test]
+fn enter_that_runs_its_closure_twice_polls_once() {
+    struct Twice;
+    impl Spawner for Twice {
+        fn spawn(&self, task: BoxFuture<'static, ()>) {
+            futures::executor::block_on(task);
+        }
+        fn enter(&self, f: &mut dyn FnMut()) {
+            f();
+            f();
+        }
+    }
+    let polls = Arc::new(AtomicUsize::new(0));
+    let p = Arc::clone(&polls);
+    let ready = apm_tap::begin_on(
+        &Twice,
+        std::future::poll_fn(move |_| {
+            p.fetch_add(1, SeqCst);
+            std::task::Poll::Ready(5)
+        }),
+    );
+    assert_eq!((ready.end(), polls.load(SeqCst)), (Ok(5), 1));
+    let pending = apm_tap::begin_on(&Twice, async {
+        tokio::task::yield_now().await;
+        6
+    });
+    assert!(pending.completed_synchronously()); // finished inside `spawn`, here
+    assert_eq!(pending.end(), Ok(6));
+}
+
 /// `begin` in a thread-local destructor that runs after tokio's own thread-local is
 /// gone: it works (it used to panic there, inside tokio, and abort the process).
 #[test]
