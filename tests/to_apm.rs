@@ -51,6 +51,19 @@ fn reporting_callback<T: Send + 'static>(
     (callback, rx)
 }
 
+/// Rule 9's synchronous case: the callback already ran, on this thread, before `begin`
+/// returned, and saw the operation complete and synchronous; so does the handle.
+fn assert_completed_inside_begin<T>(
+    seen: &mpsc::Receiver<(Seen, AsyncResult<T>)>,
+    handle: &AsyncResult<T>,
+) {
+    let (seen, _) = seen.try_recv().expect("the callback ran inside begin");
+    assert_eq!(seen.thread, thread::current().id());
+    assert!(!seen.begin_had_returned);
+    assert!(seen.completed && seen.synchronous, "{seen:?}");
+    assert!(handle.completed_synchronously());
+}
+
 /// Rule 9: a future ready on its first poll completes synchronously: the callback runs on
 /// the caller's thread before `begin` returns, and sees `completed_synchronously`.
 #[test]
@@ -62,11 +75,7 @@ fn rule_9_ready_future_completes_synchronously() {
             .callback(callback)
             .begin(async { 9 });
         returned.store(true, SeqCst);
-        let (seen, _) = seen.try_recv().expect("the callback ran inside begin");
-        assert_eq!(seen.thread, thread::current().id());
-        assert!(!seen.begin_had_returned);
-        assert!(seen.completed && seen.synchronous, "{seen:?}");
-        assert!(handle.completed_synchronously());
+        assert_completed_inside_begin(&seen, &handle);
         assert_eq!(handle.end(), Ok(9));
     });
 }
@@ -169,11 +178,7 @@ fn rule_9_completion_inside_spawn_is_synchronous() {
                 9
             });
         returned.store(true, SeqCst);
-        let (seen, _) = seen.try_recv().expect("the callback ran inside begin");
-        assert_eq!(seen.thread, thread::current().id());
-        assert!(!seen.begin_had_returned);
-        assert!(seen.completed && seen.synchronous, "{seen:?}");
-        assert!(handle.completed_synchronously());
+        assert_completed_inside_begin(&seen, &handle);
         assert_eq!(handle.end(), expected);
     }
 }
