@@ -350,6 +350,361 @@ fn future_to_apm(c: &mut Criterion, allocs: &mut Vec<(String, f64)>) {
 }
 
 // ---------------------------------------------------------------------------------------
+// Scenarios L1-L7: the same questions over a legacy operation as real ones are written,
+// so that each row carries the legacy side's own cost (a boxed callback, a shared
+// handle) and the ratios are what a user's program sees.
+
+/// What a legacy Begin/End operation (a C# class, a C library) keeps: its result,
+/// written by whoever completes it, and how it completed.
+struct OpState {
+    value: std::sync::atomic::AtomicU64,
+    synchronously: bool,
+}
+
+/// The handle a legacy Begin returns and its callback receives (an `IAsyncResult`):
+/// shared by an `Arc`.
+struct OpHandle(Arc<OpState>);
+
+impl OpHandle {
+    /// The legacy End: reads the result out of the handle.
+    fn end(self) -> u64 {
+        self.0.value.load(SeqCst)
+    }
+}
+
+impl AsyncHandle for OpHandle {
+    fn completed_synchronously(&self) -> bool {
+        self.0.synchronously
+    }
+}
+
+/// The legacy completion callback: boxed, as a delegate or a C function with its
+/// `void *` is.
+type OpCallback = Box<dyn FnOnce(OpHandle) + Send>;
+
+/// Where a legacy operation completes.
+#[derive(Clone, Copy)]
+enum Site {
+    /// Inside Begin, on the caller's thread.
+    Inline,
+    /// On the legacy library's worker thread.
+    Worker(&'static mpsc::SyncSender<(OpCallback, OpHandle)>),
+}
+
+impl Site {
+    fn worker() -> Site {
+        let (tx, rx) = mpsc::sync_channel::<(OpCallback, OpHandle)>(200_000);
+        thread::Builder::new()
+            .name("legacy-begin-end".into())
+            .spawn(move || {
+                for (callback, handle) in rx {
+                    // The worker computes the result into the handle, then calls back.
+                    handle.0.value.fetch_add(1, SeqCst);
+                    callback(handle);
+                }
+            })
+            .unwrap();
+        Site::Worker(Box::leak(Box::new(tx)))
+    }
+}
+
+/// The legacy Begin: boxes nothing more than its caller's callback, allocates its
+/// handle, and calls back inline or on its worker.
+fn legacy_begin(site: Site, value: u64, callback: OpCallback) -> OpHandle {
+    let state = Arc::new(OpState {
+        value: std::sync::atomic::AtomicU64::new(value),
+        synchronously: matches!(site, Site::Inline),
+    });
+    let for_callback = OpHandle(Arc::clone(&state));
+    match site {
+        Site::Inline => callback(for_callback),
+        Site::Worker(tx) => tx.send((callback, for_callback)).unwrap(),
+    }
+    OpHandle(state)
+}
+
+fn legacy_from_apm(
+    site: Site,
+    value: u64,
+) -> impl Future<Output = Result<u64, apm_tap::Error>> + Send {
+    apm_tap::from_apm(
+        move |callback| legacy_begin(site, value, Box::new(move |_| callback.call())),
+        OpHandle::end,
+    )
+}
+
+fn legacy_from_callback(
+    site: Site,
+    value: u64,
+) -> impl Future<Output = Result<u64, apm_tap::Error>> + Send {
+    apm_tap::from_callback(move |done: Completer<u64>| {
+        legacy_begin(
+            site,
+            value,
+            Box::new(move |handle| {
+                let _ = done.complete(handle.end());
+            }),
+        )
+    })
+}
+
+/// The hand-rolled bridges run End inside the callback and send its result.
+fn legacy_tokio_oneshot(
+    site: Site,
+    value: u64,
+) -> impl Future<Output = Result<u64, impl std::fmt::Debug>> + Send {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    legacy_begin(
+        site,
+        value,
+        Box::new(move |handle| {
+            let _ = tx.send(handle.end());
+        }),
+    );
+    rx
+}
+
+fn legacy_futures_oneshot(
+    site: Site,
+    value: u64,
+) -> impl Future<Output = Result<u64, impl std::fmt::Debug>> + Send {
+    let (tx, rx) = futures::channel::oneshot::channel();
+    legacy_begin(
+        site,
+        value,
+        Box::new(move |handle| {
+            let _ = tx.send(handle.end());
+        }),
+    );
+    rx
+}
+
+fn legacy_oneshot_crate(
+    site: Site,
+    value: u64,
+) -> impl Future<Output = Result<u64, impl std::fmt::Debug>> + Send {
+    let (tx, rx) = oneshot::channel();
+    legacy_begin(
+        site,
+        value,
+        Box::new(move |handle| {
+            let _ = tx.send(handle.end());
+        }),
+    );
+    std::future::IntoFuture::into_future(rx)
+}
+
+/// Runs `$body!(name, bridge_fn)` for apm-tap's two legacy bridges and each baseline.
+macro_rules! each_legacy_variant {
+    ($body:ident) => {
+        $body!("apm_tap_from_apm", legacy_from_apm);
+        $body!("apm_tap_from_callback", legacy_from_callback);
+        $body!("tokio_oneshot", legacy_tokio_oneshot);
+        $body!("futures_oneshot", legacy_futures_oneshot);
+        $body!("oneshot_crate", legacy_oneshot_crate);
+    };
+}
+
+/// L1-L3: a legacy Begin/End operation awaited, completing inside Begin, on the worker
+/// one at a time, and 1,000 in flight on the worker.
+fn legacy_to_future(c: &mut Criterion, worker: Site, allocs: &mut Vec<(String, f64)>) {
+    let mut group = c.benchmark_group("L1_legacy_sync_in_begin");
+    macro_rules! sync {
+        ($name:literal, $bridge:ident) => {
+            group.bench_function($name, |b| {
+                b.iter(|| ready($bridge(Site::Inline, black_box(7))).unwrap())
+            });
+            allocs.push((
+                format!("L1_legacy_sync_in_begin/{}", $name),
+                allocations_per_op(10_000, |i| {
+                    black_box(ready($bridge(Site::Inline, i as u64)).unwrap());
+                }),
+            ));
+        };
+    }
+    each_legacy_variant!(sync);
+    group.finish();
+
+    let runtime = current_thread();
+    let mut group = c.benchmark_group("L2_legacy_cross_thread_one");
+    macro_rules! one {
+        ($name:literal, $bridge:ident) => {
+            group.bench_function($name, |b| {
+                b.iter_custom(|iters| {
+                    runtime.block_on(async {
+                        let start = Instant::now();
+                        for i in 0..iters {
+                            black_box($bridge(worker, i).await.unwrap());
+                        }
+                        start.elapsed()
+                    })
+                })
+            });
+            allocs.push((
+                format!("L2_legacy_cross_thread_one/{}", $name),
+                allocations_per_op(10_000, |i| {
+                    black_box(runtime.block_on($bridge(worker, i as u64)).unwrap());
+                }),
+            ));
+        };
+    }
+    each_legacy_variant!(one);
+    group.finish();
+
+    let mut group = c.benchmark_group("L3_legacy_in_flight_1000");
+    group.sample_size(20);
+    macro_rules! many {
+        ($name:literal, $bridge:ident) => {
+            let batch = || {
+                runtime.block_on(async {
+                    let all =
+                        futures::future::join_all((0..1_000).map(|i| $bridge(worker, i))).await;
+                    black_box(all.len())
+                })
+            };
+            group.bench_function($name, |b| b.iter(batch));
+            allocs.push((
+                format!("L3_legacy_in_flight_1000/{}", $name),
+                allocations_per_op(20, |_| {
+                    batch();
+                }) / 1_000.0,
+            ));
+        };
+    }
+    each_legacy_variant!(many);
+    group.finish();
+}
+
+/// The legacy caller's completion callback in L4-L7: boxed by the caller, as in
+/// L1-L3; it reports the value on a channel.
+type ValueCallback = Box<dyn FnOnce(u64) + Send>;
+
+/// L4-L7: a future exposed to a legacy caller, who passes a boxed callback or blocks in
+/// End: through apm-tap (`begin_on` with the runtime, `begin` inside it), and through a
+/// hand-rolled Begin (spawn, a oneshot channel as the handle, the callback called by the
+/// task). `yields` says whether the future yields once (so it cannot finish inside
+/// Begin) or is ready at once.
+fn future_to_legacy(c: &mut Criterion, allocs: &mut Vec<(String, f64)>) {
+    let runtime = multi_thread();
+    let handle = runtime.handle().clone();
+    let (done_tx, done_rx) = mpsc::channel::<u64>();
+    for (yields, group_name, end_name) in [
+        (true, "L4_future_to_callback_1000", "L5_future_to_blocking_end"),
+        (
+            false,
+            "L6_ready_future_to_callback_1000",
+            "L7_ready_future_to_blocking_end",
+        ),
+    ] {
+        let job = move |v: u64| async move {
+            if yields {
+                tokio::task::yield_now().await;
+            }
+            v
+        };
+        let callback = |tx: &mpsc::Sender<u64>| -> ValueCallback {
+            let tx = tx.clone();
+            Box::new(move |v| tx.send(v).unwrap())
+        };
+        // The same callback as the legacy caller gives an APM Begin: one box too.
+        let apm_callback = |tx: &mpsc::Sender<u64>| {
+            let tx = tx.clone();
+            AsyncCallback::new(move |h: AsyncResult<u64>| tx.send(h.end().unwrap()).unwrap())
+        };
+        let mut group = c.benchmark_group(group_name);
+        group.sample_size(20);
+        // 1,000 operations outstanding at once, each with its callback; time per batch.
+        let mut batch = |name: &str, begin_one: &mut dyn FnMut(u64)| {
+            let mut run = || {
+                for v in 0..1_000 {
+                    begin_one(v);
+                }
+                for _ in 0..1_000 {
+                    black_box(done_rx.recv().unwrap());
+                }
+            };
+            group.bench_function(name, |b| b.iter(&mut run));
+            allocs.push((
+                format!("{group_name}/{name}"),
+                allocations_per_op(20, |_| run()) / 1_000.0,
+            ));
+        };
+        batch("apm_tap_begin_on", &mut |v| {
+            let legacy = apm_callback(&done_tx);
+            drop(
+                apm_tap::Builder::new()
+                    .callback(legacy)
+                    .spawner(&handle)
+                    .begin(job(v)),
+            );
+        });
+        batch("apm_tap_begin", &mut |v| {
+            let legacy = apm_callback(&done_tx);
+            let _inside = handle.enter();
+            drop(apm_tap::Builder::new().callback(legacy).begin(job(v)));
+        });
+        batch("tokio_spawn_oneshot", &mut |v| {
+            let callback = callback(&done_tx);
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            handle.spawn(async move {
+                let value = job(v).await;
+                let _ = tx.send(value);
+                callback(value);
+            });
+            drop(rx);
+        });
+        batch("oneshot_crate_spawn", &mut |v| {
+            let callback = callback(&done_tx);
+            let (tx, rx) = oneshot::channel();
+            handle.spawn(async move {
+                let value = job(v).await;
+                let _ = tx.send(value);
+                callback(value);
+            });
+            drop(rx);
+        });
+        group.finish();
+
+        // One operation, its caller blocked in End.
+        let mut group = c.benchmark_group(end_name);
+        let mut both = |name: &str, op: &mut dyn FnMut(u64) -> u64| {
+            group.bench_function(name, |b| b.iter(|| op(black_box(7))));
+            allocs.push((
+                format!("{end_name}/{name}"),
+                allocations_per_op(10_000, |i| {
+                    black_box(op(i as u64));
+                }),
+            ));
+        };
+        both("apm_tap_begin_on", &mut |v| {
+            apm_tap::begin_on(&handle, job(v)).end().unwrap()
+        });
+        both("apm_tap_begin", &mut |v| {
+            let begun = {
+                let _inside = handle.enter();
+                apm_tap::begin(job(v))
+            };
+            begun.end().unwrap()
+        });
+        both("tokio_spawn_oneshot", &mut |v| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            handle.spawn(async move {
+                let _ = tx.send(job(v).await);
+            });
+            rx.blocking_recv().unwrap()
+        });
+        both("oneshot_crate_spawn", &mut |v| {
+            let (tx, rx) = oneshot::channel();
+            handle.spawn(async move {
+                let _ = tx.send(job(v).await);
+            });
+            rx.recv().unwrap()
+        });
+        group.finish();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Custom measurements: blocking hand-off, CPU time of a long wait, scale.
 
 /// A thread that spins (never parks) waiting for jobs, so that a job runs a few
@@ -668,6 +1023,22 @@ fn summary(allocs: &[(String, f64)]) {
         allocs,
     );
 
+    let legacy_bridges = ["tokio_oneshot", "futures_oneshot", "oneshot_crate"];
+    let legacy_apm = ["apm_tap_from_apm", "apm_tap_from_callback"];
+    ratio_rows("L1_legacy_sync_in_begin", 1.0, &legacy_apm, &legacy_bridges, allocs);
+    ratio_rows("L2_legacy_cross_thread_one", 1.0, &legacy_apm, &legacy_bridges, allocs);
+    ratio_rows("L3_legacy_in_flight_1000", 1_000.0, &legacy_apm, &legacy_bridges, allocs);
+    let begins = ["apm_tap_begin_on", "apm_tap_begin"];
+    let spawns = ["tokio_spawn_oneshot", "oneshot_crate_spawn"];
+    for (group, per) in [
+        ("L4_future_to_callback_1000", 1_000.0),
+        ("L5_future_to_blocking_end", 1.0),
+        ("L6_ready_future_to_callback_1000", 1_000.0),
+        ("L7_ready_future_to_blocking_end", 1.0),
+    ] {
+        ratio_rows(group, per, &begins, &spawns, allocs);
+    }
+
     println!(
         "\n## Blocking hand-off (result arrives 5 us after the waiter blocks; median of 2,000)\n"
     );
@@ -732,6 +1103,8 @@ fn main() {
     cross_thread_in_flight(&mut criterion, worker, 1_000);
     cross_thread_in_flight(&mut criterion, worker, 100_000);
     future_to_apm(&mut criterion, &mut allocs);
+    legacy_to_future(&mut criterion, Site::worker(), &mut allocs);
+    future_to_legacy(&mut criterion, &mut allocs);
     criterion.final_summary();
     summary(&allocs);
 }

@@ -21,10 +21,10 @@
 //!
 //! # Implementation notes
 //!
-//! - Lock-free on the paths every operation takes: one atomic word (`state`) holds the
-//!   completion, the waiter flags and the owner counts; the result and the first
-//!   waiter's waker sit in `UnsafeCell`s whose ownership the state word hands over (see
-//!   the flag constants). An uncontended synchronous completion costs one
+//! - Lock-free on the paths every operation takes: one atomic word (`state`, see
+//!   `word.rs`, with the table of every flag) holds the completion, the waiter flags and
+//!   the owner counts; the result and the first waiter's waker sit in `UnsafeCell`s
+//!   whose ownership the state word hands over. An uncontended synchronous completion costs one
 //!   compare-and-swap; a handle that sees it is the last owner takes the result and
 //!   frees the cell without any further read-modify-write. A completer takes the
 //!   wakers and the callback out and gives up its ownership before it wakes anyone, so
@@ -50,7 +50,7 @@ use std::ptr::{self, NonNull};
 use std::task::{Poll, Waker};
 
 use crate::sync::{
-    AtomicPtr, AtomicUsize, Mutex, MutexGuard,
+    AtomicPtr, Mutex, MutexGuard,
     Ordering::{AcqRel, Acquire},
     PoisonError, Thread, UnsafeCell,
 };
@@ -61,11 +61,13 @@ mod shared;
 mod task;
 #[cfg(all(test, not(apm_tap_loom)))]
 mod tests;
+mod word;
 mod writer;
 
 pub(crate) use shared::Shared;
 pub(crate) use task::{new_task, TaskWriter};
 pub(crate) use writer::{Completion, Writer};
+use word::{Snapshot, Word, CALLBACK, SYNC, TASK, TASK_WAKER, WAITERS, WAKER};
 
 /// The boxed callback stored in a cell, run once with a clone of the handle.
 pub(crate) type Callback<T> = Box<dyn FnOnce(AsyncResult<T>) + Send>;
@@ -97,58 +99,6 @@ impl<T> Outcome<T> {
     }
 }
 
-// The state word. Flags in the low bits, the number of handles above them.
-
-/// The writer stored its outcome in `slot`. Set once, only by the writer, only while
-/// `CANCELLED` is clear; from then on a handle that sets `TAKEN` owns the slot.
-const VALUE: usize = 1;
-/// A handle cancelled before the writer stored anything: the result is
-/// `Err(Cancelled)` and `slot` stays the writer's (it takes back what it stores).
-const CANCELLED: usize = 1 << 1;
-/// Either of the two: the cell is complete.
-const COMPLETE: usize = VALUE | CANCELLED;
-/// The result was taken; later takes get `AlreadyEnded`.
-const TAKEN: usize = 1 << 2;
-/// The writer completed on the thread that began the operation, inside Begin.
-const SYNC: usize = 1 << 3;
-/// `waker` holds the waker of the handle that owns entry 0. While set and the cell is
-/// pending, the completer may take the waker at any moment, so the owner must clear
-/// the flag (which fails once complete) before it touches `waker`; while clear, the
-/// owner alone touches it. Whoever completes the cell takes the waker if the flag was
-/// set at that moment.
-const WAKER: usize = 1 << 4;
-/// Entry 0 (`waker`) belongs to a handle.
-const ENTRY0: usize = 1 << 5;
-/// `More::task_waker` holds the writer's own waker (a running `begin` task waiting to
-/// learn of a cancel), under the same rules as `WAKER`, with the writer as owner.
-const TASK_WAKER: usize = 1 << 6;
-/// `More::waiters` may hold wakers or parked threads: the completer must lock it.
-const WAITERS: usize = 1 << 7;
-/// `More::callback` holds the callback: whoever completes the cell takes it.
-const CALLBACK: usize = 1 << 8;
-/// The writer still owns the cell.
-const WRITER: usize = 1 << 9;
-/// The cell is the head of a `TaskCell` (see `task.rs`): the writer is a task running
-/// a `begin` future, and the allocation is freed through the header's `free`. Set at
-/// creation, never changed.
-const TASK: usize = 1 << 10;
-/// One handle. The count of handles takes every bit from here up.
-const REF: usize = 1 << 11;
-
-/// The number of handles counted in `state`.
-#[inline]
-const fn handles(state: usize) -> usize {
-    state / REF
-}
-
-/// Whether `state`, as seen by a handle, says that this handle is the cell's only
-/// owner: no other handle, no writer. Only the owner itself could create another (by
-/// cloning), so once true it stays true for as long as that owner does not clone.
-#[inline]
-const fn is_sole(state: usize) -> bool {
-    handles(state) == 1 && state & WRITER == 0
-}
-
 /// A handle's waiter entry, none until the handle first waits: entry 0 is the cell's
 /// inline `waker`, entry `n > 0` is `More::wakers[n - 1]`. Kept in four bytes (as
 /// `n + 1`), so that an `AsyncResult` is two words.
@@ -169,7 +119,7 @@ impl Entry {
 }
 
 pub(crate) struct Cell<T> {
-    state: AtomicUsize,
+    state: Word,
     slot: UnsafeCell<Option<Outcome<T>>>,
     /// Waiter entry 0: the first awaiting handle's waker (see `WAKER`).
     waker: UnsafeCell<Option<Waker>>,
@@ -235,11 +185,11 @@ pub(crate) fn new<T>(callback: Option<Callback<T>>, state: State) -> (Writer<T>,
 /// `cell` points to memory for a `Cell<T>` that nothing else uses; afterwards it holds an
 /// initialised cell owned by one writer and one handle.
 unsafe fn init<T>(cell: *mut Cell<T>, callback: Option<Callback<T>>, state: State, flags: usize) {
-    let mut bits = WRITER | REF | flags;
+    let mut flags = flags;
     let more = match callback {
         None => ptr::null_mut(),
         Some(callback) => {
-            bits |= CALLBACK;
+            flags |= CALLBACK;
             More::boxed(Some(callback))
         }
     };
@@ -248,7 +198,7 @@ unsafe fn init<T>(cell: *mut Cell<T>, callback: Option<Callback<T>>, state: Stat
     // pointers (no reference to the uninitialised cell is made), so that afterwards it
     // is fully initialised.
     unsafe {
-        ptr::addr_of_mut!((*cell).state).write(AtomicUsize::new(bits));
+        ptr::addr_of_mut!((*cell).state).write(Word::new(flags));
         ptr::addr_of_mut!((*cell).slot).write(UnsafeCell::new(None));
         ptr::addr_of_mut!((*cell).waker).write(UnsafeCell::new(None));
         ptr::addr_of_mut!((*cell).more).write(AtomicPtr::new(more));
@@ -271,10 +221,8 @@ fn owners<T>(ptr: NonNull<Cell<T>>) -> (Writer<T>, Shared<T>) {
 }
 
 impl<T> Cell<T> {
-    fn load(&self) -> usize {
-        // ORDERING: Acquire pairs with the AcqRel read-modify-writes that publish the
-        // slots: a reader that sees a flag sees what was written before it was set.
-        self.state.load(Acquire)
+    fn load(&self) -> Snapshot {
+        self.state.load()
     }
 
     pub(crate) fn state(&self) -> &State {
@@ -282,11 +230,11 @@ impl<T> Cell<T> {
     }
 
     pub(crate) fn is_completed(&self) -> bool {
-        self.load() & COMPLETE != 0
+        self.load().is_complete()
     }
 
     pub(crate) fn completed_synchronously(&self) -> bool {
-        self.load() & SYNC != 0
+        self.load().has(SYNC)
     }
 
     fn more(&self) -> Option<&More<T>> {
@@ -330,17 +278,16 @@ impl<T> Cell<T> {
         extra: usize,
         waker: &Waker,
     ) -> Poll<()> {
-        let mut state = self.load();
         // Take the slot back from a possible completer first.
-        while state & flag != 0 {
-            if state & COMPLETE != 0 {
-                return Poll::Ready(());
-            }
-            match cas(&self.state, state, state & !flag) {
-                Ok(_) => state &= !flag,
-                Err(actual) => state = actual,
-            }
-        }
+        let taken_back = self.state.update(self.load(), |s| {
+            (s.has(flag) && !s.is_complete()).then(|| s.without(flag))
+        });
+        let state = match taken_back {
+            Ok(before) => before.without(flag),
+            // Complete while the flag was set: the completer owns the slot now.
+            Err(now) if now.has(flag) => return Poll::Ready(()),
+            Err(now) => now,
+        };
         // SAFETY: `flag` is clear and the caller owns the slot's entry: nobody else
         // touches the slot now (a completer takes it only if `flag` was set).
         let old = unsafe {
@@ -349,18 +296,15 @@ impl<T> Cell<T> {
                 _ => slot.replace(waker.clone()),
             })
         };
-        loop {
-            if state & COMPLETE != 0 {
-                // The completer did not see `flag`: the waker is still ours.
-                // SAFETY: as above, `flag` is clear.
-                let mine = unsafe { access(slot, Option::take) };
-                drop((mine, old));
-                return Poll::Ready(());
-            }
-            match cas(&self.state, state, state | flag | extra) {
-                Ok(_) => break,
-                Err(actual) => state = actual,
-            }
+        let published = self
+            .state
+            .update(state, |s| (!s.is_complete()).then(|| s.with(flag | extra)));
+        if published.is_err() {
+            // The completer did not see `flag`: the waker is still ours.
+            // SAFETY: as above, `flag` is clear.
+            let mine = unsafe { access(slot, Option::take) };
+            drop((mine, old));
+            return Poll::Ready(());
         }
         drop(old);
         Poll::Pending
@@ -370,7 +314,7 @@ impl<T> Cell<T> {
     ///
     /// The waker is cloned with no lock held: `Waker::clone` is user code and may call
     /// back into this operation (rule 18).
-    fn register_more(&self, state: usize, waker: &Waker, entry: &mut Entry) -> Poll<()> {
+    fn register_more(&self, state: Snapshot, waker: &Waker, entry: &mut Entry) -> Poll<()> {
         if let Some(index) = entry.get() {
             let Some(waiters) = self.lock_waiters(state) else {
                 return Poll::Ready(());
@@ -412,15 +356,12 @@ impl<T> Cell<T> {
 
     /// Locks `More::waiters` to add a waiter, after making sure that the completer will
     /// look there; `None` if the cell completed (nothing to add then).
-    fn lock_waiters(&self, state: usize) -> Option<MutexGuard<'_, Waiters>> {
+    fn lock_waiters(&self, state: Snapshot) -> Option<MutexGuard<'_, Waiters>> {
         let more = self.more_or_install();
-        if state & WAITERS == 0 {
-            // ORDERING: AcqRel, and a read-modify-write: ordered against the completing
-            // one, so either the completer sees `WAITERS` or this sees completion.
-            let before = self.state.fetch_or(WAITERS, AcqRel);
-            if before & COMPLETE != 0 {
-                return None;
-            }
+        // A read-modify-write, ordered against the completing one: either the completer
+        // sees `WAITERS` or this sees completion.
+        if !state.has(WAITERS) && self.state.set(WAITERS).is_complete() {
+            return None;
         }
         let waiters = more.lock();
         // A completer that locked before us drained the list already; its completion
@@ -439,12 +380,12 @@ impl<T> Cell<T> {
     ///
     /// `ptr` is the pointer by which the caller (the completer) owns the cell, and the
     /// caller keeps owning it until this returns.
-    unsafe fn collect(ptr: NonNull<Cell<T>>, before: usize, by_writer: bool) -> Wake<T> {
+    unsafe fn collect(ptr: NonNull<Cell<T>>, before: Snapshot, by_writer: bool) -> Wake<T> {
         // SAFETY: the caller owns the cell.
         let this = unsafe { ptr.as_ref() };
         // A flag that was set when the cell completed can no longer be cleared by its
         // owner: the completer (this thread) owns that slot now.
-        let first = if before & WAKER != 0 {
+        let first = if before.has(WAKER) {
             // SAFETY: `WAKER` was set, see above.
             unsafe { access(&this.waker, Option::take) }
         } else {
@@ -453,13 +394,13 @@ impl<T> Cell<T> {
         let more = this.more();
         let task = match more {
             // SAFETY: `TASK_WAKER` was set, see above.
-            Some(more) if before & TASK_WAKER != 0 => unsafe {
+            Some(more) if before.has(TASK_WAKER) => unsafe {
                 access(&more.task_waker, Option::take)
             },
             _ => None,
         };
         let wakers = match more {
-            Some(more) if before & WAITERS != 0 => {
+            Some(more) if before.has(WAITERS) => {
                 let mut waiters = more.lock();
                 // Unparked under the lock: a blocked thread that saw the completion on
                 // its own locks before it returns (see `park_until`), so no unpark
@@ -474,7 +415,7 @@ impl<T> Cell<T> {
         let callback = match more {
             // SAFETY: `CALLBACK` was set when the cell completed: the installer is done
             // with the slot, and only the completer takes it.
-            Some(more) if before & CALLBACK != 0 => unsafe { access(&more.callback, Option::take) },
+            Some(more) if before.has(CALLBACK) => unsafe { access(&more.callback, Option::take) },
             _ => None,
         };
         // SAFETY: the caller owns the cell by `ptr`.
@@ -599,19 +540,6 @@ impl<T> Drop for Cell<T> {
     }
 }
 
-/// One compare-and-swap step of a read-modify-write loop on the state word.
-///
-/// It takes the atomic alone, not `&Cell`: an update that gives up ownership lets
-/// another thread free the cell at once, while this call is still running, and a
-/// reference to the whole cell must not outlive the cell even then.
-#[inline]
-fn cas(state: &AtomicUsize, current: usize, new: usize) -> Result<usize, usize> {
-    // ORDERING: AcqRel: a successful update both publishes this thread's writes to the
-    // slots it hands over and acquires the slots handed to it; the failure ordering
-    // matters only for the value read, which the loop re-examines.
-    state.compare_exchange_weak(current, new, AcqRel, Acquire)
-}
-
 /// Runs `f` on the contents of one of the cell's `UnsafeCell`s.
 ///
 /// # Safety
@@ -633,7 +561,7 @@ unsafe fn access<U, R>(cell: &UnsafeCell<U>, f: impl FnOnce(&mut U) -> R) -> R {
 unsafe fn free<T>(ptr: NonNull<Cell<T>>) {
     // SAFETY: the caller is the last owner, so the cell is alive and nobody writes it.
     let cell = unsafe { ptr.as_ref() };
-    if cell.load() & TASK != 0 {
+    if cell.load().has(TASK) {
         // SAFETY: `TASK` is set only on a cell made by `new_task`, at the head of its
         // `TaskCell`, whose header holds `free`; the caller's guarantee passes on.
         unsafe { task::free(ptr) }

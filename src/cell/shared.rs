@@ -6,14 +6,9 @@ use std::ptr::NonNull;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use super::{
-    access, cas, free, handles, is_sole, Callback, Cell, Entry, CALLBACK, CANCELLED, COMPLETE,
-    ENTRY0, REF, TAKEN, VALUE, WAKER,
-};
-use crate::sync::{
-    self,
-    Ordering::{AcqRel, Relaxed},
-};
+use super::word::{Snapshot, CALLBACK, CANCELLED, ENTRY0, REF, TAKEN, VALUE, WAKER};
+use super::{access, free, Callback, Cell, Entry};
+use crate::sync;
 use crate::unwind::drop_quietly;
 use crate::Error;
 
@@ -50,14 +45,12 @@ impl<T> Clone for Shared<T> {
 
 impl<T> Drop for Shared<T> {
     fn drop(&mut self) {
-        if is_sole(self.load()) {
+        if self.load().is_sole() {
             // SAFETY: the only owner (the Acquire load saw every other owner leave).
             unsafe { free(self.ptr) };
             return;
         }
-        // ORDERING: AcqRel, as for the writer's release.
-        let before = self.state.fetch_sub(REF, AcqRel);
-        if is_sole(before) {
+        if self.state.remove_handle().is_sole() {
             // SAFETY: this handle was the last owner.
             unsafe { free(self.ptr) };
         }
@@ -74,10 +67,7 @@ impl<T> Shared<T> {
     pub(super) unsafe fn new_from(ptr: NonNull<Cell<T>>) -> Self {
         // SAFETY: the caller owns the cell.
         let cell = unsafe { ptr.as_ref() };
-        // ORDERING: Relaxed, as for `Arc::clone`: the caller's ownership keeps the cell
-        // alive, and handing the new handle to another thread synchronises by itself.
-        let before = cell.state.fetch_add(REF, Relaxed);
-        if handles(before) >= handles(usize::MAX) / 2 {
+        if cell.state.add_handle().handles() >= usize::MAX / REF / 2 {
             // As `Arc` does: a count this high means clones are being leaked.
             std::process::abort();
         }
@@ -94,26 +84,24 @@ impl<T> Shared<T> {
     /// Takes the result of a complete cell (`state` has `COMPLETE`). `&mut`: only the
     /// owner of this handle takes through it, so that when it is the cell's only owner
     /// no other thread can touch the state word (see the plain store below).
-    fn take(&mut self, state: usize) -> Result<T, Error> {
-        let state = if is_sole(state) {
-            if state & TAKEN != 0 {
+    fn take(&mut self, state: Snapshot) -> Result<T, Error> {
+        let state = if state.is_sole() {
+            if state.has(TAKEN) {
                 return Err(Error::AlreadyEnded);
             }
-            // ORDERING: nobody else can update the word (no other owner, see `is_sole`,
-            // and this handle is borrowed mutably), so a plain store does; a later clone
-            // publishes it with its own update.
-            self.state.store(state | TAKEN, Relaxed);
+            // Nobody else can update the word: no other owner, and this handle is
+            // borrowed mutably.
+            self.state.set_taken_alone(state);
             state
         } else {
-            // ORDERING: AcqRel: exactly one handle sees `TAKEN` clear, and it acquires
-            // the writer's slot.
-            let before = self.state.fetch_or(TAKEN, AcqRel);
-            if before & TAKEN != 0 {
+            // Exactly one handle sees `TAKEN` clear, and it acquires the writer's slot.
+            let before = self.state.set(TAKEN);
+            if before.has(TAKEN) {
                 return Err(Error::AlreadyEnded);
             }
             before
         };
-        if state & VALUE == 0 {
+        if !state.has(VALUE) {
             return Err(Error::Cancelled);
         }
         // SAFETY: `VALUE` is set (the writer is done with the slot) and this handle set
@@ -127,7 +115,7 @@ impl<T> Shared<T> {
     /// Takes the result if there is one, without blocking.
     pub(crate) fn try_take(&mut self) -> Option<Result<T, Error>> {
         let state = self.load();
-        (state & COMPLETE != 0).then(|| self.take(state))
+        state.is_complete().then(|| self.take(state))
     }
 
     /// Takes the result, or registers `cx`'s waker in the caller's waker entry.
@@ -137,7 +125,7 @@ impl<T> Shared<T> {
         entry: &mut Entry,
     ) -> Poll<Result<T, Error>> {
         let state = self.load();
-        if state & COMPLETE != 0 {
+        if state.is_complete() {
             return Poll::Ready(self.take(state));
         }
         match self.register(state, cx.waker(), entry) {
@@ -149,7 +137,7 @@ impl<T> Shared<T> {
     /// Ready once the cell has completed; does not take the result.
     pub(crate) fn poll_completed(&self, cx: &mut Context<'_>, entry: &mut Entry) -> Poll<()> {
         let state = self.load();
-        if state & COMPLETE != 0 {
+        if state.is_complete() {
             return Poll::Ready(());
         }
         self.register(state, cx.waker(), entry)
@@ -157,17 +145,17 @@ impl<T> Shared<T> {
 
     /// Registers `waker` in the caller's waker entry (taking one on first use) while the
     /// cell is pending (as `state` last said); Ready if it completed meanwhile.
-    fn register(&self, state: usize, waker: &Waker, entry: &mut Entry) -> Poll<()> {
+    fn register(&self, state: Snapshot, waker: &Waker, entry: &mut Entry) -> Poll<()> {
         match entry.get() {
             Some(0) => self.register_inline(&self.waker, WAKER, 0, waker),
             Some(_) => self.register_more(state, waker, entry),
-            None if state & ENTRY0 != 0 => self.register_more(state, waker, entry),
+            None if state.has(ENTRY0) => self.register_more(state, waker, entry),
             // The only handle: no other can compete for entry 0 (only this one could make
             // another, by cloning), and the writer never uses it, so claiming the entry
             // and publishing the waker is one update.
             // The entry is recorded only once the waker is in place: if cloning it
             // panics, `ENTRY0` stays clear and the entry free.
-            None if handles(state) == 1 => {
+            None if state.handles() == 1 => {
                 let registered = self.register_inline(&self.waker, WAKER, ENTRY0, waker);
                 entry.set(0);
                 registered
@@ -177,18 +165,14 @@ impl<T> Shared<T> {
     }
 
     /// Claims entry 0 for this handle if it is free, else registers in `More`.
-    fn claim_entry0(&self, mut state: usize, waker: &Waker, entry: &mut Entry) -> Poll<()> {
-        loop {
-            if state & COMPLETE != 0 {
-                return Poll::Ready(());
-            }
-            if state & ENTRY0 != 0 {
-                return self.register_more(state, waker, entry);
-            }
-            match cas(&self.state, state, state | ENTRY0) {
-                Ok(_) => break,
-                Err(actual) => state = actual,
-            }
+    fn claim_entry0(&self, state: Snapshot, waker: &Waker, entry: &mut Entry) -> Poll<()> {
+        let claimed = self.state.update(state, |s| {
+            (!s.is_complete() && !s.has(ENTRY0)).then(|| s.with(ENTRY0))
+        });
+        match claimed {
+            Ok(_) => {}
+            Err(now) if now.is_complete() => return Poll::Ready(()),
+            Err(now) => return self.register_more(now, waker, entry),
         }
         entry.set(0);
         self.register_inline(&self.waker, WAKER, 0, waker)
@@ -203,25 +187,19 @@ impl<T> Shared<T> {
             drop_quietly(old);
             return;
         }
-        let mut state = self.load();
-        loop {
-            if state & COMPLETE != 0 {
+        let withdrawn = self.state.update(self.load(), |s| {
+            (!s.is_complete() && s.has(WAKER)).then(|| s.without(WAKER))
+        });
+        if let Err(now) = withdrawn {
+            if now.is_complete() {
                 // The completer took the waker, or it stays until the cell is freed.
                 return;
-            }
-            if state & WAKER == 0 {
-                break;
-            }
-            match cas(&self.state, state, state & !WAKER) {
-                Ok(_) => break,
-                Err(actual) => state = actual,
             }
         }
         // SAFETY: `WAKER` is clear and this handle owns entry 0.
         let old = unsafe { access(&self.waker, Option::take) };
-        // ORDERING: AcqRel: hands the (now empty) slot to the next handle that claims
-        // entry 0.
-        self.state.fetch_and(!ENTRY0, AcqRel);
+        // Hands the (now empty) slot to the next handle that claims entry 0.
+        self.state.clear(ENTRY0);
         drop_quietly(old);
     }
 
@@ -229,16 +207,12 @@ impl<T> Shared<T> {
     /// complete already. Wakes the waiters and runs the callback here; never unwinds
     /// (their panics are discarded, see `crate::unwind`).
     pub(crate) fn cancel(&self) {
-        let mut state = self.load();
-        loop {
-            if state & COMPLETE != 0 {
-                return;
-            }
-            match cas(&self.state, state, state | CANCELLED) {
-                Ok(_) => break,
-                Err(actual) => state = actual,
-            }
-        }
+        let cancelled = self
+            .state
+            .update(self.load(), |s| (!s.is_complete()).then(|| s.with(CANCELLED)));
+        let Ok(state) = cancelled else {
+            return;
+        };
         // SAFETY: this handle owns the cell by `self.ptr` until this returns.
         unsafe { Cell::collect(self.ptr, state, false) }.run_quietly();
     }
@@ -248,24 +222,22 @@ impl<T> Shared<T> {
     /// without a callback.
     pub(crate) fn set_callback(&self, callback: Callback<T>) -> Result<(), Callback<T>> {
         let more = self.more_or_install();
-        let mut state = self.load();
-        debug_assert_eq!(state & CALLBACK, 0, "a second callback");
-        if state & COMPLETE != 0 {
+        let state = self.load();
+        debug_assert!(!state.has(CALLBACK), "a second callback");
+        if state.is_complete() {
             return Err(callback);
         }
         // SAFETY: `CALLBACK` is clear and this is the cell's only installer.
         unsafe { access(&more.callback, |slot| *slot = Some(callback)) };
-        loop {
-            if state & COMPLETE != 0 {
-                // SAFETY: still clear: the completer did not take it.
-                let back = unsafe { access(&more.callback, Option::take) };
-                return Err(back.expect("installed just above"));
-            }
-            match cas(&self.state, state, state | CALLBACK) {
-                Ok(_) => return Ok(()),
-                Err(actual) => state = actual,
-            }
+        let installed = self
+            .state
+            .update(state, |s| (!s.is_complete()).then(|| s.with(CALLBACK)));
+        if installed.is_ok() {
+            return Ok(());
         }
+        // SAFETY: `CALLBACK` still clear: the completer did not take it.
+        let back = unsafe { access(&more.callback, Option::take) };
+        Err(back.expect("installed just above"))
     }
 
     /// Blocks the current thread until the cell completes or `deadline` passes; returns

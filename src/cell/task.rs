@@ -19,7 +19,8 @@ use std::task::{Context, Poll};
 
 use tokio::runtime::Id;
 
-use super::{access, init, owners, Callback, Cell, Completion, Shared, Writer, TASK};
+use super::word::TASK;
+use super::{access, init, owners, Callback, Cell, Completion, Shared, Writer};
 use crate::sync::UnsafeCell;
 use crate::unwind::{catch, discard};
 use crate::{Error, State};
@@ -106,7 +107,7 @@ pub(super) unsafe fn free<T>(ptr: NonNull<Cell<T>>) {
 impl<T> Shared<T> {
     /// The current-thread runtime that runs this operation's task, if it has one.
     pub(crate) fn task_runtime(&self) -> Option<Id> {
-        if self.load() & TASK == 0 {
+        if !self.load().has(TASK) {
             return None;
         }
         // SAFETY: a `TASK` cell heads a `TaskHeader`; this handle keeps it alive, and

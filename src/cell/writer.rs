@@ -6,11 +6,8 @@ use std::ops::Deref;
 use std::ptr::NonNull;
 use std::task::{Context, Poll};
 
-use super::{
-    access, cas, free, handles, Cell, Outcome, Wake, CALLBACK, COMPLETE, SYNC, TASK, TASK_WAKER,
-    VALUE, WAITERS, WAKER, WRITER,
-};
-use crate::sync::Ordering::{AcqRel, Acquire};
+use super::word::{CALLBACK, SYNC, TASK, TASK_WAKER, VALUE, WAITERS, WRITER};
+use super::{access, free, Cell, Outcome, Wake};
 use crate::{Abandonment, Error};
 
 /// The writer's ownership of a cell. Dropping it unfinished completes the cell with
@@ -88,7 +85,7 @@ impl<T> Writer<T> {
         // SAFETY: the writer owns the cell until `release_writer` below.
         let cell = unsafe { ptr.as_ref() };
         let state = cell.load();
-        if state & COMPLETE != 0 {
+        if state.is_complete() {
             // SAFETY: the writer owns its reference and gives it up here.
             unsafe { release_writer(ptr) };
             return Err(result);
@@ -99,13 +96,9 @@ impl<T> Writer<T> {
         let set = VALUE | if synchronous { SYNC } else { 0 };
         // The common case, inline: nobody to wake, no callback, a handle left to take the
         // result. Publishing it also gives up the writer's ownership.
-        if state & (WAKER | TASK_WAKER | WAITERS | CALLBACK) == 0
-            && handles(state) != 0
-            // ORDERING: as in `cas`.
-            && cell
-                .state
-                .compare_exchange(state, (state | set) & !WRITER, AcqRel, Acquire)
-                .is_ok()
+        if !state.owes()
+            && state.handles() != 0
+            && cell.state.replace(state, state.with(set).without(WRITER))
         {
             return Ok(None);
         }
@@ -124,40 +117,36 @@ impl<T> Writer<T> {
     unsafe fn publish(ptr: NonNull<Cell<T>>, set: usize) -> Completion<T> {
         // SAFETY: the writer owns the cell until `release_writer` or `free` below.
         let cell = unsafe { ptr.as_ref() };
-        let mut state = cell.load();
-        let mut released;
-        loop {
-            if state & COMPLETE != 0 {
-                // SAFETY: cancelled meanwhile: `VALUE` was never set, so no handle reads
-                // the slot, and the writer takes back what it stored.
-                let back = unsafe { access(&cell.slot, Option::take) };
-                // SAFETY: the writer owns its reference and gives it up here.
-                unsafe { release_writer(ptr) };
-                let back = back.expect("the writer stored its outcome just above");
-                return Err(back.into_result());
+        let published = cell.state.update(cell.load(), |s| {
+            if s.is_complete() {
+                return None;
             }
             // Nobody to wake and no callback: give up the writer's ownership in the same
             // update.
-            released = state & (WAKER | TASK_WAKER | WAITERS | CALLBACK) == 0;
-            let new = if released {
-                (state | set) & !WRITER
+            Some(if s.owes() {
+                s.with(set)
             } else {
-                state | set
-            };
-            match cas(&cell.state, state, new) {
-                Ok(_) => break,
-                Err(actual) => state = actual,
-            }
-        }
-        if released {
-            if handles(state) == 0 {
+                s.with(set).without(WRITER)
+            })
+        });
+        let Ok(state) = published else {
+            // SAFETY: cancelled meanwhile: `VALUE` was never set, so no handle reads the
+            // slot, and the writer takes back what it stored.
+            let back = unsafe { access(&cell.slot, Option::take) };
+            // SAFETY: the writer owns its reference and gives it up here.
+            unsafe { release_writer(ptr) };
+            let back = back.expect("the writer stored its outcome just above");
+            return Err(back.into_result());
+        };
+        if !state.owes() {
+            if state.handles() == 0 {
                 // SAFETY: no handle and the writer gone: this thread was the last owner,
                 // and its AcqRel update acquired the others' writes.
                 unsafe { free(ptr) };
             }
             return Ok(None);
         }
-        let wake = if state & (TASK_WAKER | WAITERS | CALLBACK) == 0 {
+        let wake = if !state.has_any(TASK_WAKER | WAITERS | CALLBACK) {
             // The common case of an awaited operation: one waker, no callback.
             // SAFETY: `WAKER` was set when the cell completed: the completer owns it.
             Wake::one(unsafe { access(&cell.waker, Option::take) })
@@ -174,7 +163,7 @@ impl<T> Writer<T> {
 impl<T> Drop for Writer<T> {
     /// Completes the cell with `Abandoned`, unless it was cancelled; never unwinds.
     fn drop(&mut self) {
-        let why = if self.load() & TASK != 0 {
+        let why = if self.load().has(TASK) {
             Abandonment::TaskDropped
         } else {
             Abandonment::CompleterDropped
@@ -196,10 +185,7 @@ impl<T> Drop for Writer<T> {
 unsafe fn release_writer<T>(ptr: NonNull<Cell<T>>) {
     // SAFETY: the writer's ownership keeps the cell alive until this update.
     let cell = unsafe { ptr.as_ref() };
-    // ORDERING: AcqRel: releases this writer's accesses to whoever frees the cell, and
-    // acquires the handles' if that is this thread.
-    let before = cell.state.fetch_sub(WRITER, AcqRel);
-    if handles(before) == 0 {
+    if cell.state.remove_writer().handles() == 0 {
         // SAFETY: the writer was the last owner.
         unsafe { free(ptr) };
     }
