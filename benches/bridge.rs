@@ -589,7 +589,11 @@ fn future_to_legacy(c: &mut Criterion, allocs: &mut Vec<(String, f64)>) {
     let handle = runtime.handle().clone();
     let (done_tx, done_rx) = mpsc::channel::<u64>();
     for (yields, group_name, end_name) in [
-        (true, "L4_future_to_callback_1000", "L5_future_to_blocking_end"),
+        (
+            true,
+            "L4_future_to_callback_1000",
+            "L5_future_to_blocking_end",
+        ),
         (
             false,
             "L6_ready_future_to_callback_1000",
@@ -1025,9 +1029,27 @@ fn summary(allocs: &[(String, f64)]) {
 
     let legacy_bridges = ["tokio_oneshot", "futures_oneshot", "oneshot_crate"];
     let legacy_apm = ["apm_tap_from_apm", "apm_tap_from_callback"];
-    ratio_rows("L1_legacy_sync_in_begin", 1.0, &legacy_apm, &legacy_bridges, allocs);
-    ratio_rows("L2_legacy_cross_thread_one", 1.0, &legacy_apm, &legacy_bridges, allocs);
-    ratio_rows("L3_legacy_in_flight_1000", 1_000.0, &legacy_apm, &legacy_bridges, allocs);
+    ratio_rows(
+        "L1_legacy_sync_in_begin",
+        1.0,
+        &legacy_apm,
+        &legacy_bridges,
+        allocs,
+    );
+    ratio_rows(
+        "L2_legacy_cross_thread_one",
+        1.0,
+        &legacy_apm,
+        &legacy_bridges,
+        allocs,
+    );
+    ratio_rows(
+        "L3_legacy_in_flight_1000",
+        1_000.0,
+        &legacy_apm,
+        &legacy_bridges,
+        allocs,
+    );
     let begins = ["apm_tap_begin_on", "apm_tap_begin"];
     let spawns = ["tokio_spawn_oneshot", "oneshot_crate_spawn"];
     for (group, per) in [

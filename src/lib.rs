@@ -229,7 +229,7 @@ pub use from_apm::{
     from_apm, from_async_result, try_from_apm, ApmCallback, FromApm, FromAsyncResult, TryFromApm,
 };
 pub use from_callback::{from_callback, FromCallback};
-pub use runtime::Spawner;
+pub use runtime::{Spawner, Task};
 pub use state::State;
 pub use to_apm::{begin, begin_on, callbackify};
 

@@ -1,20 +1,75 @@
 //! Where futures given to [`begin`](crate::begin) run, and how blocking calls decide
 //! whether they may block.
 
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::OnceLock;
+use std::task::{Context, Poll};
 
-use futures::future::BoxFuture;
 use tokio::runtime::{Builder, Handle, Id, Runtime, RuntimeFlavor};
 
+use crate::cell::{Driver, RawTask, TaskWriter};
 use crate::unwind::{catch, discard};
 use crate::Error;
+
+/// A begun operation's task: the future that [`begin_on`](crate::begin_on) hands to a
+/// [`Spawner`] to run in the background.
+///
+/// Poll it to completion, or drop it; it is `Send`, `Unpin` and `'static`, and two
+/// words in size: it points into the operation's own allocation, so spawning it costs
+/// no allocation of apm-tap's (an executor that needs a `BoxFuture` boxes it). Dropping
+/// it unfinished completes the operation with [`Error::Abandoned`].
+///
+/// # Examples
+///
+/// ```
+/// use apm_tap::Task;
+/// use std::sync::mpsc;
+///
+/// // An executor of our own: runs each task on a new thread.
+/// let spawner = |task: Task| {
+///     std::thread::spawn(move || futures::executor::block_on(task));
+/// };
+/// let handle = apm_tap::begin_on(&spawner, async {
+///     futures::future::ready(()).await;
+///     2 + 2
+/// });
+/// assert_eq!(handle.end(), Ok(4));
+/// ```
+#[must_use = "a task does nothing unless polled; dropping it abandons its operation"]
+pub struct Task(RawTask);
+
+impl Task {
+    pub(crate) fn new<D: Driver, F>(task: TaskWriter<F>) -> Task
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        Task(RawTask::new::<D, F>(task))
+    }
+}
+
+impl Future for Task {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.get_mut().0.poll(cx)
+    }
+}
+
+impl fmt::Debug for Task {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Task")
+    }
+}
 
 /// Something that runs futures to completion in the background: an executor.
 ///
 /// [`begin_on`](crate::begin_on) polls the future once inline (inside
 /// [`enter`](Self::enter)) and hands it to [`spawn`](Self::spawn) only if it is not
 /// ready yet. Implemented for tokio's [`Handle`] and [`Runtime`], and for any
-/// `Fn(BoxFuture<'static, ()>)`, which covers every `futures::task::Spawn`:
+/// `Fn(Task)`, which covers every `futures::task::Spawn`:
 ///
 /// # Examples
 ///
@@ -40,10 +95,12 @@ pub trait Spawner {
     ///
     /// let runtime = tokio::runtime::Runtime::new().unwrap();
     /// let (tx, rx) = std::sync::mpsc::channel();
-    /// Spawner::spawn(&runtime, Box::pin(async move { tx.send(1).unwrap() }));
-    /// assert_eq!(rx.recv().unwrap(), 1);
+    /// let recorder = |task: apm_tap::Task| tx.send(task).unwrap();
+    /// let handle = apm_tap::begin_on(&recorder, async { tokio::task::yield_now().await; 1 });
+    /// Spawner::spawn(&runtime, rx.recv().unwrap());
+    /// assert_eq!(handle.end(), Ok(1));
     /// ```
-    fn spawn(&self, task: BoxFuture<'static, ()>);
+    fn spawn(&self, task: Task);
 
     /// Runs `f` inside this executor's context, so that the inline first poll can use
     /// the executor's resources (tokio's timers and I/O). The default just calls `f`.
@@ -81,7 +138,7 @@ pub trait Spawner {
 }
 
 impl Spawner for Handle {
-    fn spawn(&self, task: BoxFuture<'static, ()>) {
+    fn spawn(&self, task: Task) {
         drop(Handle::spawn(self, task));
     }
 
@@ -96,7 +153,7 @@ impl Spawner for Handle {
 }
 
 impl Spawner for Runtime {
-    fn spawn(&self, task: BoxFuture<'static, ()>) {
+    fn spawn(&self, task: Task) {
         Spawner::spawn(self.handle(), task);
     }
 
@@ -111,9 +168,9 @@ impl Spawner for Runtime {
 
 impl<F> Spawner for F
 where
-    F: Fn(BoxFuture<'static, ()>),
+    F: Fn(Task),
 {
-    fn spawn(&self, task: BoxFuture<'static, ()>) {
+    fn spawn(&self, task: Task) {
         self(task);
     }
 }

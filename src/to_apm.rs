@@ -4,15 +4,13 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::mem;
 use std::panic::resume_unwind;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use futures::future::BoxFuture;
 use futures::task::noop_waker_ref;
 use tokio::runtime::{Handle, RuntimeFlavor};
 
-use crate::cell::{self, Completion, TaskWriter, Wake};
-use crate::runtime::{default_handle, Spawner};
+use crate::cell::{self, Completion, Driver, TaskWriter, Wake};
+use crate::runtime::{default_handle, Spawner, Task};
 use crate::unwind::{catch, discard, drop_quietly, Payload};
 use crate::{Abandonment, AsyncCallback, AsyncResult, Builder, Error, State};
 
@@ -137,7 +135,7 @@ where
 struct WithoutContext<'a>(&'a Handle);
 
 impl Spawner for WithoutContext<'_> {
-    fn spawn(&self, task: BoxFuture<'static, ()>) {
+    fn spawn(&self, task: Task) {
         drop(self.0.spawn(task));
     }
 
@@ -206,7 +204,7 @@ where
         None => {
             let id = task.id();
             let (spawned, deferred) =
-                spawning(id, || catch(|| spawner.spawn(Box::pin(Task(task)))));
+                spawning(id, || catch(|| spawner.spawn(Task::new::<Run, F>(task))));
             spawner_panic = spawned.err();
             deferred.and_then(|run| run())
         }
@@ -271,19 +269,12 @@ fn inside_begin(id: Option<usize>) -> bool {
     id.is_some() && SPAWNING.try_with(|s| s.borrow().id == id).unwrap_or(false)
 }
 
-/// What `start` spawns: polls the future on the executor and stores its outcome.
-struct Task<F: Future>(TaskWriter<F>)
-where
-    F::Output: 'static;
+/// What a spawned task of `start` does: polls the future on the executor and stores
+/// its outcome.
+struct Run;
 
-impl<F: Future> Future for Task<F>
-where
-    F::Output: 'static,
-{
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let task = &mut self.get_mut().0;
+impl Driver for Run {
+    fn poll<F: Future + 'static>(task: &mut TaskWriter<F>, cx: &mut Context<'_>) -> Poll<()> {
         if task.is_done() {
             return Poll::Ready(());
         }
@@ -301,17 +292,12 @@ where
             }
         }
     }
-}
 
-impl<F: Future> Drop for Task<F>
-where
-    F::Output: 'static,
-{
-    fn drop(&mut self) {
+    fn drop<F: Future + 'static>(task: &mut TaskWriter<F>) {
         // Dropped inside `spawn` by a spawner that refused it: the operation completes
         // inside Begin. Anywhere else, the `TaskWriter` abandons it by itself.
-        if !self.0.is_done() && inside_begin(self.0.id()) {
-            finish(&mut self.0, Err(Error::Abandoned(Abandonment::TaskDropped)));
+        if !task.is_done() && inside_begin(task.id()) {
+            finish(task, Err(Error::Abandoned(Abandonment::TaskDropped)));
         }
     }
 }
@@ -320,10 +306,7 @@ where
 /// within `spawn`) that is a synchronous completion whose wake-ups `start` runs once
 /// `spawn` has returned; anywhere else they run here, on the executor, where nobody can
 /// catch their panics (see `crate::unwind`).
-fn finish<F: Future>(task: &mut TaskWriter<F>, outcome: Result<F::Output, Error>)
-where
-    F::Output: 'static,
-{
+fn finish<F: Future + 'static>(task: &mut TaskWriter<F>, outcome: Result<F::Output, Error>) {
     let synchronous = inside_begin(task.id());
     match task.complete(outcome, synchronous) {
         Ok(Some(wake)) if synchronous => {

@@ -10,8 +10,7 @@ use std::future::Future;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use apm_tap::{AsyncHandle, Completer};
-use futures::future::BoxFuture;
+use apm_tap::{AsyncHandle, Completer, Task};
 use futures::task::noop_waker_ref;
 
 struct Counting;
@@ -126,7 +125,7 @@ fn unused_callback_allocates_nothing_more() {
 /// nobody can send before `begin` returns.
 #[test]
 fn ready_begin_allocates_only_its_cell() {
-    let never_used = |_: BoxFuture<'static, ()>| unreachable!("a ready future is not spawned");
+    let never_used = |_: Task| unreachable!("a ready future is not spawned");
     let (count, handle) = allocations(|| apm_tap::begin_on(&never_used, async { 1_u64 }));
     assert!(handle.completed_synchronously());
     assert_eq!((count, handle.end()), (1, Ok(1)));
@@ -155,4 +154,65 @@ fn blocking_allocates_only_when_someone_blocks() {
         handle.end()
     });
     assert_eq!((count, value), (0, Ok(1)));
+}
+
+/// `begin` with a callback: the callback's own box and the cell, which keeps the
+/// callback in its header (no side block), whether the future is ready at once or not.
+/// Handing the task to the spawner allocates nothing: it is two words pointing into
+/// the cell.
+#[test]
+fn begin_allocates_the_cell_and_nothing_for_its_callback_or_its_spawn() {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Task>(1);
+    let keep = move |task: Task| tx.send(task).unwrap();
+    let (done, called) = std::sync::mpsc::sync_channel::<Result<u64, apm_tap::Error>>(2);
+    let callback = {
+        let done = done.clone();
+        move |h: apm_tap::AsyncResult<u64>| done.send(h.end()).unwrap()
+    };
+    let (count, handle) = allocations(|| {
+        let callback = apm_tap::AsyncCallback::new(callback);
+        apm_tap::Builder::new()
+            .callback(callback)
+            .spawner(&keep)
+            .begin(async { 3_u64 })
+    });
+    assert!(handle.completed_synchronously());
+    assert_eq!((count, called.recv().unwrap()), (2, Ok(3)));
+
+    let callback = move |h: apm_tap::AsyncResult<u64>| done.send(h.end()).unwrap();
+    let (count, handle) = allocations(|| {
+        let callback = apm_tap::AsyncCallback::new(callback);
+        apm_tap::Builder::new()
+            .callback(callback)
+            .spawner(&keep)
+            .begin(async {
+                yield_once().await;
+                4_u64
+            })
+    });
+    assert!(!handle.completed_synchronously());
+    assert_eq!(count, 2, "the callback's box and the cell, nothing else");
+    let mut task = rx.recv().unwrap();
+    let (count, ()) = allocations(|| {
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        while std::pin::Pin::new(&mut task).poll(&mut cx).is_pending() {}
+    });
+    assert_eq!(count, 0, "running the spawned task allocated");
+    assert_eq!(called.recv().unwrap(), Ok(4));
+    assert_eq!(handle.end(), Err(apm_tap::Error::AlreadyEnded), "the callback ended it");
+}
+
+/// Pending once, then ready: a future that cannot finish inside Begin.
+async fn yield_once() {
+    let mut yielded = false;
+    futures::future::poll_fn(move |cx| {
+        if yielded {
+            return Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await;
 }

@@ -384,7 +384,7 @@ fn model_13_handles_dropped_while_the_writer_completes() {
 type Started = Arc<std::sync::Mutex<Vec<thread::JoinHandle<()>>>>;
 
 /// A `Spawner` that runs each task on a loom thread, and the threads to join.
-fn loom_spawner() -> (impl Fn(futures::future::BoxFuture<'static, ()>), Started) {
+fn loom_spawner() -> (impl Fn(apm_tap::Task), Started) {
     let threads = Arc::new(std::sync::Mutex::new(Vec::new()));
     let t = Arc::clone(&threads);
     let spawner = move |task| {

@@ -24,10 +24,9 @@ use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 use std::thread;
 
 use apm_tap::{
-    Abandonment, ApmCallback, AsyncHandle, AsyncResult, Builder, Completer, Error, State,
+    Abandonment, ApmCallback, AsyncHandle, AsyncResult, Builder, Completer, Error, State, Task,
 };
 use common::{poll_with, CountingWaker, Fire, Probe};
-use futures::future::BoxFuture;
 
 /// A waker that counts its wakes and panics in the place it is told to: `clone`,
 /// `wake` or `drop` (every drop of every clone). Built from a vtable over a `static`,
@@ -288,7 +287,7 @@ fn failed_begin_with_an_end_whose_drop_panics_keeps_the_error() {
 fn spawner_tokio_handle_panic_abandons_synchronously() {
     struct BadHandle;
     impl apm_tap::Spawner for BadHandle {
-        fn spawn(&self, _task: BoxFuture<'static, ()>) {
+        fn spawn(&self, _task: Task) {
             unreachable!("nothing is spawned once the spawner failed");
         }
         fn tokio_handle(&self) -> Option<&tokio::runtime::Handle> {
@@ -493,7 +492,7 @@ fn future_drop_panic_on_the_executor_keeps_the_result() {
 /// synchronously, the callback run on this thread.
 #[test]
 fn spawner_panic_reaches_begin_and_abandons_synchronously() {
-    let exploding = |task: BoxFuture<'static, ()>| {
+    let exploding = |task: Task| {
         drop(task);
         panic!("spawn exploded");
     };
@@ -523,7 +522,7 @@ fn spawner_panic_reaches_begin_and_abandons_synchronously() {
 fn spawner_enter_panic_reaches_begin_and_abandons() {
     struct BadEnter;
     impl apm_tap::Spawner for BadEnter {
-        fn spawn(&self, _task: BoxFuture<'static, ()>) {
+        fn spawn(&self, _task: Task) {
             unreachable!("nothing is spawned after `enter` failed");
         }
         fn enter(&self, _f: &mut dyn FnMut()) {
@@ -603,7 +602,7 @@ fn waker_wake_panic_wakes_everyone_else() {
 #[test]
 fn waker_drop_panic_wakes_everyone_else() {
     let (tasks, spawned) = mpsc::channel();
-    let executor = move |task: BoxFuture<'static, ()>| tasks.send(task).unwrap();
+    let executor = move |task: Task| tasks.send(task).unwrap();
     let (gate, opened) = futures::channel::oneshot::channel::<u8>();
     let calls = Arc::new(AtomicUsize::new(0));
     let c = Arc::clone(&calls);
@@ -617,11 +616,11 @@ fn waker_drop_panic_wakes_everyone_else() {
     static HOSTILE: Hostile = Hostile::new("drop");
     let hostile = HOSTILE.waker();
     let mut cx = Context::from_waker(&hostile);
-    assert!(task.as_mut().poll(&mut cx).is_pending());
+    assert!(Pin::new(&mut task).poll(&mut cx).is_pending());
     let (counter, good) = CountingWaker::new();
     assert!(poll_with(&mut handle, &good).is_pending());
     gate.send(3).unwrap();
-    let finished = catch_unwind(AssertUnwindSafe(|| task.as_mut().poll(&mut cx)));
+    let finished = catch_unwind(AssertUnwindSafe(|| Pin::new(&mut task).poll(&mut cx)));
     assert_eq!(
         finished.ok(),
         Some(Poll::Ready(())),

@@ -9,9 +9,8 @@ use std::sync::{mpsc, Arc, Barrier};
 use std::thread::{self, ThreadId};
 use std::time::Duration;
 
-use apm_tap::{Abandonment, AsyncCallback, AsyncResult, Error, PollHandle, Spawner, State};
+use apm_tap::{Abandonment, AsyncCallback, AsyncResult, Error, PollHandle, Spawner, State, Task};
 use common::DropCounter;
-use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 
 /// Where a test body runs: a plain thread, a multi-thread runtime's `block_on`, a task
@@ -159,8 +158,8 @@ fn rule_9_completion_inside_spawn_is_synchronous() {
         drop(runtime);
         handle
     };
-    let refusing = |task: BoxFuture<'static, ()>| drop(task);
-    let inline = |task: BoxFuture<'static, ()>| futures::executor::block_on(task);
+    let refusing = |task: Task| drop(task);
+    let inline = |task: Task| futures::executor::block_on(task);
     let abandoned = Err(Error::Abandoned(Abandonment::TaskDropped));
     let cases: [(&dyn Spawner, Result<u8, Error>); 3] = [
         (&shut_down, abandoned.clone()),
@@ -189,7 +188,7 @@ fn rule_9_completion_inside_spawn_is_synchronous() {
 fn enter_that_runs_its_closure_twice_polls_once() {
     struct Twice;
     impl Spawner for Twice {
-        fn spawn(&self, task: BoxFuture<'static, ()>) {
+        fn spawn(&self, task: Task) {
             futures::executor::block_on(task);
         }
         fn enter(&self, f: &mut dyn FnMut()) {
@@ -702,7 +701,7 @@ fn rule_15_runtime_shutdown_abandons() {
     );
     probe.ran_once();
 
-    let refusing = |task: futures::future::BoxFuture<'static, ()>| drop(task);
+    let refusing = |task: apm_tap::Task| drop(task);
     let refused = apm_tap::begin_on(&refusing, std::future::pending::<()>());
     assert_eq!(
         refused.end(),

@@ -30,10 +30,12 @@
 //!   wakers and the callback out and gives up its ownership before it wakes anyone, so
 //!   that the woken task usually finds itself the last owner.
 //! - What most operations never need lives in `More`, allocated on first need: the
-//!   callback and the waker of a running `begin` task (`UnsafeCell`s handed over by the
-//!   `CALLBACK` and `TASK_WAKER` flags, so still lock-free) and, behind a mutex, every
-//!   waiting handle but the first and the threads blocked in `end` or `wait`. The
-//!   completer takes that mutex only when the `WAITERS` flag says somebody used it.
+//!   callback of a `Completer`'s operation (an `UnsafeCell` handed over by the
+//!   `CALLBACK` flag, so still lock-free) and, behind a mutex, every waiting handle but
+//!   the first and the threads blocked in `end` or `wait`. The completer takes that
+//!   mutex only when the `WAITERS` flag says somebody used it. A `begin` task's cell
+//!   keeps its callback and its own waker in its header instead (`task.rs`), so that
+//!   neither a callback nor a spawned task allocates a `More`.
 //! - The cell is small on purpose: 56 bytes for a `u64` result, counts included (a
 //!   64-byte block from the allocator).
 //! - Every atomic, `UnsafeCell`, lock and park comes from [`crate::sync`], so that the
@@ -65,9 +67,9 @@ mod word;
 mod writer;
 
 pub(crate) use shared::Shared;
-pub(crate) use task::{new_task, TaskWriter};
-pub(crate) use writer::{Completion, Writer};
+pub(crate) use task::{new_task, Driver, RawTask, TaskWriter};
 use word::{Snapshot, Word, CALLBACK, SYNC, TASK, TASK_WAKER, WAITERS, WAKER};
+pub(crate) use writer::{Completion, Writer};
 
 /// The boxed callback stored in a cell, run once with a clone of the handle.
 pub(crate) type Callback<T> = Box<dyn FnOnce(AsyncResult<T>) + Send>;
@@ -132,10 +134,10 @@ pub(crate) struct Cell<T> {
 /// What most operations never need, allocated when one does.
 struct More<T> {
     /// See `CALLBACK`: written by whoever installs the callback while the flag is clear
-    /// (once per cell), taken by the completer once it is set.
+    /// (once per cell), taken by the completer once it is set. A task's cell keeps its
+    /// callback in its header instead (see `task.rs`): `begin` with a callback then
+    /// needs no `More`.
     callback: UnsafeCell<Option<Callback<T>>>,
-    /// The writer's waker (see `TASK_WAKER`).
-    task_waker: UnsafeCell<Option<Waker>>,
     waiters: Mutex<Waiters>,
 }
 
@@ -153,7 +155,6 @@ impl<T> More<T> {
     fn boxed(callback: Option<Callback<T>>) -> *mut More<T> {
         Box::into_raw(Box::new(More {
             callback: UnsafeCell::new(callback),
-            task_waker: UnsafeCell::new(None),
             waiters: Mutex::new(Waiters::default()),
         }))
     }
@@ -391,14 +392,14 @@ impl<T> Cell<T> {
         } else {
             None
         };
-        let more = this.more();
-        let task = match more {
-            // SAFETY: `TASK_WAKER` was set, see above.
-            Some(more) if before.has(TASK_WAKER) => unsafe {
-                access(&more.task_waker, Option::take)
-            },
-            _ => None,
+        let task = if before.has(TASK_WAKER) {
+            // SAFETY: `TASK_WAKER` was set, see above; only a task's writer sets it, so the
+            // cell heads a `TaskCell`, which the caller's ownership keeps alive.
+            unsafe { access(task::task_waker_slot(ptr), Option::take) }
+        } else {
+            None
         };
+        let more = this.more();
         let wakers = match more {
             Some(more) if before.has(WAITERS) => {
                 let mut waiters = more.lock();
@@ -412,11 +413,13 @@ impl<T> Cell<T> {
             }
             _ => Vec::new(),
         };
-        let callback = match more {
-            // SAFETY: `CALLBACK` was set when the cell completed: the installer is done
-            // with the slot, and only the completer takes it.
-            Some(more) if before.has(CALLBACK) => unsafe { access(&more.callback, Option::take) },
-            _ => None,
+        let callback = if before.has(CALLBACK) {
+            // SAFETY: the caller owns the cell by `ptr`; `CALLBACK` was set when the cell
+            // completed: the installer is done with the slot, and only the completer
+            // takes it.
+            unsafe { access(callback_slot(ptr, false), Option::take) }
+        } else {
+            None
         };
         // SAFETY: the caller owns the cell by `ptr`.
         let callback = callback.map(|callback| (callback, unsafe { Shared::new_from(ptr) }));
@@ -531,8 +534,6 @@ impl<T> Drop for Cell<T> {
             let more = unsafe { Box::from_raw(more) };
             // SAFETY: as above, nobody else can touch the cell.
             drop_quietly_if_some(unsafe { access(&more.callback, Option::take) });
-            // SAFETY: as above.
-            drop_quietly_if_some(unsafe { access(&more.task_waker, Option::take) });
             // Taken out first: no user code runs under the lock (rule 18).
             let wakers = mem::take(&mut more.lock().wakers);
             drop_quietly(wakers);
@@ -549,6 +550,31 @@ impl<T> Drop for Cell<T> {
 unsafe fn access<U, R>(cell: &UnsafeCell<U>, f: impl FnOnce(&mut U) -> R) -> R {
     // SAFETY: exclusive access, by this function's contract.
     cell.with_mut(|contents| f(unsafe { &mut *contents }))
+}
+
+/// The slot of the cell's callback: in the header of a task's cell, else in `More`,
+/// installed first if `install` (else `More` must be there: `CALLBACK` was set).
+///
+/// # Safety
+///
+/// The caller owns the cell by `ptr` for as long as it uses the slot.
+unsafe fn callback_slot<'a, T>(
+    ptr: NonNull<Cell<T>>,
+    install: bool,
+) -> &'a UnsafeCell<Option<Callback<T>>> {
+    // SAFETY: the caller owns the cell.
+    let cell = unsafe { ptr.as_ref() };
+    if cell.load().has(TASK) {
+        // SAFETY: `TASK` is set only on a cell made by `new_task`, at the head of its
+        // `TaskCell`; the caller's ownership keeps it alive.
+        return unsafe { task::callback_slot(ptr) };
+    }
+    let more = if install {
+        cell.more_or_install()
+    } else {
+        cell.more().expect("a cell with CALLBACK has `More`")
+    };
+    &more.callback
 }
 
 /// Frees the cell: a plain one as the `Box<Cell<T>>` it was made as, a task's through

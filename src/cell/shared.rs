@@ -7,7 +7,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use super::word::{Snapshot, CALLBACK, CANCELLED, ENTRY0, REF, TAKEN, VALUE, WAKER};
-use super::{access, free, Callback, Cell, Entry};
+use super::{access, callback_slot, free, Callback, Cell, Entry};
 use crate::sync;
 use crate::unwind::drop_quietly;
 use crate::Error;
@@ -207,9 +207,9 @@ impl<T> Shared<T> {
     /// complete already. Wakes the waiters and runs the callback here; never unwinds
     /// (their panics are discarded, see `crate::unwind`).
     pub(crate) fn cancel(&self) {
-        let cancelled = self
-            .state
-            .update(self.load(), |s| (!s.is_complete()).then(|| s.with(CANCELLED)));
+        let cancelled = self.state.update(self.load(), |s| {
+            (!s.is_complete()).then(|| s.with(CANCELLED))
+        });
         let Ok(state) = cancelled else {
             return;
         };
@@ -221,14 +221,15 @@ impl<T> Shared<T> {
     /// (the caller then runs it itself). Called at most once per cell, on a cell made
     /// without a callback.
     pub(crate) fn set_callback(&self, callback: Callback<T>) -> Result<(), Callback<T>> {
-        let more = self.more_or_install();
+        // SAFETY: this handle owns the cell by `self.ptr` while it uses the slot.
+        let slot = unsafe { callback_slot(self.ptr, true) };
         let state = self.load();
         debug_assert!(!state.has(CALLBACK), "a second callback");
         if state.is_complete() {
             return Err(callback);
         }
         // SAFETY: `CALLBACK` is clear and this is the cell's only installer.
-        unsafe { access(&more.callback, |slot| *slot = Some(callback)) };
+        unsafe { access(slot, |slot| *slot = Some(callback)) };
         let installed = self
             .state
             .update(state, |s| (!s.is_complete()).then(|| s.with(CALLBACK)));
@@ -236,7 +237,7 @@ impl<T> Shared<T> {
             return Ok(());
         }
         // SAFETY: `CALLBACK` still clear: the completer did not take it.
-        let back = unsafe { access(&more.callback, Option::take) };
+        let back = unsafe { access(slot, Option::take) };
         Err(back.expect("installed just above"))
     }
 

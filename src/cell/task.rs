@@ -12,17 +12,17 @@
 
 use std::future::Future;
 use std::marker::PhantomData;
-use std::mem::MaybeUninit;
+use std::mem::{self, ManuallyDrop, MaybeUninit};
 use std::pin::Pin;
 use std::ptr::{self, NonNull};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use tokio::runtime::Id;
 
-use super::word::TASK;
+use super::word::{CALLBACK, TASK, TASK_WAKER};
 use super::{access, init, owners, Callback, Cell, Completion, Shared, Writer};
 use crate::sync::UnsafeCell;
-use crate::unwind::{catch, discard};
+use crate::unwind::{catch, discard, drop_quietly_if_some};
 use crate::{Error, State};
 
 /// What every `TaskCell` starts with, whatever its future: what `free` and
@@ -37,6 +37,11 @@ struct TaskHeader<T> {
     /// blocking on the operation from that thread would deadlock (rule 12). Written
     /// before the cell is shared, never changed.
     runtime: Option<Id>,
+    /// The callback, handed over by `CALLBACK` as `More::callback` is in other cells.
+    callback: UnsafeCell<Option<Callback<T>>>,
+    /// The writer's waker, while the task waits to learn of a cancel: handed over by
+    /// `TASK_WAKER` as `Cell::waker` is by `WAKER`, with the writer as its owner.
+    task_waker: UnsafeCell<Option<Waker>>,
 }
 
 /// A task's cell and its future, in one allocation.
@@ -63,9 +68,16 @@ pub(crate) fn new_task<F: Future>(
     // is fully initialised.
     unsafe {
         let header = ptr::addr_of_mut!((*task).header);
-        init(ptr::addr_of_mut!((*header).cell), callback, state, TASK);
+        let flags = if callback.is_some() {
+            TASK | CALLBACK
+        } else {
+            TASK
+        };
+        init(ptr::addr_of_mut!((*header).cell), None, state, flags);
         ptr::addr_of_mut!((*header).free).write(free_task::<F>);
         ptr::addr_of_mut!((*header).runtime).write(runtime);
+        ptr::addr_of_mut!((*header).callback).write(UnsafeCell::new(callback));
+        ptr::addr_of_mut!((*header).task_waker).write(UnsafeCell::new(None));
         ptr::addr_of_mut!((*task).future).write(UnsafeCell::new(Some(future)));
     }
     let task = NonNull::new(task).expect("`Box::into_raw` is never null");
@@ -86,9 +98,41 @@ pub(crate) fn new_task<F: Future>(
 /// As `super::free`, and `ptr` heads a `TaskCell<F>`.
 unsafe fn free_task<F: Future>(ptr: NonNull<Cell<F::Output>>) {
     // SAFETY: made by `new_task` as a `Box<TaskCell<F>>`; the caller is the last owner.
-    // The future was dropped by the writer, and `Cell`'s `Drop` is quiet, so this does
-    // not unwind.
-    drop(unsafe { Box::from_raw(ptr.cast::<TaskCell<F>>().as_ptr()) });
+    let task = unsafe { Box::from_raw(ptr.cast::<TaskCell<F>>().as_ptr()) };
+    // A callback that never ran is dropped quietly, as `Cell`'s `Drop` drops the rest
+    // of the cell; the writer dropped the future. So this does not unwind.
+    // SAFETY: the last owner: nobody else can touch the slot.
+    drop_quietly_if_some(unsafe { access(&task.header.callback, Option::take) });
+    // SAFETY: as above.
+    drop_quietly_if_some(unsafe { access(&task.header.task_waker, Option::take) });
+    drop(task);
+}
+
+/// The writer's waker slot in the header of the task's cell at `ptr`.
+///
+/// # Safety
+///
+/// As `callback_slot`.
+pub(super) unsafe fn task_waker_slot<'a, T: 'a>(
+    ptr: NonNull<Cell<T>>,
+) -> &'a UnsafeCell<Option<Waker>> {
+    // SAFETY: as in `callback_slot`.
+    unsafe { &ptr.cast::<TaskHeader<T>>().as_ref().task_waker }
+}
+
+/// The callback slot in the header of the task's cell at `ptr`.
+///
+/// # Safety
+///
+/// `ptr` heads a `TaskCell` (its `TASK` flag is set), and the caller owns the cell for
+/// as long as it uses the slot.
+pub(super) unsafe fn callback_slot<'a, T>(
+    ptr: NonNull<Cell<T>>,
+) -> &'a UnsafeCell<Option<Callback<T>>> {
+    // SAFETY: the cell heads a `TaskCell`, whose `#[repr(C)]` header it starts, and
+    // `ptr` keeps the provenance of the whole allocation; the caller's ownership keeps
+    // it alive.
+    unsafe { &ptr.cast::<TaskHeader<T>>().as_ref().callback }
 }
 
 /// Frees a cell whose state has `TASK`.
@@ -200,10 +244,16 @@ impl<F: Future> TaskWriter<F> {
     /// Ready once a handle cancelled the operation; otherwise registers `cx`'s waker to
     /// be woken by a cancel.
     pub(crate) fn poll_cancelled(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        match self.writer.as_mut() {
-            Some(writer) => writer.poll_cancelled(cx),
-            None => Poll::Ready(()),
+        let Some(writer) = self.writer.as_ref() else {
+            return Poll::Ready(());
+        };
+        if writer.is_completed() {
+            return Poll::Ready(());
         }
+        // SAFETY: a task's cell, which the writer's ownership keeps alive while the
+        // slot is used; the writer owns the slot under `TASK_WAKER`'s rules.
+        let slot = unsafe { task_waker_slot(writer.ptr) };
+        writer.register_inline(slot, TASK_WAKER, 0, cx.waker())
     }
 
     /// Drops the future if it is still there, then stores `result` as `Writer::complete`
@@ -228,5 +278,147 @@ impl<F: Future> Drop for TaskWriter<F> {
     /// operation with `Abandoned(TaskDropped)`.
     fn drop(&mut self) {
         self.drop_future();
+    }
+}
+
+/// A spawned task with its type erased: two words, the writer's pointer and the
+/// functions that poll and drop it, so that a `Spawner` takes it without boxing it (as
+/// async-task's `Runnable` does), and a tokio `Handle` stores it inline in its own task.
+pub(crate) struct RawTask {
+    /// The writer's pointer until it is done, then `None`.
+    ptr: Option<NonNull<()>>,
+    vtable: &'static Vtable,
+}
+
+/// How to poll and drop the writer of one type of task, known only by its pointer.
+struct Vtable {
+    poll: unsafe fn(&mut Option<NonNull<()>>, &mut Context<'_>) -> Poll<()>,
+    drop: unsafe fn(NonNull<()>),
+}
+
+/// What a spawned task does with its writer: polls it, and what happens when the
+/// executor drops it unfinished (then the writer itself is dropped, which abandons the
+/// operation).
+pub(crate) trait Driver: 'static {
+    fn poll<F: Future + 'static>(task: &mut TaskWriter<F>, cx: &mut Context<'_>) -> Poll<()>;
+
+    fn drop<F: Future + 'static>(task: &mut TaskWriter<F>);
+}
+
+struct VtableOf<D, F>(PhantomData<(D, F)>);
+
+impl<D: Driver, F: Future + 'static> VtableOf<D, F> {
+    const VTABLE: Vtable = Vtable {
+        poll: poll_raw::<D, F>,
+        drop: drop_raw::<D, F>,
+    };
+}
+
+/// Polls the writer at `slot`, and empties `slot` once the writer is done.
+///
+/// # Safety
+///
+/// `slot` holds the pointer of a `TaskWriter<F>` from `into_raw`, owned by the caller.
+unsafe fn poll_raw<D: Driver, F: Future + 'static>(
+    slot: &mut Option<NonNull<()>>,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    /// Keeps the pointer in `slot` while the writer is unfinished, even if the poll
+    /// unwinds, and forgets it once the writer is done (nothing is left to drop then).
+    struct Guard<'a, F: Future> {
+        slot: &'a mut Option<NonNull<()>>,
+        task: ManuallyDrop<TaskWriter<F>>,
+    }
+
+    impl<F: Future> Drop for Guard<'_, F> {
+        fn drop(&mut self) {
+            if self.task.is_done() {
+                *self.slot = None;
+            }
+        }
+    }
+
+    let ptr = slot.expect("a done task is not polled");
+    let mut guard = Guard {
+        slot,
+        // SAFETY: by this function's contract; the pointer stays the caller's.
+        task: ManuallyDrop::new(unsafe { TaskWriter::<F>::from_raw(ptr) }),
+    };
+    D::poll(&mut guard.task, cx)
+}
+
+/// Drops an unfinished writer, after `D::drop`.
+///
+/// # Safety
+///
+/// `ptr` is a `TaskWriter<F>`'s from `into_raw`; the caller gives it up.
+unsafe fn drop_raw<D: Driver, F: Future + 'static>(ptr: NonNull<()>) {
+    // SAFETY: by this function's contract.
+    let mut task = unsafe { TaskWriter::<F>::from_raw(ptr) };
+    D::drop(&mut task);
+}
+
+impl RawTask {
+    /// Erases `task`, to be polled and dropped as `D` says.
+    ///
+    /// # Panics
+    ///
+    /// If the task is done.
+    pub(crate) fn new<D: Driver, F>(task: TaskWriter<F>) -> RawTask
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        RawTask {
+            ptr: Some(task.into_raw()),
+            vtable: &VtableOf::<D, F>::VTABLE,
+        }
+    }
+
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.ptr.is_none() {
+            return Poll::Ready(());
+        }
+        // SAFETY: `ptr` is the unfinished writer's, owned by this task, and the vtable
+        // is its type's (`new`).
+        unsafe { (self.vtable.poll)(&mut self.ptr, cx) }
+    }
+}
+
+impl Drop for RawTask {
+    fn drop(&mut self) {
+        if let Some(ptr) = self.ptr.take() {
+            // SAFETY: as in `poll`; the pointer is given up here.
+            unsafe { (self.vtable.drop)(ptr) }
+        }
+    }
+}
+
+// SAFETY: the erased writer and future are `Send` (`new`'s bounds), and a `RawTask`
+// only moves them to the thread that polls or drops it.
+unsafe impl Send for RawTask {}
+
+impl<F: Future> TaskWriter<F> {
+    /// Gives up the unfinished writer as its cell's pointer.
+    fn into_raw(self) -> NonNull<()> {
+        let ptr = self.writer.as_ref().expect("an unfinished task").ptr;
+        // Its ownership passes to the pointer.
+        mem::forget(self);
+        ptr.cast()
+    }
+
+    /// Rebuilds the writer that `into_raw` gave up.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` came from `into_raw` of a `TaskWriter<F>`, and the caller owns it.
+    unsafe fn from_raw(ptr: NonNull<()>) -> Self {
+        TaskWriter {
+            writer: Some(Writer {
+                ptr: ptr.cast(),
+                _owns: PhantomData,
+            }),
+            _future: PhantomData,
+        }
     }
 }

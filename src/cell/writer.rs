@@ -4,7 +4,6 @@ use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
 use std::ops::Deref;
 use std::ptr::NonNull;
-use std::task::{Context, Poll};
 
 use super::word::{CALLBACK, SYNC, TASK, TASK_WAKER, VALUE, WAITERS, WRITER};
 use super::{access, free, Cell, Outcome, Wake};
@@ -62,16 +61,6 @@ impl<T> Writer<T> {
             wake.run_quietly();
         }
         Ok(())
-    }
-
-    /// Ready once a handle cancelled the cell; otherwise registers the writer's waker
-    /// to be woken by a cancel.
-    pub(crate) fn poll_cancelled(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.is_completed() {
-            return Poll::Ready(());
-        }
-        let more = self.more_or_install();
-        self.register_inline(&more.task_waker, TASK_WAKER, 0, cx.waker())
     }
 
     /// Completes the cell, then gives up the writer's ownership.
