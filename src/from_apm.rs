@@ -533,6 +533,10 @@ impl<B, H, E> Drop for Op<B, H, E> {
     /// here if the callback already came). Never unwinds: a panic of `on_cancel`, of End
     /// or of a `Drop` here is discarded (see `crate::unwind`), and End still runs.
     fn drop(&mut self) {
+        if let (Stage::Done, None) = (&self.stage, &self.on_cancel) {
+            // The common case, completed without a hook: nothing to drop.
+            return;
+        }
         let on_cancel = self.on_cancel.take();
         let stage = mem::replace(&mut self.stage, Stage::Done);
         let Stage::Waiting {
