@@ -200,7 +200,11 @@ fn begin_allocates_the_cell_and_nothing_for_its_callback_or_its_spawn() {
     });
     assert_eq!(count, 0, "running the spawned task allocated");
     assert_eq!(called.recv().unwrap(), Ok(4));
-    assert_eq!(handle.end(), Err(apm_tap::Error::AlreadyEnded), "the callback ended it");
+    assert_eq!(
+        handle.end(),
+        Err(apm_tap::Error::AlreadyEnded),
+        "the callback ended it"
+    );
 }
 
 /// Pending once, then ready: a future that cannot finish inside Begin.

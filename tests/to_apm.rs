@@ -765,3 +765,43 @@ fn handles_and_futures_are_send_and_sync() {
     ));
     send(&apm_tap::from_callback(|c: apm_tap::Completer<u8>| drop(c)));
 }
+
+/// Once every handle is gone nobody can cancel the task (a handle comes only from
+/// another one, or with the callback once the task finished): it no longer holds a
+/// clone of its waker to be told of a cancel. While a handle lives, it does.
+#[test]
+fn a_task_nobody_can_cancel_holds_no_waker_for_a_cancel() {
+    let (spawned, tasks) = mpsc::channel::<Task>();
+    let keep = move |task: Task| spawned.send(task).unwrap();
+    let (open, gate) = oneshot::channel::<u8>();
+    let handle = apm_tap::begin_on(&keep, async move { gate.await.unwrap() });
+    let mut task = tasks.recv().unwrap();
+    let (counter, waker) = common::CountingWaker::new();
+    assert!(common::poll_with(&mut task, &waker).is_pending());
+    // The gate's receiver and the cancel watch.
+    assert_eq!(counter.clones_held(), 2);
+
+    handle.cancel();
+    assert_eq!(counter.wakes(), 1, "the cancel woke the task");
+    assert!(common::poll_with(&mut task, &waker).is_ready());
+    drop((task, open));
+
+    let (open, gate) = oneshot::channel::<u8>();
+    let (called, result) = mpsc::channel();
+    let handle = apm_tap::Builder::new()
+        .callback(move |h: AsyncResult<u8>| called.send(h.end()).unwrap())
+        .spawner(&keep)
+        .begin(async move { gate.await.unwrap() });
+    drop(handle);
+    let mut task = tasks.recv().unwrap();
+    let (counter, waker) = common::CountingWaker::new();
+    assert!(common::poll_with(&mut task, &waker).is_pending());
+    assert_eq!(
+        counter.clones_held(),
+        1,
+        "only the gate's receiver holds the waker"
+    );
+    open.send(9).unwrap();
+    assert!(common::poll_with(&mut task, &waker).is_ready());
+    assert_eq!(result.recv().unwrap(), Ok(9));
+}

@@ -247,8 +247,15 @@ impl<F: Future> TaskWriter<F> {
         let Some(writer) = self.writer.as_ref() else {
             return Poll::Ready(());
         };
-        if writer.is_completed() {
+        let state = writer.load();
+        if state.is_complete() {
             return Poll::Ready(());
+        }
+        if state.handles() == 0 {
+            // Nobody is left to cancel: a handle comes only from another handle, or
+            // with the callback once the task has finished. Nothing to watch for, and
+            // no waker to clone on every poll of a task whose caller let go.
+            return Poll::Pending;
         }
         // SAFETY: a task's cell, which the writer's ownership keeps alive while the
         // slot is used; the writer owns the slot under `TASK_WAKER`'s rules.
