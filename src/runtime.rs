@@ -69,7 +69,8 @@ impl fmt::Debug for Task {
 /// [`begin_on`](crate::begin_on) polls the future once inline (inside
 /// [`enter`](Self::enter)) and hands it to [`spawn`](Self::spawn) only if it is not
 /// ready yet. Implemented for tokio's [`Handle`] and [`Runtime`], and for any
-/// `Fn(Task)`, which covers every `futures::task::Spawn`:
+/// `Fn(Task)`: a closure that hands the task to any other executor, such as one
+/// calling `futures`' `spawn_ok`:
 ///
 /// # Examples
 ///

@@ -417,7 +417,7 @@ impl<T> Cell<T> {
             // SAFETY: the caller owns the cell by `ptr`; `CALLBACK` was set when the cell
             // completed: the installer is done with the slot, and only the completer
             // takes it.
-            unsafe { access(callback_slot(ptr, false), Option::take) }
+            unsafe { access(callback_slot(ptr, before, false), Option::take) }
         } else {
             None
         };
@@ -554,17 +554,19 @@ unsafe fn access<U, R>(cell: &UnsafeCell<U>, f: impl FnOnce(&mut U) -> R) -> R {
 
 /// The slot of the cell's callback: in the header of a task's cell, else in `More`,
 /// installed first if `install` (else `More` must be there: `CALLBACK` was set).
+/// `state` is any reading of the cell's word (`TASK` never changes).
 ///
 /// # Safety
 ///
 /// The caller owns the cell by `ptr` for as long as it uses the slot.
-unsafe fn callback_slot<'a, T>(
+unsafe fn callback_slot<'a, T: 'a>(
     ptr: NonNull<Cell<T>>,
+    state: Snapshot,
     install: bool,
 ) -> &'a UnsafeCell<Option<Callback<T>>> {
     // SAFETY: the caller owns the cell.
     let cell = unsafe { ptr.as_ref() };
-    if cell.load().has(TASK) {
+    if state.has(TASK) {
         // SAFETY: `TASK` is set only on a cell made by `new_task`, at the head of its
         // `TaskCell`; the caller's ownership keeps it alive.
         return unsafe { task::callback_slot(ptr) };

@@ -221,9 +221,9 @@ impl<T> Shared<T> {
     /// (the caller then runs it itself). Called at most once per cell, on a cell made
     /// without a callback.
     pub(crate) fn set_callback(&self, callback: Callback<T>) -> Result<(), Callback<T>> {
-        // SAFETY: this handle owns the cell by `self.ptr` while it uses the slot.
-        let slot = unsafe { callback_slot(self.ptr, true) };
         let state = self.load();
+        // SAFETY: this handle owns the cell by `self.ptr` while it uses the slot.
+        let slot = unsafe { callback_slot(self.ptr, state, true) };
         debug_assert!(!state.has(CALLBACK), "a second callback");
         if state.is_complete() {
             return Err(callback);

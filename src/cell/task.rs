@@ -126,7 +126,7 @@ pub(super) unsafe fn task_waker_slot<'a, T: 'a>(
 ///
 /// `ptr` heads a `TaskCell` (its `TASK` flag is set), and the caller owns the cell for
 /// as long as it uses the slot.
-pub(super) unsafe fn callback_slot<'a, T>(
+pub(super) unsafe fn callback_slot<'a, T: 'a>(
     ptr: NonNull<Cell<T>>,
 ) -> &'a UnsafeCell<Option<Callback<T>>> {
     // SAFETY: the cell heads a `TaskCell`, whose `#[repr(C)]` header it starts, and

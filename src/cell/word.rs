@@ -15,9 +15,9 @@
 //! | `SYNC` | the writer, with `VALUE`, when it completed inside Begin | never | none |
 //! | `WAKER` | the owner of entry 0, publishing its waker while the cell is pending | that owner, to replace or drop its waker (fails once complete) | `waker`: while set and pending, the completer may take it; while clear, only the owner touches it; whoever completes the cell takes it if it was set then |
 //! | `ENTRY0` | the handle claiming entry 0 (the only handle may claim it with `WAKER` in one step) | that handle, when it lets go of the entry | the right to use `waker` (as its owner, see `WAKER`) |
-//! | `TASK_WAKER` | the writer of a running task, publishing its waker to be told of a cancel | the writer, to replace its waker | `More::task_waker`, as `WAKER` does `waker` |
+//! | `TASK_WAKER` | the writer of a running task, publishing its waker to be told of a cancel (only while a handle is left to cancel) | the writer, to replace its waker | the task waker slot in the `TaskCell`'s header, as `WAKER` does `waker` |
 //! | `WAITERS` | a handle about to add a waker or a parked thread to `More::waiters` | never | none: it tells the completer to lock `More::waiters` |
-//! | `CALLBACK` | whoever installs the callback (at creation, or `set_callback` while pending) | never | `More::callback`: from the installer to whoever completes the cell |
+//! | `CALLBACK` | whoever installs the callback (at creation, or `set_callback` while pending) | never | the callback slot (a task's in its header, any other's in `More`): from the installer to whoever completes the cell |
 //! | `WRITER` | creation | the writer, when it gives up its ownership | none: it counts the writer as an owner |
 //! | `TASK` | creation, for a `TaskCell` | never | none: the cell heads a `TaskCell` (see `task.rs`) |
 //!
@@ -50,7 +50,7 @@ pub(super) const SYNC: usize = 1 << 3;
 pub(super) const WAKER: usize = 1 << 4;
 /// Entry 0 (`waker`) belongs to a handle.
 pub(super) const ENTRY0: usize = 1 << 5;
-/// `More::task_waker` holds the writer's own waker.
+/// The task waker slot (in a `TaskCell`'s header) holds the writer's own waker.
 pub(super) const TASK_WAKER: usize = 1 << 6;
 /// `More::waiters` may hold wakers or parked threads: the completer must lock it.
 pub(super) const WAITERS: usize = 1 << 7;

@@ -1,7 +1,7 @@
 //! The writer's side of a cell: storing the outcome, waking, giving up ownership.
 
 use std::marker::PhantomData;
-use std::mem::ManuallyDrop;
+use std::mem::{self, ManuallyDrop};
 use std::ops::Deref;
 use std::ptr::NonNull;
 
@@ -79,9 +79,13 @@ impl<T> Writer<T> {
             unsafe { release_writer(ptr) };
             return Err(result);
         }
+        // The slot is empty (the writer stores once): nothing to drop, and no call to
+        // find that out.
         // SAFETY: only the writer writes the slot, and nobody reads it before `VALUE`,
         // which only the writer sets, below.
-        unsafe { access(&cell.slot, |slot| *slot = Some(Outcome::new(result))) };
+        let empty = unsafe { access(&cell.slot, |slot| slot.replace(Outcome::new(result))) };
+        debug_assert!(empty.is_none(), "the writer stores once");
+        mem::forget(empty);
         let set = VALUE | if synchronous { SYNC } else { 0 };
         // The common case, inline: nobody to wake, no callback, a handle left to take the
         // result. Publishing it also gives up the writer's ownership.
