@@ -121,20 +121,23 @@ where
     F::Output: Send + 'static,
 {
     match Handle::try_current() {
-        Ok(handle) => start(&handle, future, callback, state),
+        // Inside the runtime already: entering it again for the first poll would only
+        // clone and drop its handle (two contended reference-count updates).
+        Ok(handle) => start(&NoEnter(&handle), future, callback, state),
         // This thread's tokio context is gone (`begin` runs in a thread-local
         // destructor): the default runtime, without entering it, which needs that context.
         Err(error) if error.is_thread_local_destroyed() => {
-            start(&WithoutContext(default_handle()), future, callback, state)
+            start(&NoEnter(default_handle()), future, callback, state)
         }
         Err(_) => start(default_handle(), future, callback, state),
     }
 }
 
-/// A tokio runtime that does not enter its context for the first poll.
-struct WithoutContext<'a>(&'a Handle);
+/// A tokio runtime whose context the first poll does not enter: it is this thread's
+/// current one, or this thread cannot enter any.
+struct NoEnter<'a>(&'a Handle);
 
-impl Spawner for WithoutContext<'_> {
+impl Spawner for NoEnter<'_> {
     fn spawn(&self, task: Task) {
         drop(self.0.spawn(task));
     }
