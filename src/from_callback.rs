@@ -29,7 +29,9 @@ use crate::{AsyncResult, Completer, Error};
 /// # Panics
 ///
 /// A panic in `start` propagates out of `poll`; the completer it dropped completes the
-/// operation with `Abandoned`.
+/// operation with `Abandoned`. What `start` returned is dropped by the `poll` that sees
+/// the operation complete, before it takes the result: a panic in its `Drop` propagates
+/// out of that `poll`, and the next `poll` returns the result.
 ///
 /// # Examples
 ///
@@ -162,10 +164,15 @@ where
                 *slot = Some(registration);
             }
         }
-        match &mut this.stage {
-            Stage::Waiting(handle, _) => handle.poll_end(cx),
-            Stage::Start(_) | Stage::Moved => unreachable!("started just above"),
+        let Stage::Waiting(handle, registration) = &mut this.stage else {
+            unreachable!("started just above")
+        };
+        if registration.is_some() && handle.is_completed() {
+            // Complete: the registration has served, and goes before the result is
+            // taken, so that a panic in its `Drop` leaves the result to the next poll.
+            *registration = None;
         }
+        handle.poll_end(cx)
     }
 }
 

@@ -766,3 +766,43 @@ fn value_and_state_drop_panics_stay_out_of_handle_drop() {
     assert_eq!(completed.ok(), Some(true));
     assert_eq!(drops.load(SeqCst), 3);
 }
+
+/// `from_callback` drops what `start` returned as soon as it sees the operation
+/// complete, before it takes the result: a panic in that `Drop` leaves `poll`, and the
+/// result waits for the next poll (rule 17: nothing lost, the panic where the caller
+/// catches it).
+#[test]
+fn from_callback_registration_whose_drop_panics_loses_no_result() {
+    struct Registration;
+    impl Drop for Registration {
+        fn drop(&mut self) {
+            panic!("registration drop");
+        }
+    }
+    let mut future = apm_tap::from_callback(|done| {
+        done.complete(5_u8).unwrap();
+        Registration
+    });
+    let (counter, waker) = CountingWaker::new();
+    let first = catch_unwind(AssertUnwindSafe(|| poll_with(&mut future, &waker)));
+    let payload = first.expect_err("the registration's panic leaves poll");
+    assert_eq!(payload.downcast_ref::<&str>(), Some(&"registration drop"));
+    assert_eq!(poll_with(&mut future, &waker), Poll::Ready(Ok(5)));
+    assert_eq!(counter.wakes(), 0);
+}
+
+/// The registration is dropped when the operation completes, not when the future is.
+#[test]
+fn from_callback_drops_the_registration_at_completion() {
+    let drops = Arc::new(AtomicUsize::new(0));
+    let registration = common::DropCounter(Arc::clone(&drops));
+    let mut future = apm_tap::from_callback(move |done| {
+        done.complete('r').unwrap();
+        registration
+    });
+    let (_counter, waker) = CountingWaker::new();
+    assert_eq!(poll_with(&mut future, &waker), Poll::Ready(Ok('r')));
+    assert_eq!(drops.load(SeqCst), 1, "dropped by the poll that saw completion");
+    drop(future);
+    assert_eq!(drops.load(SeqCst), 1);
+}
