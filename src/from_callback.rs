@@ -151,14 +151,14 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         if let Stage::Start(_) = this.stage {
-            let Stage::Start(start) = mem::replace(&mut this.stage, Stage::Moved) else {
-                unreachable!("matched just above")
-            };
             let (completer, handle) = Completer::new();
             // The handle is in place before `start` runs: if `start` panics, the
             // completer it dropped has completed the operation with `Abandoned`, which
             // a later poll reports.
-            this.stage = Stage::Waiting(handle, None);
+            let Stage::Start(start) = mem::replace(&mut this.stage, Stage::Waiting(handle, None))
+            else {
+                unreachable!("matched just above")
+            };
             let registration = start(completer);
             if let Stage::Waiting(_, slot) = &mut this.stage {
                 *slot = Some(registration);
@@ -190,6 +190,13 @@ impl<F, T, R, C: FnOnce(R)> Drop for FromCallback<F, T, R, C> {
     /// Before completion: cancels the operation and runs the hook. Never unwinds: the
     /// hook's panic, and those of values dropped here, are discarded.
     fn drop(&mut self) {
+        if let (Stage::Waiting(handle, None), None) = (&self.stage, &self.on_cancel) {
+            if handle.is_terminated() {
+                // Done, without a hook: only the handle is left, whose drop never
+                // unwinds.
+                return;
+            }
+        }
         let on_cancel = self.on_cancel.take();
         match mem::replace(&mut self.stage, Stage::Moved) {
             Stage::Waiting(handle, registration) => {

@@ -802,7 +802,11 @@ fn from_callback_drops_the_registration_at_completion() {
     });
     let (_counter, waker) = CountingWaker::new();
     assert_eq!(poll_with(&mut future, &waker), Poll::Ready(Ok('r')));
-    assert_eq!(drops.load(SeqCst), 1, "dropped by the poll that saw completion");
+    assert_eq!(
+        drops.load(SeqCst),
+        1,
+        "dropped by the poll that saw completion"
+    );
     drop(future);
     assert_eq!(drops.load(SeqCst), 1);
 }

@@ -133,6 +133,7 @@ impl<T> Completer<T> {
         self.finish(value, true)
     }
 
+    #[inline]
     fn finish(self, value: T, synchronous: bool) -> Result<(), T> {
         self.writer
             .complete_quietly(Ok(value), synchronous)

@@ -167,6 +167,7 @@ impl<T> More<T> {
 }
 
 /// Makes a pending operation: its writer and its first handle.
+#[inline]
 pub(crate) fn new<T>(callback: Option<Callback<T>>, state: State) -> (Writer<T>, Shared<T>) {
     let cell = Box::into_raw(Box::new(MaybeUninit::<Cell<T>>::uninit())).cast::<Cell<T>>();
     // SAFETY: a fresh allocation for a `Cell<T>`.
@@ -185,6 +186,7 @@ pub(crate) fn new<T>(callback: Option<Callback<T>>, state: State) -> (Writer<T>,
 ///
 /// `cell` points to memory for a `Cell<T>` that nothing else uses; afterwards it holds an
 /// initialised cell owned by one writer and one handle.
+#[inline]
 unsafe fn init<T>(cell: *mut Cell<T>, callback: Option<Callback<T>>, state: State, flags: usize) {
     let mut flags = flags;
     let more = match callback {

@@ -84,6 +84,7 @@ impl<T> Shared<T> {
     /// Takes the result of a complete cell (`state` has `COMPLETE`). `&mut`: only the
     /// owner of this handle takes through it, so that when it is the cell's only owner
     /// no other thread can touch the state word (see the plain store below).
+    #[inline]
     fn take(&mut self, state: Snapshot) -> Result<T, Error> {
         let state = if state.is_sole() {
             if state.has(TAKEN) {
@@ -119,6 +120,7 @@ impl<T> Shared<T> {
     }
 
     /// Takes the result, or registers `cx`'s waker in the caller's waker entry.
+    #[inline]
     pub(crate) fn poll_take(
         &mut self,
         cx: &mut Context<'_>,
