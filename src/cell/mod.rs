@@ -505,6 +505,15 @@ impl<T> Wake<T> {
     }
 }
 
+/// Wakes `waker` where nobody can catch a panic of its `wake`: it is discarded (see
+/// `crate::unwind`).
+#[inline]
+fn quietly_wake(waker: Waker) {
+    if let Err(payload) = catch(move || waker.wake()) {
+        crate::unwind::discard(payload);
+    }
+}
+
 /// Keeps the first of several panics; the later ones are dropped.
 #[inline]
 fn keep_first(first: &mut Option<Payload>, outcome: Result<(), Payload>) {

@@ -6,7 +6,7 @@ use std::ops::Deref;
 use std::ptr::NonNull;
 
 use super::word::{CALLBACK, SYNC, TASK, TASK_WAKER, VALUE, WAITERS, WRITER};
-use super::{access, free, Cell, Outcome, Wake};
+use super::{access, free, quietly_wake, Cell, Outcome, Wake};
 use crate::{Abandonment, Error};
 
 /// The writer's ownership of a cell. Dropping it unfinished completes the cell with
@@ -45,7 +45,7 @@ impl<T> Writer<T> {
     pub(crate) fn complete(self, result: Result<T, Error>, synchronous: bool) -> Completion<T> {
         let mut this = ManuallyDrop::new(self);
         // SAFETY: `this` is never used or dropped again.
-        unsafe { this.finish(result, synchronous) }
+        unsafe { this.finish(result, synchronous, false) }
     }
 
     /// [`complete`](Self::complete), then wakes the waiters and runs the callback
@@ -57,19 +57,30 @@ impl<T> Writer<T> {
         result: Result<T, Error>,
         synchronous: bool,
     ) -> Result<(), Result<T, Error>> {
-        if let Some(wake) = self.complete(result, synchronous)? {
-            wake.run_quietly();
-        }
+        let mut this = ManuallyDrop::new(self);
+        // SAFETY: `this` is never used or dropped again.
+        let done = unsafe { this.finish(result, synchronous, true) }?;
+        // Quietly, the wake-ups have run: nothing is left, and no drop glue needs to
+        // find that out.
+        debug_assert!(done.is_none());
+        mem::forget(done);
         Ok(())
     }
 
-    /// Completes the cell, then gives up the writer's ownership.
+    /// Completes the cell, then gives up the writer's ownership. With `quietly`, runs
+    /// the wake-ups itself, as [`Wake::run_quietly`] does, and returns none: they are
+    /// not moved out and back, which costs more than waking one waker.
     ///
     /// # Safety
     ///
     /// Called once; the writer is not used or dropped afterwards.
     #[inline(always)]
-    unsafe fn finish(&mut self, result: Result<T, Error>, synchronous: bool) -> Completion<T> {
+    unsafe fn finish(
+        &mut self,
+        result: Result<T, Error>,
+        synchronous: bool,
+        quietly: bool,
+    ) -> Completion<T> {
         let ptr = self.ptr;
         // SAFETY: the writer owns the cell until `release_writer` below.
         let cell = unsafe { ptr.as_ref() };
@@ -96,7 +107,7 @@ impl<T> Writer<T> {
             return Ok(None);
         }
         // SAFETY: the writer's ownership passes to `publish`.
-        unsafe { Self::publish(ptr, set) }
+        unsafe { Self::publish(ptr, set, quietly) }
     }
 
     /// The rest of `finish` once the outcome is in the slot: publishes it unless a
@@ -107,7 +118,7 @@ impl<T> Writer<T> {
     ///
     /// The caller holds the writer's ownership, by `ptr`, and gives it up.
     #[inline(never)]
-    unsafe fn publish(ptr: NonNull<Cell<T>>, set: usize) -> Completion<T> {
+    unsafe fn publish(ptr: NonNull<Cell<T>>, set: usize, quietly: bool) -> Completion<T> {
         // SAFETY: the writer owns the cell until `release_writer` or `free` below.
         let cell = unsafe { ptr.as_ref() };
         let published = cell.state.update(cell.load(), |s| {
@@ -142,13 +153,26 @@ impl<T> Writer<T> {
         let wake = if !state.has_any(TASK_WAKER | WAITERS | CALLBACK) {
             // The common case of an awaited operation: one waker, no callback.
             // SAFETY: `WAKER` was set when the cell completed: the completer owns it.
-            Wake::one(unsafe { access(&cell.waker, Option::take) })
+            let waker = unsafe { access(&cell.waker, Option::take) };
+            // SAFETY: the writer's last use of the cell.
+            unsafe { release_writer(ptr) };
+            if quietly {
+                if let Some(waker) = waker {
+                    quietly_wake(waker);
+                }
+                return Ok(None);
+            }
+            return Ok(Some(Wake::one(waker)));
         } else {
             // SAFETY: the writer owns the cell by `ptr` until it gives that up below.
             unsafe { Cell::collect(ptr, state, true) }
         };
         // SAFETY: the writer's last use of the cell: `wake` does not need it.
         unsafe { release_writer(ptr) };
+        if quietly {
+            wake.run_quietly();
+            return Ok(None);
+        }
         Ok(Some(wake))
     }
 }
@@ -161,12 +185,9 @@ impl<T> Drop for Writer<T> {
         } else {
             Abandonment::CompleterDropped
         };
-        // SAFETY: this is the writer's last use.
-        let completion = unsafe { self.finish(Err(Error::Abandoned(why)), false) };
-        // Refused, harmlessly, when the cell was cancelled.
-        if let Ok(Some(wake)) = completion {
-            wake.run_quietly();
-        }
+        // SAFETY: this is the writer's last use. Refused, harmlessly, when the cell was
+        // cancelled.
+        let _ = unsafe { self.finish(Err(Error::Abandoned(why)), false, true) };
     }
 }
 
