@@ -1061,6 +1061,8 @@ fn summary(allocs: &[(String, f64)]) {
         ratio_rows(group, per, &begins, &spawns, allocs);
     }
 
+    interleaved_sync();
+
     println!(
         "\n## Blocking hand-off (result arrives 5 us after the waiter blocks; median of 2,000)\n"
     );
@@ -1102,6 +1104,80 @@ fn summary(allocs: &[(String, f64)]) {
             t.inline_bytes,
             show(t.complete_ns_per_op)
         );
+    }
+}
+
+/// The synchronous rows again, with rounds interleaved: each round times 20,000
+/// operations of every variant, in turn, so that a change of the machine's speed during
+/// the run (this VM's baselines move by up to 2x between criterion groups) hits every
+/// variant alike. Prints each variant's median time per operation, and the median over
+/// rounds of its ratio to the fastest baseline of the same round.
+fn interleaved_sync() {
+    const OPS: u64 = 20_000;
+    const ROUNDS: usize = 61;
+    type Row = (&'static str, bool, fn(u64) -> u64);
+    let rows: [Row; 8] = [
+        ("L1 tokio_oneshot", false, |v| {
+            ready(legacy_tokio_oneshot(Site::Inline, v)).unwrap()
+        }),
+        ("L1 futures_oneshot", false, |v| {
+            ready(legacy_futures_oneshot(Site::Inline, v)).unwrap()
+        }),
+        ("L1 oneshot_crate", false, |v| {
+            ready(legacy_oneshot_crate(Site::Inline, v)).unwrap()
+        }),
+        ("L1 apm_tap_from_apm", true, |v| {
+            ready(legacy_from_apm(Site::Inline, v)).unwrap()
+        }),
+        ("L1 apm_tap_from_callback", true, |v| {
+            ready(legacy_from_callback(Site::Inline, v)).unwrap()
+        }),
+        ("1 oneshot_crate", false, |v| ready(oneshot_crate(Inline, v)).unwrap()),
+        ("1 apm_tap", true, |v| ready(apm_tap(Inline, v)).unwrap()),
+        ("1 apm_tap_eager", true, |v| ready(apm_tap_eager(Inline, v)).unwrap()),
+    ];
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
+    for round in 0..ROUNDS {
+        let mut this_round = vec![0.0; rows.len()];
+        for k in 0..rows.len() {
+            // A different variant goes first in each round.
+            let i = (k + round) % rows.len();
+            let start = Instant::now();
+            for v in 0..OPS {
+                black_box((rows[i].2)(black_box(v)));
+            }
+            this_round[i] = start.elapsed().as_nanos() as f64 / OPS as f64;
+        }
+        for (i, row) in rows.iter().enumerate() {
+            times[i].push(this_round[i]);
+            // Baselines of the same scenario (the label's first word).
+            let scenario = row.0.split(' ').next();
+            let fastest = rows
+                .iter()
+                .zip(&this_round)
+                .filter(|(r, _)| !r.1 && r.0.split(' ').next() == scenario)
+                .map(|(_, t)| *t)
+                .fold(f64::INFINITY, f64::min);
+            ratios[i].push(this_round[i] / fastest);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "\n## Synchronous rows, rounds interleaved ({ROUNDS} rounds of {OPS} operations per variant)\n"
+    );
+    println!("| scenario, variant | median time per op | median ratio to the round's fastest baseline |");
+    println!("|---|---|---|");
+    for (i, row) in rows.iter().enumerate() {
+        let ratio = if row.1 {
+            format!("**{:.2}**", median(&mut ratios[i]))
+        } else {
+            String::new()
+        };
+        println!("| {} | {} | {ratio} |", row.0, show(median(&mut times[i])));
     }
 }
 
