@@ -1132,9 +1132,13 @@ fn interleaved_sync() {
         ("L1 apm_tap_from_callback", true, |v| {
             ready(legacy_from_callback(Site::Inline, v)).unwrap()
         }),
-        ("1 oneshot_crate", false, |v| ready(oneshot_crate(Inline, v)).unwrap()),
+        ("1 oneshot_crate", false, |v| {
+            ready(oneshot_crate(Inline, v)).unwrap()
+        }),
         ("1 apm_tap", true, |v| ready(apm_tap(Inline, v)).unwrap()),
-        ("1 apm_tap_eager", true, |v| ready(apm_tap_eager(Inline, v)).unwrap()),
+        ("1 apm_tap_eager", true, |v| {
+            ready(apm_tap_eager(Inline, v)).unwrap()
+        }),
     ];
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
     let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
@@ -1169,7 +1173,9 @@ fn interleaved_sync() {
     println!(
         "\n## Synchronous rows, rounds interleaved ({ROUNDS} rounds of {OPS} operations per variant)\n"
     );
-    println!("| scenario, variant | median time per op | median ratio to the round's fastest baseline |");
+    println!(
+        "| scenario, variant | median time per op | median ratio to the round's fastest baseline |"
+    );
     println!("|---|---|---|");
     for (i, row) in rows.iter().enumerate() {
         let ratio = if row.1 {

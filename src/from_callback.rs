@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 
 use futures::future::FusedFuture;
 
-use crate::unwind::{drop_quietly, quietly};
+use crate::unwind::{drop_quietly, drop_quietly_if_some, quietly};
 use crate::{AsyncResult, Completer, Error};
 
 /// Turns a function that reports its result through a completion callback into a
@@ -29,9 +29,8 @@ use crate::{AsyncResult, Completer, Error};
 /// # Panics
 ///
 /// A panic in `start` propagates out of `poll`; the completer it dropped completes the
-/// operation with `Abandoned`. What `start` returned is dropped by the `poll` that sees
-/// the operation complete, before it takes the result: a panic in its `Drop` propagates
-/// out of that `poll`, and the next `poll` returns the result.
+/// operation with `Abandoned`. What `start` returned is dropped by the `poll` that
+/// returns the result; a panic in its `Drop` is discarded, and the result returned.
 ///
 /// # Examples
 ///
@@ -167,12 +166,13 @@ where
         let Stage::Waiting(handle, registration) = &mut this.stage else {
             unreachable!("started just above")
         };
-        if registration.is_some() && handle.is_completed() {
-            // Complete: the registration has served, and goes before the result is
-            // taken, so that a panic in its `Drop` leaves the result to the next poll.
-            *registration = None;
+        let polled = handle.poll_end(cx);
+        if polled.is_ready() {
+            // Complete: the registration has served. Its `Drop` must not cost the
+            // result just taken: a panic there is discarded.
+            drop_quietly_if_some(registration.take());
         }
-        handle.poll_end(cx)
+        polled
     }
 }
 
@@ -200,10 +200,8 @@ impl<F, T, R, C: FnOnce(R)> Drop for FromCallback<F, T, R, C> {
         let on_cancel = self.on_cancel.take();
         match mem::replace(&mut self.stage, Stage::Moved) {
             Stage::Waiting(handle, registration) => {
-                let cancelled = !handle.is_completed();
-                if cancelled {
-                    handle.cancel();
-                }
+                // Only a cancel that wins against a completion runs the hook.
+                let cancelled = handle.cancel_pending();
                 match (on_cancel, registration) {
                     (Some(hook), Some(registration)) if cancelled => {
                         quietly(move || hook(registration));

@@ -171,7 +171,7 @@
 //! | [`PollHandle::poll_completed`], in `poll` | the polling thread | propagates out of `poll`; the future may be polled again or dropped |
 //! | [`PollHandle::poll_completed`], after the future was dropped | the dropping thread, then a task of the default runtime | discarded; End then runs on a blocking thread of the default runtime, where it may block until the operation completes, as an APM End does |
 //! | [`from_callback`]'s start | the polling thread | propagates out of `poll`; the completer it dropped completes the operation with `Abandoned` |
-//! | `Drop` of what [`from_callback`]'s start returned, once the operation completed | the polling thread | propagates out of `poll`; the result stays for the next `poll` |
+//! | `Drop` of what [`from_callback`]'s start returned, once the operation completed | the thread polling the future | discarded; `poll` returns the result |
 //! | the future given to [`begin`]: its `poll` | the caller of `begin`, then the executor | caught: the operation completes with [`Error::Panicked`], the callback still runs |
 //! | the future's `Drop` | the caller of `begin` or the executor | discarded; the result is delivered |
 //! | the callback, when the operation completes inside `begin` | the caller of `begin` | propagates out of `begin`, after the result is stored |

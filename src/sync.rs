@@ -87,16 +87,21 @@ mod spin {
         static BUDGET: Cell<Duration> = const { Cell::new(Duration::from_micros(20)) };
     }
 
-    /// Spins until `done()` holds or the budget runs out; returns `done()`.
+    /// Spins until `done()` holds or the budget (at most until `deadline`) runs out;
+    /// returns `done()`.
     ///
     /// Between checks it spins on the CPU (`spin_loop`, at most 16 at a time, so that
     /// a result is seen within about 100 ns), and gives the CPU up (`yield_now`) only
     /// once every `YIELD_EVERY`: a yield is a system call that costs more than the
     /// hand-off itself (300-600 ns on small VMs), but lets a completer that shares
     /// this CPU run.
-    pub(crate) fn spin_until(done: impl Fn() -> bool) -> bool {
-        let budget = BUDGET.with(Cell::get);
+    pub(crate) fn spin_until(done: impl Fn() -> bool, deadline: Option<Instant>) -> bool {
         let start = Instant::now();
+        let mut budget = BUDGET.with(Cell::get);
+        if let Some(deadline) = deadline {
+            // A wait with a timeout spins no longer than it may wait.
+            budget = budget.min(deadline.saturating_duration_since(start));
+        }
         let mut yielded = Duration::ZERO;
         let mut backoff = 1_u32;
         loop {
@@ -107,7 +112,7 @@ mod spin {
             if spun >= budget {
                 return false;
             }
-            if spun - yielded >= YIELD_EVERY {
+            if spun.saturating_sub(yielded) >= YIELD_EVERY {
                 std::thread::yield_now();
                 yielded = spun;
             }
@@ -118,13 +123,17 @@ mod spin {
         }
     }
 
-    /// Records how long a wait that had to park took in all.
-    pub(crate) fn record_wait(waited: Duration) {
+    /// Records how long a wait that had to park took in all, and whether it ended
+    /// with the result (not its timeout).
+    pub(crate) fn record_wait(waited: Duration, completed: bool) {
         BUDGET.with(|budget| {
-            let next = if waited <= MAX_SPIN {
+            let next = if waited > MAX_SPIN {
+                budget.get() / 2
+            } else if completed {
                 waited * 2
             } else {
-                budget.get() / 2
+                // A short timeout says nothing of how long results take to come.
+                return;
             };
             budget.set(next.clamp(MIN_SPIN, MAX_SPIN));
         });
@@ -133,11 +142,13 @@ mod spin {
 
 #[cfg(any(apm_tap_loom, miri))]
 mod spin {
-    pub(crate) fn spin_until(done: impl Fn() -> bool) -> bool {
+    use std::time::Instant;
+
+    pub(crate) fn spin_until(done: impl Fn() -> bool, _deadline: Option<Instant>) -> bool {
         done()
     }
 
-    pub(crate) fn record_wait(_waited: std::time::Duration) {}
+    pub(crate) fn record_wait(_waited: std::time::Duration, _completed: bool) {}
 }
 
 pub(crate) use spin::{record_wait, spin_until};

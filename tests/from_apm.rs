@@ -408,6 +408,35 @@ fn rule_6_completion_racing_drop_ends_once() {
     }
 }
 
+/// Rule 6 for `from_callback`: a completion racing the drop either wins (the value is
+/// stored, the hook does not run) or loses (the value comes back to the completer, the
+/// hook runs once). Never both, never neither.
+#[test]
+fn rule_6_from_callback_hook_runs_only_if_the_cancel_won() {
+    for _ in 0..common::rounds(2_000) {
+        let hooked = Arc::new(AtomicUsize::new(0));
+        let h = Arc::clone(&hooked);
+        let (tx, rx) = mpsc::channel();
+        let mut future = apm_tap::from_callback(move |done: Completer<u8>| tx.send(done).unwrap())
+            .on_cancel(move |()| {
+                h.fetch_add(1, SeqCst);
+            });
+        let (_, waker) = CountingWaker::new();
+        assert!(poll_with(&mut future, &waker).is_pending());
+        let completer = rx.recv().unwrap();
+        let start = Arc::new(Barrier::new(2));
+        let s = Arc::clone(&start);
+        let racer = thread::spawn(move || {
+            s.wait();
+            completer.complete(3).is_ok()
+        });
+        start.wait();
+        drop(future);
+        let stored = racer.join().unwrap();
+        assert_eq!(hooked.load(SeqCst), usize::from(!stored));
+    }
+}
+
 /// Rule 7: only the latest poll's waker is woken, exactly once; re-polling with an equal
 /// waker does not clone it, and no waker is kept after completion.
 #[test]

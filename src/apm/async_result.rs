@@ -239,7 +239,12 @@ impl<T> AsyncResult<T> {
     /// ```
     pub fn cancel(&self) {
         // Refused when a result is already stored: that result is kept.
-        self.cell.cancel();
+        self.cancel_pending();
+    }
+
+    /// [`cancel`](Self::cancel); whether it completed the operation (it was pending).
+    pub(crate) fn cancel_pending(&self) -> bool {
+        self.cell.cancel()
     }
 
     /// Whether `self` and `other` are handles of the same operation.

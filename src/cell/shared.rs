@@ -206,17 +206,18 @@ impl<T> Shared<T> {
     }
 
     /// Asks the operation to stop: completes the cell with `Cancelled` unless it is
-    /// complete already. Wakes the waiters and runs the callback here; never unwinds
+    /// complete already; returns whether it did. Wakes the waiters and runs the callback here; never unwinds
     /// (their panics are discarded, see `crate::unwind`).
-    pub(crate) fn cancel(&self) {
+    pub(crate) fn cancel(&self) -> bool {
         let cancelled = self.state.update(self.load(), |s| {
             (!s.is_complete()).then(|| s.with(CANCELLED))
         });
         let Ok(state) = cancelled else {
-            return;
+            return false;
         };
         // SAFETY: this handle owns the cell by `self.ptr` until this returns.
         unsafe { Cell::collect(self.ptr, state, false) }.run_quietly();
+        true
     }
 
     /// Installs the completion callback, or hands it back if the cell already completed
@@ -247,11 +248,11 @@ impl<T> Shared<T> {
     /// whether it completed.
     pub(crate) fn wait_until(&self, deadline: Option<Instant>) -> bool {
         let started = Instant::now();
-        if sync::spin_until(|| self.is_completed()) {
+        if sync::spin_until(|| self.is_completed(), deadline) {
             return true;
         }
         let completed = self.park_until(deadline);
-        sync::record_wait(started.elapsed());
+        sync::record_wait(started.elapsed(), completed);
         completed
     }
 
