@@ -539,3 +539,29 @@ fn model_15_reaper_hands_a_self_waking_handle_over() {
         assert_eq!(ends.load(SeqCst), 1);
     });
 }
+
+/// Rule 6 for `from_callback`: dropping the future races its completer. The hook runs
+/// exactly when the drop's cancel won, and then the value comes back to the completer.
+#[test]
+fn model_16_from_callback_dropped_while_its_completer_completes() {
+    model(
+        "16 from_callback dropped while its completer completes",
+        || {
+            let hooks = Arc::new(AtomicUsize::new(0));
+            let h = Arc::clone(&hooks);
+            let (tx, rx) = mpsc::channel();
+            let mut future =
+                apm_tap::from_callback(move |done: Completer<u8>| tx.send(done).unwrap())
+                    .on_cancel(move |()| {
+                        h.fetch_add(1, SeqCst);
+                    });
+            let (_, waker) = CountingWaker::new();
+            assert!(poll_with(&mut future, &waker).is_pending());
+            let completer = rx.recv().unwrap();
+            let completing = thread::spawn(move || completer.complete(4).is_ok());
+            drop(future);
+            let stored = completing.join().unwrap();
+            assert_eq!(hooks.load(SeqCst), usize::from(!stored));
+        },
+    );
+}
