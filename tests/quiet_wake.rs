@@ -126,6 +126,23 @@ struct DropsHandle {
     handle: Mutex<Option<AsyncResult<Vec<u8>>>>,
     wakes: AtomicUsize,
 }
+impl DropsHandle {
+    /// Awaits `handle` with a `DropsHandle` waker, then hands the handle to that waker:
+    /// the operation's cell holds the only clone of the waker, and the waker the handle.
+    fn own(mut handle: AsyncResult<Vec<u8>>) -> Arc<DropsHandle> {
+        let owner = Arc::new(DropsHandle {
+            handle: Mutex::new(None),
+            wakes: AtomicUsize::new(0),
+        });
+        let waker = Waker::from(Arc::clone(&owner));
+        assert!(handle
+            .poll_end(&mut Context::from_waker(&waker))
+            .is_pending());
+        *owner.handle.lock().unwrap() = Some(handle);
+        owner
+    }
+}
+
 impl Wake for DropsHandle {
     fn wake(self: Arc<Self>) {
         self.wakes.fetch_add(1, SeqCst);
@@ -135,47 +152,27 @@ impl Wake for DropsHandle {
     }
 }
 
-/// the single-waker quiet fast path: the waker's wake drops the last handle (the
+/// The single-waker quiet fast path: the waker's wake drops the last handle (the
 /// cell is freed inside wake) and panics; complete returns Ok, no unwind.
 #[test]
 fn quiet_single_waker_drops_the_last_handle_and_panics() {
     let (completer, handle) = Completer::<Vec<u8>>::new();
-    let w = Arc::new(DropsHandle {
-        handle: Mutex::new(None),
-        wakes: AtomicUsize::new(0),
-    });
-    let waker = Waker::from(Arc::clone(&w));
-    let mut handle = handle;
-    assert!(handle
-        .poll_end(&mut Context::from_waker(&waker))
-        .is_pending());
-    *w.handle.lock().unwrap() = Some(handle);
-    drop(waker);
+    let w = DropsHandle::own(handle);
     assert_eq!(completer.complete(vec![1, 2, 3]), Ok(()));
     assert_eq!(w.wakes.load(SeqCst), 1);
     assert!(w.handle.lock().unwrap().is_none());
 }
 
-/// the same through Writer::drop (completer dropped unfinished).
+/// The same through Writer::drop (completer dropped unfinished).
 #[test]
 fn completer_drop_wakes_quietly() {
     let (completer, handle) = Completer::<Vec<u8>>::new();
-    let w = Arc::new(DropsHandle {
-        handle: Mutex::new(None),
-        wakes: AtomicUsize::new(0),
-    });
-    let waker = Waker::from(Arc::clone(&w));
-    let mut handle = handle;
-    assert!(handle
-        .poll_end(&mut Context::from_waker(&waker))
-        .is_pending());
-    *w.handle.lock().unwrap() = Some(handle);
-    drop(waker);
+    let w = DropsHandle::own(handle);
     drop(completer);
     assert_eq!(w.wakes.load(SeqCst), 1);
 }
 
-/// several waiters and a callback that drops its handle (the last owner): each
+/// Several waiters and a callback that drops its handle (the last owner): each
 /// waker woken once, panics discarded, callback once.
 #[test]
 fn many_waiters_and_a_callback_that_is_the_last_owner() {
@@ -191,21 +188,14 @@ fn many_waiters_and_a_callback_that_is_the_last_owner() {
             panic!("callback panics");
         })
         .completer();
-    let mut h2 = handle.clone();
+    let h2 = handle.clone();
     let mut h3 = handle.clone();
     let (c1, w1) = CountingWaker::new();
     let (c2, w2) = CountingWaker::new();
-    let p = Arc::new(DropsHandle {
-        handle: Mutex::new(None),
-        wakes: AtomicUsize::new(0),
-    });
-    let pw = Waker::from(Arc::clone(&p));
     let mut handle = handle;
     assert!(handle.poll_end(&mut Context::from_waker(&w1)).is_pending());
-    assert!(h2.poll_end(&mut Context::from_waker(&pw)).is_pending());
+    let p = DropsHandle::own(h2);
     assert!(h3.poll_end(&mut Context::from_waker(&w2)).is_pending());
-    *p.handle.lock().unwrap() = Some(h2);
-    drop(pw);
     drop(handle);
     drop(h3);
     // c1's handle was dropped: its waker was withdrawn; c2's too.
@@ -216,7 +206,7 @@ fn many_waiters_and_a_callback_that_is_the_last_owner() {
     assert_eq!((c1.clones_held(), c2.clones_held()), (0, 0));
 }
 
-/// single waiter + callback, complete: woken once, callback once, its panic
+/// Single waiter + callback, complete: woken once, callback once, its panic
 /// discarded.
 #[test]
 fn a_waiter_and_a_panicking_callback() {
@@ -241,24 +231,17 @@ fn a_waiter_and_a_panicking_callback() {
     assert_eq!(handle.end(), Ok(vec![5]));
 }
 
-/// three live waiters, one panicking: each woken exactly once.
+/// Three live waiters, one panicking: each woken exactly once.
 #[test]
 fn three_waiters_each_woken_once() {
     let (completer, mut a) = Completer::<Vec<u8>>::new();
-    let mut b = a.clone();
+    let b = a.clone();
     let mut c = a.clone();
     let (ca, wa) = CountingWaker::new();
     let (cc, wc) = CountingWaker::new();
-    let p = Arc::new(DropsHandle {
-        handle: Mutex::new(None),
-        wakes: AtomicUsize::new(0),
-    });
-    let pw = Waker::from(Arc::clone(&p));
     assert!(a.poll_end(&mut Context::from_waker(&wa)).is_pending());
-    assert!(b.poll_end(&mut Context::from_waker(&pw)).is_pending());
+    let p = DropsHandle::own(b);
     assert!(c.poll_end(&mut Context::from_waker(&wc)).is_pending());
-    *p.handle.lock().unwrap() = Some(b);
-    drop(pw);
     assert_eq!(completer.complete(vec![1]), Ok(()));
     assert_eq!((ca.wakes(), p.wakes.load(SeqCst), cc.wakes()), (1, 1, 1));
     assert_eq!((ca.clones_held(), cc.clones_held()), (0, 0));
@@ -275,53 +258,35 @@ fn stored_task(tasks: &Mutex<Vec<apm_tap::Task>>) -> (apm_tap::Task, AsyncResult
     (tasks.lock().unwrap().pop().unwrap(), handle)
 }
 
-/// a task's writer dropped unpolled with one waiter whose wake drops the last
+/// A task's writer dropped unpolled with one waiter whose wake drops the last
 /// handle and panics (Writer::drop, quiet one-waker path on a task cell).
 #[test]
 fn task_dropped_unpolled_wakes_its_waiter_quietly() {
     let tasks = Mutex::new(Vec::new());
-    let (task, mut handle) = stored_task(&tasks);
-    let w = Arc::new(DropsHandle {
-        handle: Mutex::new(None),
-        wakes: AtomicUsize::new(0),
-    });
-    let waker = Waker::from(Arc::clone(&w));
-    assert!(handle
-        .poll_end(&mut Context::from_waker(&waker))
-        .is_pending());
-    *w.handle.lock().unwrap() = Some(handle);
-    drop(waker);
+    let (task, handle) = stored_task(&tasks);
+    let w = DropsHandle::own(handle);
     drop(task);
     assert_eq!(w.wakes.load(SeqCst), 1);
 }
 
-/// the task was polled (its own waker stored), then dropped: the waiter woken once,
+/// The task was polled (its own waker stored), then dropped: the waiter woken once,
 /// the task's own waker dropped, not woken.
 #[test]
 fn task_polled_then_dropped_drops_its_own_waker() {
     let tasks = Mutex::new(Vec::new());
-    let (mut task, mut handle) = stored_task(&tasks);
+    let (mut task, handle) = stored_task(&tasks);
     let (own, own_waker) = CountingWaker::new();
     assert!(std::pin::Pin::new(&mut task)
         .poll(&mut Context::from_waker(&own_waker))
         .is_pending());
-    let w = Arc::new(DropsHandle {
-        handle: Mutex::new(None),
-        wakes: AtomicUsize::new(0),
-    });
-    let waker = Waker::from(Arc::clone(&w));
-    assert!(handle
-        .poll_end(&mut Context::from_waker(&waker))
-        .is_pending());
-    *w.handle.lock().unwrap() = Some(handle);
-    drop(waker);
+    let w = DropsHandle::own(handle);
     drop(task);
     assert_eq!(w.wakes.load(SeqCst), 1);
     assert_eq!(own.wakes(), 0);
     assert_eq!(own.clones_held(), 0);
 }
 
-/// polled task, no handle left, then dropped: freed by the writer.
+/// Polled task, no handle left, then dropped: freed by the writer.
 #[test]
 fn task_polled_with_no_handle_then_dropped() {
     let tasks = Mutex::new(Vec::new());
