@@ -20,7 +20,7 @@ mod aio {
     use std::ffi::c_void;
     use std::fs::File;
     use std::io;
-    use std::os::fd::AsRawFd;
+    use std::os::fd::{AsRawFd, FromRawFd};
     use std::ptr;
     use std::sync::mpsc;
 
@@ -169,7 +169,28 @@ mod aio {
         len: usize,
         ended: mpsc::Sender<i64>,
     ) -> impl std::future::Future<Output = io::Result<Vec<u8>>> + Send + Unpin {
-        let file = File::open(path);
+        read(File::open(path), offset, len, ended)
+    }
+
+    /// An empty pipe: a read of its reading end (the first) stays in flight until
+    /// something is written to the second, or the second is dropped.
+    pub fn pipe() -> io::Result<(File, File)> {
+        let mut ends = [0; 2];
+        // SAFETY: `pipe` writes two descriptors into the array it is given.
+        if unsafe { libc::pipe(ends.as_mut_ptr()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: both descriptors were just opened, and nothing else owns them.
+        Ok(unsafe { (File::from_raw_fd(ends[0]), File::from_raw_fd(ends[1])) })
+    }
+
+    /// Reads `len` bytes at `offset` of `file` (glibc ignores the offset of a pipe).
+    pub fn read(
+        file: io::Result<File>,
+        offset: i64,
+        len: usize,
+        ended: mpsc::Sender<i64>,
+    ) -> impl std::future::Future<Output = io::Result<Vec<u8>>> + Send + Unpin {
         apm_tap::try_from_apm(
             move |callback| begin_read(file?, offset, len, callback),
             move |read| {
@@ -208,14 +229,18 @@ fn main() -> std::io::Result<()> {
     println!("2. four reads at once:  {words:?}");
 
     // 3. A read whose future is dropped after its first poll: `on_cancel` calls
-    //    aio_cancel, and End still runs once, when glibc calls back.
-    let mut dropped = aio::read_at(&path, 100, 5, ended.clone());
+    //    aio_cancel, and End still runs once, when glibc calls back. The read is of an
+    //    empty pipe, so it is surely still in flight when the future is dropped.
+    let (empty, writer) = aio::pipe()?;
+    let mut dropped = aio::read(Ok(empty), 0, 5, ended.clone());
     assert!(
         (&mut dropped).now_or_never().is_none(),
-        "glibc calls back later"
+        "nothing was written to the pipe"
     );
     drop(dropped);
     drop(ended);
+    // Closing the pipe ends a read that aio_cancel could not stop: glibc calls back.
+    drop(writer);
     // Every sender is gone once every End ran, the dropped read's included.
     let ends: Vec<i64> = end_ran.iter().collect();
     println!(
