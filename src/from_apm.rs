@@ -11,8 +11,9 @@ use std::task::{Context, Poll};
 use futures::future::FusedFuture;
 
 use crate::reaper::{ErasedEnd, OnCancel, Reaper};
+use crate::signal::{signal, Finish, Receiver, Sender};
 use crate::unwind::{catch, drop_quietly, quietly};
-use crate::{Abandonment, AsyncCallback, AsyncHandle, AsyncResult, Completer, Error, PollHandle};
+use crate::{Abandonment, AsyncCallback, AsyncHandle, AsyncResult, Error, PollHandle};
 
 /// The completion callback that [`from_apm`] gives to a Begin method.
 ///
@@ -47,7 +48,7 @@ use crate::{Abandonment, AsyncCallback, AsyncHandle, AsyncResult, Completer, Err
 /// );
 /// assert_eq!(futures::executor::block_on(future), Ok(true));
 /// ```
-pub struct ApmCallback(Completer<()>);
+pub struct ApmCallback(Sender);
 
 impl ApmCallback {
     /// Reports that the operation completed.
@@ -70,9 +71,9 @@ impl ApmCallback {
     /// );
     /// assert_eq!(futures::executor::block_on(future), Ok(Ok(())));
     /// ```
+    #[inline]
     pub fn call(self) {
-        // Refused only if the future was dropped and its signal cancelled: nothing to do.
-        let _ = self.0.complete(());
+        self.0.call();
     }
 }
 
@@ -423,20 +424,18 @@ enum Stage<B, H, E> {
     Waiting {
         handle: H,
         end: E,
-        signal: AsyncResult<()>,
+        signal: Receiver,
         /// `defer_end::<H, E, R>`, chosen in `poll_op` where `R` and `H: Send` are known,
         /// so that `drop` (which can name neither) can still hand End and the handle to
         /// the callback's thread.
-        defer: fn(H, E) -> Deferred,
+        defer: fn(H, E) -> Finish,
     },
     /// `end` ran or is running, or the operation failed: nothing left to do.
     Done,
 }
 
 /// End with its handle, to run on the callback's thread after the future was dropped.
-type Deferred = Box<dyn FnOnce() + Send>;
-
-fn defer_end<H, E, R>(handle: H, end: E) -> Deferred
+fn defer_end<H, E, R>(handle: H, end: E) -> Finish
 where
     H: Send + 'static,
     E: FnOnce(H) -> R + Send + 'static,
@@ -480,10 +479,10 @@ impl<B, H, E> Op<B, H, E> {
             let Stage::Start { begin, end } = mem::replace(&mut self.stage, Stage::Done) else {
                 unreachable!("matched just above")
             };
-            let (completer, signal) = Completer::new();
+            let (callback, signal) = signal();
             // End is dropped unused if Begin fails or panics: quietly, so that its own
             // `Drop` can neither hide Begin's error nor panic during Begin's unwind.
-            let handle = match catch(|| start(begin, ApmCallback(completer))) {
+            let handle = match catch(|| start(begin, ApmCallback(callback))) {
                 Ok(Ok(handle)) => handle,
                 Ok(Err(begin_error)) => {
                     drop_quietly(end);
@@ -515,16 +514,19 @@ impl<B, H, E> Op<B, H, E> {
         let Stage::Waiting { signal, .. } = &mut self.stage else {
             panic!("`from_apm` future polled after completion");
         };
-        let called = match signal.poll_end(cx) {
+        let called = match signal.poll(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(called) => called,
         };
         let Stage::Waiting { handle, end, .. } = mem::replace(&mut self.stage, Stage::Done) else {
             unreachable!("matched just above")
         };
-        // The signal's only failure: the legacy code dropped the `ApmCallback`.
-        let called = called.map_err(|_| Error::Abandoned(Abandonment::CallbackDropped));
-        Poll::Ready(Ok(called.map(|()| end(handle))))
+        if !called {
+            // The legacy code dropped the `ApmCallback`: End would block forever.
+            drop(handle);
+            return Poll::Ready(Ok(Err(Error::Abandoned(Abandonment::CallbackDropped))));
+        }
+        Poll::Ready(Ok(Ok(end(handle))))
     }
 }
 
@@ -532,11 +534,20 @@ impl<B, H, E> Drop for Op<B, H, E> {
     /// Before completion: runs `on_cancel`, then hands End to the callback (or runs it
     /// here if the callback already came). Never unwinds: a panic of `on_cancel`, of End
     /// or of a `Drop` here is discarded (see `crate::unwind`), and End still runs.
+    #[inline]
     fn drop(&mut self) {
         if let (Stage::Done, None) = (&self.stage, &self.on_cancel) {
             // The common case, completed without a hook: nothing to drop.
             return;
         }
+        self.cancel();
+    }
+}
+
+impl<B, H, E> Op<B, H, E> {
+    /// `drop`'s work when there is some.
+    #[cold]
+    fn cancel(&mut self) {
         let on_cancel = self.on_cancel.take();
         let stage = mem::replace(&mut self.stage, Stage::Done);
         let Stage::Waiting {
@@ -551,23 +562,12 @@ impl<B, H, E> Drop for Op<B, H, E> {
             return;
         };
         match on_cancel {
-            Some(on_cancel) if !signal.is_completed() => quietly(|| on_cancel(&handle)),
+            Some(on_cancel) if !signal.is_done() => quietly(|| on_cancel(&handle)),
             unused => drop_quietly(unused),
         }
-        let deferred = defer(handle, end);
-        // The signal is complete when this runs, so `end()` returns at once. Abandoned:
-        // the legacy End is not called, it would block forever.
-        let finish = move |signal: AsyncResult<()>| {
-            if signal.end().is_ok() {
-                quietly(deferred);
-            } else {
-                drop_quietly(deferred);
-            }
-        };
-        // Hand End to the callback; if the callback already came, run End here.
-        if let Err(finish) = signal.set_callback(Box::new(finish)) {
-            finish(signal);
-        }
+        // Hand End to the callback; if the callback already came, End runs here. If the
+        // callback is dropped uncalled, End is dropped unused: it would block forever.
+        signal.close(defer(handle, end));
     }
 }
 

@@ -200,10 +200,10 @@
 // - Only the cell decides who wins: the writer stores the result unless a handle
 //   cancelled first, and then gets it back. A dropped `Completer` or task stores
 //   `Abandoned`.
-// - `from_apm` uses a cell of its own, `AsyncResult<()>`, as the signal between the
-//   legacy callback (`ApmCallback` wraps its `Completer<()>`) and the future. When the
-//   future is dropped early it installs End as that cell's callback, so End runs on
-//   whichever side comes second. `from_async_result` has no callback to hook: its
+// - `from_apm` needs none of the cell's features (no value, state, callback, clones
+//   or blocking), so its signal between the legacy callback and the future is a
+//   smaller one-shot of its own (`signal.rs`: a state word, the future's waker, and the
+//   End a dropped future leaves behind, which runs on whichever side comes second). `from_async_result` has no callback to hook: its
 //   dropped future hands the handle to a `Reaper` (`reaper.rs`), which polls it.
 // - No user code (wakers, callbacks, End, hooks) runs while a lock is held. Completing
 //   an operation takes its wake-ups and callback out of the cell and gives up the
@@ -218,6 +218,7 @@ mod from_apm;
 mod from_callback;
 mod reaper;
 mod runtime;
+mod signal;
 mod state;
 mod sync;
 mod to_apm;

@@ -565,3 +565,34 @@ fn model_16_from_callback_dropped_while_its_completer_completes() {
         },
     );
 }
+
+/// `from_apm`'s signal: the future polled again with the same waker (which takes the
+/// waker's slot back to look at it) while the callback completes on another thread,
+/// then polled to the end. End runs once, the waker is woken once if the re-poll was
+/// pending (at most once otherwise), and no clone of it outlives the future.
+#[test]
+fn model_17_same_waker_repoll_races_the_callback() {
+    model("17 re-poll with the same waker races the callback", || {
+        let counts = Counts::default();
+        let (tx, rx) = mpsc::channel();
+        let mut future = bridged(&counts, Some(tx));
+        let (waker_counts, waker) = CountingWaker::new();
+        assert!(poll_with(&mut future, &waker).is_pending());
+        let callback = rx.try_recv().unwrap();
+        let caller = thread::spawn(move || callback.call());
+        let second = poll_with(&mut future, &waker);
+        caller.join().unwrap();
+        if second.is_pending() {
+            // The re-poll left the waker for the callback, which woke it.
+            assert_eq!(waker_counts.wakes(), 1);
+            assert!(poll_with(&mut future, &waker).is_ready());
+        } else {
+            // The callback may have woken it before the re-poll looked.
+            assert!(waker_counts.wakes() <= 1);
+        }
+        drop(second);
+        drop(future);
+        assert_eq!(counts.get(), (1, 1, 1));
+        assert_eq!(waker_counts.clones_held(), 0);
+    });
+}

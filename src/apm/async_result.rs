@@ -53,12 +53,6 @@ impl<T> AsyncResult<T> {
         }
     }
 
-    /// Installs the completion callback of an operation made without one, or hands it
-    /// back if the operation already completed.
-    pub(crate) fn set_callback(&self, callback: Callback<T>) -> Result<(), Callback<T>> {
-        self.cell.set_callback(callback)
-    }
-
     /// Whether the operation has finished: its result (or error) is stored and
     /// [`end`](Self::end) will not block.
     ///

@@ -419,7 +419,7 @@ impl<T> Cell<T> {
             // SAFETY: the caller owns the cell by `ptr`; `CALLBACK` was set when the cell
             // completed: the installer is done with the slot, and only the completer
             // takes it.
-            unsafe { access(callback_slot(ptr, before, false), Option::take) }
+            unsafe { access(callback_slot(ptr, before), Option::take) }
         } else {
             None
         };
@@ -563,8 +563,8 @@ unsafe fn access<U, R>(cell: &UnsafeCell<U>, f: impl FnOnce(&mut U) -> R) -> R {
     cell.with_mut(|contents| f(unsafe { &mut *contents }))
 }
 
-/// The slot of the cell's callback: in the header of a task's cell, else in `More`,
-/// installed first if `install` (else `More` must be there: `CALLBACK` was set).
+/// The slot of the cell's callback: in the header of a task's cell, else in `More`
+/// (which must be there: `CALLBACK` was set).
 /// `state` is any reading of the cell's word (`TASK` never changes).
 ///
 /// # Safety
@@ -573,7 +573,6 @@ unsafe fn access<U, R>(cell: &UnsafeCell<U>, f: impl FnOnce(&mut U) -> R) -> R {
 unsafe fn callback_slot<'a, T: 'a>(
     ptr: NonNull<Cell<T>>,
     state: Snapshot,
-    install: bool,
 ) -> &'a UnsafeCell<Option<Callback<T>>> {
     // SAFETY: the caller owns the cell.
     let cell = unsafe { ptr.as_ref() };
@@ -582,12 +581,10 @@ unsafe fn callback_slot<'a, T: 'a>(
         // `TaskCell`; the caller's ownership keeps it alive.
         return unsafe { task::callback_slot(ptr) };
     }
-    let more = if install {
-        cell.more_or_install()
-    } else {
-        cell.more().expect("a cell with CALLBACK has `More`")
-    };
-    &more.callback
+    &cell
+        .more()
+        .expect("a cell with CALLBACK has `More`")
+        .callback
 }
 
 /// Frees the cell: a plain one as the `Box<Cell<T>>` it was made as, a task's through

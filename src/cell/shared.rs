@@ -6,8 +6,8 @@ use std::ptr::NonNull;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use super::word::{Snapshot, CALLBACK, CANCELLED, ENTRY0, REF, TAKEN, VALUE, WAKER};
-use super::{access, callback_slot, free, Callback, Cell, Entry};
+use super::word::{Snapshot, CANCELLED, ENTRY0, REF, TAKEN, VALUE, WAKER};
+use super::{access, free, Cell, Entry};
 use crate::sync;
 use crate::unwind::drop_quietly;
 use crate::Error;
@@ -218,30 +218,6 @@ impl<T> Shared<T> {
         // SAFETY: this handle owns the cell by `self.ptr` until this returns.
         unsafe { Cell::collect(self.ptr, state, false) }.run_quietly();
         true
-    }
-
-    /// Installs the completion callback, or hands it back if the cell already completed
-    /// (the caller then runs it itself). Called at most once per cell, on a cell made
-    /// without a callback.
-    pub(crate) fn set_callback(&self, callback: Callback<T>) -> Result<(), Callback<T>> {
-        let state = self.load();
-        // SAFETY: this handle owns the cell by `self.ptr` while it uses the slot.
-        let slot = unsafe { callback_slot(self.ptr, state, true) };
-        debug_assert!(!state.has(CALLBACK), "a second callback");
-        if state.is_complete() {
-            return Err(callback);
-        }
-        // SAFETY: `CALLBACK` is clear and this is the cell's only installer.
-        unsafe { access(slot, |slot| *slot = Some(callback)) };
-        let installed = self
-            .state
-            .update(state, |s| (!s.is_complete()).then(|| s.with(CALLBACK)));
-        if installed.is_ok() {
-            return Ok(());
-        }
-        // SAFETY: `CALLBACK` still clear: the completer did not take it.
-        let back = unsafe { access(slot, Option::take) };
-        Err(back.expect("installed just above"))
     }
 
     /// Blocks the current thread until the cell completes or `deadline` passes; returns

@@ -17,7 +17,7 @@
 //! | `ENTRY0` | the handle claiming entry 0 (the only handle may claim it with `WAKER` in one step) | that handle, when it lets go of the entry | the right to use `waker` (as its owner, see `WAKER`) |
 //! | `TASK_WAKER` | the writer of a running task, publishing its waker to be told of a cancel (only while a handle is left to cancel) | the writer, to replace its waker | the task waker slot in the `TaskCell`'s header, as `WAKER` does `waker` |
 //! | `WAITERS` | a handle about to add a waker or a parked thread to `More::waiters` | never | none: it tells the completer to lock `More::waiters` |
-//! | `CALLBACK` | whoever installs the callback (at creation, or `set_callback` while pending) | never | the callback slot (a task's in its header, any other's in `More`): from the installer to whoever completes the cell |
+//! | `CALLBACK` | whoever makes the cell with a callback | never | the callback slot (a task's in its header, any other's in `More`): from the installer to whoever completes the cell |
 //! | `WRITER` | creation | the writer, when it gives up its ownership | none: it counts the writer as an owner |
 //! | `TASK` | creation, for a `TaskCell` | never | none: the cell heads a `TaskCell` (see `task.rs`) |
 //!
