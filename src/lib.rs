@@ -219,6 +219,7 @@ mod from_callback;
 mod reaper;
 mod runtime;
 mod signal;
+mod spare;
 mod state;
 mod sync;
 mod to_apm;

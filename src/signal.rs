@@ -30,10 +30,11 @@
 // The protocol's invariants and the `unsafe` they justify are written at each use.
 #![allow(unsafe_code)]
 
-use std::mem::{ManuallyDrop, MaybeUninit};
+use std::mem::ManuallyDrop;
 use std::ptr::NonNull;
 use std::task::{Context, Poll, Waker};
 
+use crate::spare;
 use crate::sync::{AtomicUsize, Ordering, UnsafeCell};
 use crate::unwind::{drop_quietly_if_some, quietly};
 
@@ -82,63 +83,16 @@ unsafe impl Sync for Receiver {}
 /// Makes a signal: the sender to give to Begin, the receiver for the future.
 #[inline]
 pub(crate) fn signal() -> (Sender, Receiver) {
-    let block = spare::take().unwrap_or_else(|| Box::new(MaybeUninit::uninit()));
-    let inner = Box::into_raw(block).cast::<Inner>();
-    // SAFETY: a block for an `Inner` that nothing else uses (fresh, or freed by `free`).
+    let inner = spare::alloc::<Inner>();
+    // SAFETY: memory for an `Inner` that nothing else uses.
     unsafe {
-        inner.write(Inner {
+        inner.as_ptr().write(Inner {
             state: AtomicUsize::new(TX | RX),
             waker: UnsafeCell::new(None),
             finish: UnsafeCell::new(None),
         });
     }
-    let inner = NonNull::new(inner).expect("`Box::into_raw` is never null");
     (Sender { inner }, Receiver { inner })
-}
-
-/// One freed block per thread, kept for the thread's next signal: a Begin that calls
-/// back inside Begin frees its signal on the thread that makes the next one, and
-/// reusing the block saves an allocation and a free (a third of such an operation's
-/// instructions with glibc's allocator; `BENCHMARKS.md`). Not under loom, whose
-/// threads and memory are modelled.
-#[cfg(not(apm_tap_loom))]
-mod spare {
-    use std::cell::Cell;
-    use std::mem::MaybeUninit;
-
-    use super::Inner;
-
-    std::thread_local! {
-        static SPARE: Cell<Option<Box<MaybeUninit<Inner>>>> = const { Cell::new(None) };
-    }
-
-    /// This thread's spare block, if it has one (none once its thread-locals are gone).
-    #[inline]
-    pub(super) fn take() -> Option<Box<MaybeUninit<Inner>>> {
-        SPARE.try_with(Cell::take).ok().flatten()
-    }
-
-    /// Keeps `block` as this thread's spare, or frees it if there is one already (or
-    /// the thread's thread-locals are gone).
-    #[inline]
-    pub(super) fn put(block: Box<MaybeUninit<Inner>>) {
-        let _ = SPARE.try_with(move |spare| drop(spare.replace(Some(block))));
-    }
-}
-
-#[cfg(apm_tap_loom)]
-mod spare {
-    use std::mem::MaybeUninit;
-
-    use super::Inner;
-
-    pub(super) fn take() -> Option<Box<MaybeUninit<Inner>>> {
-        None
-    }
-
-    pub(super) fn put(block: Box<MaybeUninit<Inner>>) {
-        drop(block);
-    }
 }
 
 impl Sender {
@@ -395,15 +349,10 @@ unsafe fn leave(inner: NonNull<Inner>, mut finish: Option<Finish>) {
 #[inline]
 unsafe fn free(inner: NonNull<Inner>) {
     // SAFETY: initialised by `signal`, and the caller is the last to use it: its
-    // contents are moved out once, and the block (now uninitialised) is reused or freed
-    // as the `Box<MaybeUninit<Inner>>` it was made as.
-    let (Inner { waker, finish, .. }, block) = unsafe {
-        (
-            inner.as_ptr().read(),
-            Box::from_raw(inner.as_ptr().cast::<MaybeUninit<Inner>>()),
-        )
-    };
-    spare::put(block);
+    // contents are moved out once, then its memory is given back.
+    let Inner { waker, finish, .. } = unsafe { inner.as_ptr().read() };
+    // SAFETY: from `spare::alloc`, its value moved out just above.
+    unsafe { spare::free(inner) };
     let (waker, finish) = (waker.into_inner(), finish.into_inner());
     if waker.is_some() || finish.is_some() {
         drop_leftovers(waker, finish);

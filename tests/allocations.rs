@@ -1,5 +1,6 @@
-//! Allocation counts: one allocation per bridged operation for the cell, and nothing
-//! allocated for blocking unless someone blocks (rule 11).
+//! Allocation counts: one allocation per bridged operation for the cell (none when the
+//! thread's last operation freed one of the same layout), and nothing allocated for
+//! blocking unless someone blocks (rule 11).
 
 // A global allocator can only be written with `unsafe`: it forwards to `System`.
 #![allow(unsafe_code)]
@@ -38,6 +39,12 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// Runs `f` on a thread of its own: the crate keeps one freed block per thread for
+/// the next operation (`src/spare.rs`), so each test starts from a thread without one.
+fn on_a_fresh_thread(f: impl FnOnce() + Send) {
+    std::thread::scope(|scope| scope.spawn(f).join().unwrap());
+}
+
 /// Allocations made on this thread while `f` runs.
 fn allocations<R>(f: impl FnOnce() -> R) -> (usize, R) {
     let before = ALLOCATIONS.with(Cell::get);
@@ -47,17 +54,19 @@ fn allocations<R>(f: impl FnOnce() -> R) -> (usize, R) {
 
 #[test]
 fn completer_operation_allocates_only_its_cell() {
-    let (count, value) = allocations(|| {
-        let (completer, handle) = Completer::new();
-        completer.complete(5_u64).unwrap();
-        handle.wait().unwrap();
-        handle.end()
+    on_a_fresh_thread(|| {
+        let (count, value) = allocations(|| {
+            let (completer, handle) = Completer::new();
+            completer.complete(5_u64).unwrap();
+            handle.wait().unwrap();
+            handle.end()
+        });
+        assert_eq!(value, Ok(5));
+        assert_eq!(
+            count, 1,
+            "more than the cell was allocated, or a blocking primitive was made"
+        );
     });
-    assert_eq!(value, Ok(5));
-    assert_eq!(
-        count, 1,
-        "more than the cell was allocated, or a blocking primitive was made"
-    );
 }
 
 /// A legacy handle that allocates nothing, completing inside Begin.
@@ -71,18 +80,20 @@ impl AsyncHandle for Inline {
 
 #[test]
 fn from_apm_allocates_only_its_cell() {
-    let (count, outcome) = allocations(|| {
-        let mut future = apm_tap::from_apm(
-            |callback| {
-                callback.call();
-                Inline
-            },
-            |_| 7,
-        );
-        std::pin::Pin::new(&mut future).poll(&mut Context::from_waker(noop_waker_ref()))
+    on_a_fresh_thread(|| {
+        let (count, outcome) = allocations(|| {
+            let mut future = apm_tap::from_apm(
+                |callback| {
+                    callback.call();
+                    Inline
+                },
+                |_| 7,
+            );
+            std::pin::Pin::new(&mut future).poll(&mut Context::from_waker(noop_waker_ref()))
+        });
+        assert_eq!(outcome, Poll::Ready(Ok(7)));
+        assert_eq!(count, 1);
     });
-    assert_eq!(outcome, Poll::Ready(Ok(7)));
-    assert_eq!(count, 1);
 }
 
 /// A legacy handle that completes inside Begin and says so.
@@ -96,64 +107,72 @@ impl AsyncHandle for Synchronous {
 
 #[test]
 fn unused_callback_allocates_nothing_more() {
-    // Begin completes synchronously and drops its callback: the dropped `Completer`
-    // inside stores `Abandoned`, which must not allocate.
-    let (count, outcome) = allocations(|| {
-        let mut future = apm_tap::from_apm(|_callback| Synchronous, |_| 8);
-        std::pin::Pin::new(&mut future).poll(&mut Context::from_waker(noop_waker_ref()))
+    on_a_fresh_thread(|| {
+        // Begin completes synchronously and drops its callback: the dropped `Completer`
+        // inside stores `Abandoned`, which must not allocate.
+        let (count, outcome) = allocations(|| {
+            let mut future = apm_tap::from_apm(|_callback| Synchronous, |_| 8);
+            std::pin::Pin::new(&mut future).poll(&mut Context::from_waker(noop_waker_ref()))
+        });
+        assert_eq!(outcome, Poll::Ready(Ok(8)));
+        assert_eq!(count, 1);
+        let (count, ended) = allocations(|| {
+            let (completer, handle) = Completer::<u8>::new();
+            drop(completer);
+            handle.end()
+        });
+        assert_eq!(
+            (count, ended),
+            (
+                1,
+                Err(apm_tap::Error::Abandoned(
+                    apm_tap::Abandonment::CompleterDropped
+                ))
+            )
+        );
     });
-    assert_eq!(outcome, Poll::Ready(Ok(8)));
-    assert_eq!(count, 1);
-    let (count, ended) = allocations(|| {
-        let (completer, handle) = Completer::<u8>::new();
-        drop(completer);
-        handle.end()
-    });
-    assert_eq!(
-        (count, ended),
-        (
-            1,
-            Err(apm_tap::Error::Abandoned(
-                apm_tap::Abandonment::CompleterDropped
-            ))
-        )
-    );
 }
 
 /// `begin` of a future that is ready at once, with no callback: one allocation, which
-/// holds the operation and the future. Nothing is allocated to watch for a cancel that
-/// nobody can send before `begin` returns.
+/// holds the operation and the future, and none for the next one of the same future
+/// type. Nothing is allocated to watch for a cancel that nobody can send before `begin`
+/// returns.
 #[test]
 fn ready_begin_allocates_only_its_cell() {
-    let never_used = |_: Task| unreachable!("a ready future is not spawned");
-    let (count, handle) = allocations(|| apm_tap::begin_on(&never_used, async { 1_u64 }));
-    assert!(handle.completed_synchronously());
-    assert_eq!((count, handle.end()), (1, Ok(1)));
+    on_a_fresh_thread(|| {
+        let never_used = |_: Task| unreachable!("a ready future is not spawned");
+        let (count, handle) = allocations(|| apm_tap::begin_on(&never_used, async { 1_u64 }));
+        assert!(handle.completed_synchronously());
+        assert_eq!((count, handle.end()), (1, Ok(1)));
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let (count, handle) = allocations(|| apm_tap::begin(async { 2_u64 }));
-        assert_eq!((count, handle.end()), (1, Ok(2)));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            // The first one's memory, freed by its `end`, is this one's.
+            let (count, handle) = allocations(|| apm_tap::begin(async { 2_u64 }));
+            assert_eq!((count, handle.end()), (0, Ok(2)));
+        });
     });
 }
 
 #[test]
 fn blocking_allocates_only_when_someone_blocks() {
-    let (completer, handle) = Completer::new();
-    // Unfinished: the wait has to block, and registers this thread to be woken.
-    let (count, waited) = allocations(|| handle.wait_timeout(Duration::from_millis(1)));
-    assert_eq!(waited, Ok(false));
-    assert!(count >= 1, "a blocking wait registered nothing");
-    completer.complete(1_u8).unwrap();
-    // Finished: no blocking, so nothing is allocated for it.
-    let (count, value) = allocations(|| {
-        handle.wait().unwrap();
-        assert_eq!(handle.wait_timeout(Duration::from_secs(1)), Ok(true));
-        handle.end()
+    on_a_fresh_thread(|| {
+        let (completer, handle) = Completer::new();
+        // Unfinished: the wait has to block, and registers this thread to be woken.
+        let (count, waited) = allocations(|| handle.wait_timeout(Duration::from_millis(1)));
+        assert_eq!(waited, Ok(false));
+        assert!(count >= 1, "a blocking wait registered nothing");
+        completer.complete(1_u8).unwrap();
+        // Finished: no blocking, so nothing is allocated for it.
+        let (count, value) = allocations(|| {
+            handle.wait().unwrap();
+            assert_eq!(handle.wait_timeout(Duration::from_secs(1)), Ok(true));
+            handle.end()
+        });
+        assert_eq!((count, value), (0, Ok(1)));
     });
-    assert_eq!((count, value), (0, Ok(1)));
 }
 
 /// `begin` with a callback: the callback's own box and the cell, which keeps the
@@ -162,49 +181,51 @@ fn blocking_allocates_only_when_someone_blocks() {
 /// the cell.
 #[test]
 fn begin_allocates_the_cell_and_nothing_for_its_callback_or_its_spawn() {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Task>(1);
-    let keep = move |task: Task| tx.send(task).unwrap();
-    let (done, called) = std::sync::mpsc::sync_channel::<Result<u64, apm_tap::Error>>(2);
-    let callback = {
-        let done = done.clone();
-        move |h: apm_tap::AsyncResult<u64>| done.send(h.end()).unwrap()
-    };
-    let (count, handle) = allocations(|| {
-        let callback = apm_tap::AsyncCallback::new(callback);
-        apm_tap::Builder::new()
-            .callback(callback)
-            .spawner(&keep)
-            .begin(async { 3_u64 })
-    });
-    assert!(handle.completed_synchronously());
-    assert_eq!((count, called.recv().unwrap()), (2, Ok(3)));
+    on_a_fresh_thread(|| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Task>(1);
+        let keep = move |task: Task| tx.send(task).unwrap();
+        let (done, called) = std::sync::mpsc::sync_channel::<Result<u64, apm_tap::Error>>(2);
+        let callback = {
+            let done = done.clone();
+            move |h: apm_tap::AsyncResult<u64>| done.send(h.end()).unwrap()
+        };
+        let (count, handle) = allocations(|| {
+            let callback = apm_tap::AsyncCallback::new(callback);
+            apm_tap::Builder::new()
+                .callback(callback)
+                .spawner(&keep)
+                .begin(async { 3_u64 })
+        });
+        assert!(handle.completed_synchronously());
+        assert_eq!((count, called.recv().unwrap()), (2, Ok(3)));
 
-    let callback = move |h: apm_tap::AsyncResult<u64>| done.send(h.end()).unwrap();
-    let (count, handle) = allocations(|| {
-        let callback = apm_tap::AsyncCallback::new(callback);
-        apm_tap::Builder::new()
-            .callback(callback)
-            .spawner(&keep)
-            .begin(async {
-                yield_once().await;
-                4_u64
-            })
+        let callback = move |h: apm_tap::AsyncResult<u64>| done.send(h.end()).unwrap();
+        let (count, handle) = allocations(|| {
+            let callback = apm_tap::AsyncCallback::new(callback);
+            apm_tap::Builder::new()
+                .callback(callback)
+                .spawner(&keep)
+                .begin(async {
+                    yield_once().await;
+                    4_u64
+                })
+        });
+        assert!(!handle.completed_synchronously());
+        assert_eq!(count, 2, "the callback's box and the cell, nothing else");
+        let mut task = rx.recv().unwrap();
+        let (count, ()) = allocations(|| {
+            let waker = futures::task::noop_waker();
+            let mut cx = Context::from_waker(&waker);
+            while std::pin::Pin::new(&mut task).poll(&mut cx).is_pending() {}
+        });
+        assert_eq!(count, 0, "running the spawned task allocated");
+        assert_eq!(called.recv().unwrap(), Ok(4));
+        assert_eq!(
+            handle.end(),
+            Err(apm_tap::Error::AlreadyEnded),
+            "the callback ended it"
+        );
     });
-    assert!(!handle.completed_synchronously());
-    assert_eq!(count, 2, "the callback's box and the cell, nothing else");
-    let mut task = rx.recv().unwrap();
-    let (count, ()) = allocations(|| {
-        let waker = futures::task::noop_waker();
-        let mut cx = Context::from_waker(&waker);
-        while std::pin::Pin::new(&mut task).poll(&mut cx).is_pending() {}
-    });
-    assert_eq!(count, 0, "running the spawned task allocated");
-    assert_eq!(called.recv().unwrap(), Ok(4));
-    assert_eq!(
-        handle.end(),
-        Err(apm_tap::Error::AlreadyEnded),
-        "the callback ended it"
-    );
 }
 
 /// Pending once, then ready: a future that cannot finish inside Begin.
@@ -219,4 +240,39 @@ async fn yield_once() {
         Poll::Pending
     })
     .await;
+}
+
+/// Each operation's memory, freed on the thread that makes the next one, is the next
+/// one's: a loop of operations that complete inside Begin allocates only the legacy
+/// side's own memory after the first.
+#[test]
+fn the_next_operation_on_a_thread_reuses_the_last_ones_memory() {
+    on_a_fresh_thread(|| {
+        let synchronous = || {
+            let mut future = apm_tap::from_apm(
+                |callback| {
+                    callback.call();
+                    Inline
+                },
+                |_| 7,
+            );
+            std::pin::Pin::new(&mut future).poll(&mut Context::from_waker(noop_waker_ref()))
+        };
+        let counts: Vec<usize> = (0..3).map(|_| allocations(synchronous).0).collect();
+        assert_eq!(counts, [1, 0, 0], "from_apm");
+
+        let operation = || {
+            let (completer, handle) = Completer::new();
+            completer.complete(5_u64).unwrap();
+            handle.end()
+        };
+        let counts: Vec<usize> = (0..3).map(|_| allocations(operation).0).collect();
+        assert_eq!(counts, [1, 0, 0], "a Completer's operation");
+
+        // Another layout takes the thread's one spare block: the next `u64`
+        // operation allocates again, once.
+        assert_eq!(allocations(|| drop(Completer::<[u64; 8]>::new())).0, 1);
+        let counts: Vec<usize> = (0..2).map(|_| allocations(operation).0).collect();
+        assert_eq!(counts, [1, 0], "after another layout");
+    });
 }

@@ -46,11 +46,12 @@
 #![allow(unsafe_code)]
 
 use std::marker::PhantomData;
-use std::mem::{self, MaybeUninit};
+use std::mem;
 use std::num::NonZeroU32;
 use std::ptr::{self, NonNull};
 use std::task::{Poll, Waker};
 
+use crate::spare;
 use crate::sync::{
     AtomicPtr, Mutex, MutexGuard,
     Ordering::{AcqRel, Acquire},
@@ -169,11 +170,10 @@ impl<T> More<T> {
 /// Makes a pending operation: its writer and its first handle.
 #[inline]
 pub(crate) fn new<T>(callback: Option<Callback<T>>, state: State) -> (Writer<T>, Shared<T>) {
-    let cell = Box::into_raw(Box::new(MaybeUninit::<Cell<T>>::uninit())).cast::<Cell<T>>();
-    // SAFETY: a fresh allocation for a `Cell<T>`.
-    unsafe { init(cell, callback, state, 0) };
-    let ptr = NonNull::new(cell).expect("`Box::into_raw` is never null");
-    owners(ptr)
+    let cell = spare::alloc::<Cell<T>>();
+    // SAFETY: memory for a `Cell<T>` that nothing else uses.
+    unsafe { init(cell.as_ptr(), callback, state, 0) };
+    owners(cell)
 }
 
 /// Writes a pending cell's fields into `cell`, with `flags` set in its state word.
@@ -602,8 +602,12 @@ unsafe fn free<T>(ptr: NonNull<Cell<T>>) {
         // `TaskCell`, whose header holds `free`; the caller's guarantee passes on.
         unsafe { task::free(ptr) }
     } else {
-        // SAFETY: allocated with `Box` in `new`; the caller guarantees exclusive access.
-        // `Cell`'s `Drop` drops the contents quietly, so this does not unwind.
-        drop(unsafe { Box::from_raw(ptr.as_ptr()) });
+        // SAFETY: made by `new` with `spare::alloc`; the caller guarantees exclusive
+        // access. `Cell`'s `Drop` drops the contents quietly, so this does not unwind;
+        // then the memory is given back, holding nothing.
+        unsafe {
+            ptr::drop_in_place(ptr.as_ptr());
+            spare::free(ptr);
+        }
     }
 }

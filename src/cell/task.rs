@@ -12,7 +12,7 @@
 
 use std::future::Future;
 use std::marker::PhantomData;
-use std::mem::{self, ManuallyDrop, MaybeUninit};
+use std::mem::{self, ManuallyDrop};
 use std::pin::Pin;
 use std::ptr::{self, NonNull};
 use std::task::{Context, Poll, Waker};
@@ -21,6 +21,7 @@ use tokio::runtime::Id;
 
 use super::word::{CALLBACK, TASK, TASK_WAKER};
 use super::{access, init, owners, Callback, Cell, Completion, Shared, Writer};
+use crate::spare;
 use crate::sync::UnsafeCell;
 use crate::unwind::{catch, discard, drop_quietly_if_some};
 use crate::{Error, State};
@@ -62,8 +63,8 @@ pub(crate) fn new_task<F: Future>(
     state: State,
     runtime: Option<Id>,
 ) -> (TaskWriter<F>, Shared<F::Output>) {
-    let task = Box::into_raw(Box::new(MaybeUninit::<TaskCell<F>>::uninit())).cast::<TaskCell<F>>();
-    // SAFETY: `task` is a fresh allocation for a `TaskCell<F>`; `init` writes the cell,
+    let task = spare::alloc::<TaskCell<F>>().as_ptr();
+    // SAFETY: `task` is memory for a `TaskCell<F>` that nothing else uses; `init` writes the cell,
     // and each other field is written once through raw pointers, so that afterwards it
     // is fully initialised.
     unsafe {
@@ -80,7 +81,7 @@ pub(crate) fn new_task<F: Future>(
         ptr::addr_of_mut!((*header).task_waker).write(UnsafeCell::new(None));
         ptr::addr_of_mut!((*task).future).write(UnsafeCell::new(Some(future)));
     }
-    let task = NonNull::new(task).expect("`Box::into_raw` is never null");
+    let task = NonNull::new(task).expect("`spare::alloc` is never null");
     // The cell heads the `#[repr(C)]` allocation, and the pointer keeps the provenance
     // of all of it, for `free_task` and the writer's access to the future.
     let (writer, handle) = owners(task.cast::<Cell<F::Output>>());
@@ -97,15 +98,20 @@ pub(crate) fn new_task<F: Future>(
 ///
 /// As `super::free`, and `ptr` heads a `TaskCell<F>`.
 unsafe fn free_task<F: Future>(ptr: NonNull<Cell<F::Output>>) {
-    // SAFETY: made by `new_task` as a `Box<TaskCell<F>>`; the caller is the last owner.
-    let task = unsafe { Box::from_raw(ptr.cast::<TaskCell<F>>().as_ptr()) };
+    let ptr = ptr.cast::<TaskCell<F>>();
+    // SAFETY: made by `new_task` with `spare::alloc`; the caller is the last owner.
+    let task = unsafe { ptr.as_ref() };
     // A callback that never ran is dropped quietly, as `Cell`'s `Drop` drops the rest
     // of the cell; the writer dropped the future. So this does not unwind.
     // SAFETY: the last owner: nobody else can touch the slot.
     drop_quietly_if_some(unsafe { access(&task.header.callback, Option::take) });
     // SAFETY: as above.
     drop_quietly_if_some(unsafe { access(&task.header.task_waker, Option::take) });
-    drop(task);
+    // SAFETY: as above; dropped once, then the memory is given back, holding nothing.
+    unsafe {
+        ptr::drop_in_place(ptr.as_ptr());
+        spare::free(ptr);
+    }
 }
 
 /// The writer's waker slot in the header of the task's cell at `ptr`.
