@@ -194,7 +194,8 @@
 // - One allocation per operation holds its completion: `cell::Cell`, owned by its one
 //   writer (the `Completer`, or the task running a `begin` future) and by every
 //   `AsyncResult` clone (including the callback's handle), counted in the cell's atomic
-//   state word. The last owner frees it, dropping any result nobody took. A `begin`
+//   state word. The last owner frees it, dropping any result nobody took; its memory is
+//   kept for the thread's next operation of the same layout (`spare.rs`). A `begin`
 //   future lives in the same allocation (`cell/task.rs`), dropped by the writer as soon
 //   as it finished.
 // - Only the cell decides who wins: the writer stores the result unless a handle
