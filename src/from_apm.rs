@@ -10,8 +10,8 @@ use std::task::{Context, Poll};
 
 use futures::future::FusedFuture;
 
+use crate::cell::signal::{signal, Finish, Receiver, Sender};
 use crate::reaper::{ErasedEnd, OnCancel, Reaper};
-use crate::signal::{signal, Finish, Receiver, Sender};
 use crate::unwind::{catch, drop_quietly, quietly};
 use crate::{Abandonment, AsyncCallback, AsyncHandle, AsyncResult, Error, PollHandle};
 

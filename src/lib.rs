@@ -185,8 +185,8 @@
 //! [`AsyncResult::cancel`] never unwind: they are safe to call from an `extern "C"`
 //! function.
 
-// Denied everywhere but in the completion cell (`cell/`), which allows it for its
-// lock-free protocol.
+// Denied everywhere but in the completion machinery (`cell/`: the cell, `from_apm`'s
+// signal, the spare blocks), which allows it for its lock-free protocols.
 #![deny(unsafe_code)]
 
 // Implementation notes
@@ -195,7 +195,7 @@
 //   writer (the `Completer`, or the task running a `begin` future) and by every
 //   `AsyncResult` clone (including the callback's handle), counted in the cell's atomic
 //   state word. The last owner frees it, dropping any result nobody took; its memory is
-//   kept for the thread's next operation of the same layout (`spare.rs`). A `begin`
+//   kept for the thread's next operation of the same layout (`cell/spare.rs`). A `begin`
 //   future lives in the same allocation (`cell/task.rs`), dropped by the writer as soon
 //   as it finished.
 // - Only the cell decides who wins: the writer stores the result unless a handle
@@ -203,7 +203,7 @@
 //   `Abandoned`.
 // - `from_apm` needs none of the cell's features (no value, state, callback, clones
 //   or blocking), so its signal between the legacy callback and the future is a
-//   smaller one-shot of its own (`signal.rs`: a state word, the future's waker, and the
+//   smaller one-shot of its own (`cell/signal.rs`: a state word, the future's waker, and the
 //   End a dropped future leaves behind, which runs on whichever side comes second). `from_async_result` has no callback to hook: its
 //   dropped future hands the handle to a `Reaper` (`reaper.rs`), which polls it.
 // - No user code (wakers, callbacks, End, hooks) runs while a lock is held. Completing
@@ -219,8 +219,6 @@ mod from_apm;
 mod from_callback;
 mod reaper;
 mod runtime;
-mod signal;
-mod spare;
 mod state;
 mod sync;
 mod to_apm;

@@ -408,6 +408,78 @@ fn rule_6_completion_racing_drop_ends_once() {
     }
 }
 
+/// `from_apm`'s signal on real threads (for Miri's data-race and weak-memory checks, and
+/// for the spare blocks: each thread makes a new operation on the memory it just
+/// freed). The callback is called or dropped on another thread while the future is
+/// re-polled with a new waker and dropped, dropped at once, or driven to the end.
+#[test]
+fn signal_races_on_real_threads() {
+    /// One operation whose callback this thread calls at once.
+    fn reuse() {
+        let (tx, rx) = mpsc::channel();
+        let mut future = apm_tap::from_apm(
+            move |cb| legacy_begin(&Probe::default(), cb, 9, false, Fire::Later(tx)),
+            |h| h.value,
+        );
+        let (_, waker) = CountingWaker::new();
+        assert!(poll_with(&mut future, &waker).is_pending());
+        rx.recv().unwrap().call();
+        assert_eq!(poll_with(&mut future, &waker), Poll::Ready(Ok(9)));
+    }
+    for round in 0..common::rounds(200) {
+        for (mode, call) in [
+            ("re-poll, drop", true),
+            ("drop", true),
+            ("await", true),
+            ("await", false),
+        ] {
+            let probe = Probe::new();
+            let (tx, rx) = mpsc::channel();
+            let (p, q) = (Arc::clone(&probe), Arc::clone(&probe));
+            let mut future = apm_tap::from_apm(
+                move |cb| legacy_begin(&p, cb, round as u32, false, Fire::Later(tx)),
+                move |h| q.end(h),
+            );
+            let (first_counts, first) = CountingWaker::new();
+            let (second_counts, second) = CountingWaker::new();
+            assert!(poll_with(&mut future, &first).is_pending());
+            let callback = rx.recv().unwrap();
+            let racer = thread::spawn(move || {
+                if call {
+                    callback.call();
+                } else {
+                    drop(callback);
+                }
+                reuse();
+            });
+            match mode {
+                "re-poll, drop" => {
+                    let _ = poll_with(&mut future, &second);
+                    drop(future);
+                }
+                "drop" => drop(future),
+                _ => {
+                    let outcome = futures::executor::block_on(future);
+                    let expected = if call {
+                        Ok(round as u32)
+                    } else {
+                        Err(Error::Abandoned(Abandonment::CallbackDropped))
+                    };
+                    assert_eq!(outcome, expected);
+                }
+            }
+            reuse();
+            racer.join().unwrap();
+            assert_eq!(probe.ends(), usize::from(call), "{mode}, called: {call}");
+            assert!(first_counts.wakes() + second_counts.wakes() <= 1);
+            assert_eq!(
+                (first_counts.clones_held(), second_counts.clones_held()),
+                (0, 0)
+            );
+        }
+    }
+}
+
 /// Rule 6 for `from_callback`: a completion racing the drop either wins (the value is
 /// stored, the hook does not run) or loses (the value comes back to the completer, the
 /// hook runs once). Never both, never neither.

@@ -596,3 +596,160 @@ fn model_17_same_waker_repoll_races_the_callback() {
         assert_eq!(waker_counts.clones_held(), 0);
     });
 }
+
+/// `from_apm` whose Begin hands the callback to a thread it starts, which calls it
+/// (`call`) or drops it uncalled; the handle says `synchronous`. The join handle of
+/// that thread comes back through `joins`. `on_cancel` counts into `cancels`.
+fn bridged_on_a_thread(
+    counts: &Counts,
+    cancels: &Arc<AtomicUsize>,
+    synchronous: bool,
+    call: bool,
+    joins: mpsc::Sender<thread::JoinHandle<()>>,
+) -> impl std::future::Future<Output = Result<DropCounter, Error>> + Unpin {
+    /// A counted handle that reports what it is told.
+    struct Reported {
+        _counted: Handle,
+        synchronous: bool,
+    }
+    impl AsyncHandle for Reported {
+        fn completed_synchronously(&self) -> bool {
+            self.synchronous
+        }
+    }
+    let (handles, ends, values, cancels) = (
+        Arc::clone(&counts.handles),
+        Arc::clone(&counts.ends),
+        Arc::clone(&counts.values),
+        Arc::clone(cancels),
+    );
+    apm_tap::from_apm(
+        move |callback: ApmCallback| {
+            let caller = thread::spawn(move || {
+                if call {
+                    callback.call();
+                } else {
+                    drop(callback);
+                }
+            });
+            joins.send(caller).unwrap();
+            Reported {
+                _counted: Handle { drops: handles },
+                synchronous,
+            }
+        },
+        move |_handle| {
+            ends.fetch_add(1, SeqCst);
+            DropCounter(values)
+        },
+    )
+    .on_cancel(move |_| {
+        cancels.fetch_add(1, SeqCst);
+    })
+}
+
+/// `from_apm`'s signal, the races models 02-06 and 17 leave out (found by a review):
+/// a callback on a thread started inside Begin (its one compare-and-swap against the
+/// first poll's waker), a callback dropped uncalled against a re-poll with a new
+/// waker, a synchronous handle's late callback against the future's drop, a re-poll
+/// with a new waker against the callback and then the drop.
+#[test]
+fn model_18_signal_races() {
+    model(
+        "18a callback on a thread started inside Begin races the first poll",
+        || {
+            let (counts, cancels) = (Counts::default(), Arc::new(AtomicUsize::new(0)));
+            let (joins, joined) = mpsc::channel();
+            let mut future = bridged_on_a_thread(&counts, &cancels, false, true, joins);
+            let (waker_counts, waker) = CountingWaker::new();
+            let first = poll_with(&mut future, &waker);
+            joined.try_recv().unwrap().join().unwrap();
+            if first.is_pending() {
+                assert_eq!(waker_counts.wakes(), 1);
+                assert!(matches!(poll_with(&mut future, &waker), Poll::Ready(Ok(_))));
+            }
+            drop(first);
+            drop(future);
+            assert_eq!(counts.get(), (1, 1, 1));
+            assert_eq!(waker_counts.clones_held(), 0);
+        },
+    );
+    model(
+        "18b callback dropped uncalled races a re-poll with a new waker",
+        || {
+            let (counts, cancels) = (Counts::default(), Arc::new(AtomicUsize::new(0)));
+            let (joins, joined) = mpsc::channel();
+            let mut future = bridged_on_a_thread(&counts, &cancels, false, false, joins);
+            let (first_counts, first_waker) = CountingWaker::new();
+            let (second_counts, second_waker) = CountingWaker::new();
+            let mut outcome = poll_with(&mut future, &first_waker);
+            let dropper = joined.try_recv().unwrap();
+            if outcome.is_pending() {
+                outcome = poll_with(&mut future, &second_waker);
+            }
+            dropper.join().unwrap();
+            if outcome.is_pending() {
+                assert_eq!(second_counts.wakes(), 1);
+                outcome = poll_with(&mut future, &second_waker);
+            }
+            assert!(matches!(
+                outcome,
+                Poll::Ready(Err(Error::Abandoned(Abandonment::CallbackDropped)))
+            ));
+            drop(future);
+            assert_eq!(
+                counts.get(),
+                (0, 0, 1),
+                "End ran for an abandoned operation"
+            );
+            assert_eq!(
+                (first_counts.clones_held(), second_counts.clones_held()),
+                (0, 0)
+            );
+        },
+    );
+    model(
+        "18c a synchronous handle's late callback races the future's drop",
+        || {
+            let (counts, cancels) = (Counts::default(), Arc::new(AtomicUsize::new(0)));
+            let (joins, joined) = mpsc::channel();
+            let mut future = bridged_on_a_thread(&counts, &cancels, true, true, joins);
+            let (waker_counts, waker) = CountingWaker::new();
+            let value = poll_with(&mut future, &waker);
+            assert!(matches!(value, Poll::Ready(Ok(_))));
+            drop(value);
+            drop(future);
+            joined.try_recv().unwrap().join().unwrap();
+            assert_eq!(counts.get(), (1, 1, 1));
+            assert_eq!((waker_counts.wakes(), waker_counts.clones_held()), (0, 0));
+        },
+    );
+    model(
+        "18d a re-poll with a new waker races the callback, then the drop",
+        || {
+            let (counts, cancels) = (Counts::default(), Arc::new(AtomicUsize::new(0)));
+            let (joins, joined) = mpsc::channel();
+            let mut future = bridged_on_a_thread(&counts, &cancels, false, true, joins);
+            let (first_counts, first_waker) = CountingWaker::new();
+            let (second_counts, second_waker) = CountingWaker::new();
+            let first = poll_with(&mut future, &first_waker);
+            let caller = joined.try_recv().unwrap();
+            let mut completed = first.is_ready();
+            drop(first);
+            if !completed {
+                let second = poll_with(&mut future, &second_waker);
+                completed = second.is_ready();
+            }
+            drop(future);
+            caller.join().unwrap();
+            // End once, wherever it ran; the hook only if the drop came first.
+            assert_eq!(counts.get(), (1, 1, 1));
+            assert!(cancels.load(SeqCst) <= usize::from(!completed));
+            assert!(first_counts.wakes() + second_counts.wakes() <= 1);
+            assert_eq!(
+                (first_counts.clones_held(), second_counts.clones_held()),
+                (0, 0)
+            );
+        },
+    );
+}

@@ -688,6 +688,104 @@ fn waker_clone_panic_in_from_apm_poll() {
     assert_eq!(poll_with(&mut future, &good), Poll::Ready(Ok(1)));
 }
 
+/// `from_apm`: a waker whose `wake` panics is woken on the callback's thread, inside
+/// `ApmCallback::call`, which returns normally; the result is not lost.
+#[test]
+fn from_apm_wake_panic_stays_out_of_the_callback() {
+    let (tx, rx) = mpsc::channel();
+    let mut future = apm_tap::from_apm(
+        move |cb| common::legacy_begin(&Probe::default(), cb, 2, false, Fire::Later(tx)),
+        |h| h.value,
+    );
+    static HOSTILE: Hostile = Hostile::new("wake");
+    let bad = HOSTILE.waker();
+    assert!(poll_with(&mut future, &bad).is_pending());
+    let callback = rx.recv().unwrap();
+    let called = thread::spawn(move || catch_unwind(AssertUnwindSafe(|| callback.call())));
+    assert!(
+        called.join().unwrap().is_ok(),
+        "`call` let the wake's panic out"
+    );
+    assert_eq!(HOSTILE.wakes(), 1);
+    assert_eq!(poll_with(&mut future, &bad), Poll::Ready(Ok(2)));
+}
+
+/// `from_apm`: a waker whose `drop` panics is dropped where it is replaced (in `poll`)
+/// and where the future is dropped: neither lets the panic out, and End still runs
+/// once, when the callback comes.
+#[test]
+fn from_apm_waker_drop_panics_stay_in() {
+    let probe = Probe::new();
+    let (tx, rx) = mpsc::channel();
+    let p = Arc::clone(&probe);
+    let mut future = apm_tap::from_apm(
+        move |cb| common::legacy_begin(&p, cb, 3, false, Fire::Later(tx)),
+        {
+            let probe = Arc::clone(&probe);
+            move |h| probe.end(h)
+        },
+    );
+    static HOSTILE: Hostile = Hostile::new("drop");
+    let bad = HOSTILE.waker();
+    let (_, good) = CountingWaker::new();
+    assert!(poll_with(&mut future, &bad).is_pending());
+    let replaced = catch_unwind(AssertUnwindSafe(|| poll_with(&mut future, &good)));
+    assert!(
+        matches!(replaced, Ok(Poll::Pending)),
+        "the old waker's drop panic escaped `poll`"
+    );
+    assert!(poll_with(&mut future, &bad).is_pending());
+    assert!(
+        catch_unwind(AssertUnwindSafe(|| drop(future))).is_ok(),
+        "the waker's drop panic escaped the future's `drop`"
+    );
+    assert_eq!(probe.ends(), 0);
+    rx.recv().unwrap().call();
+    assert_eq!(probe.ends(), 1);
+    std::mem::forget(bad);
+}
+
+/// `from_apm`: the future dropped first, then the callback dropped uncalled on another
+/// thread, by a legacy side whose handle's `Drop` panics there: End does not run, the
+/// handle is dropped once, and the panic stays on the callback's side of `drop`.
+#[test]
+fn from_apm_abandoned_after_drop_with_a_handle_whose_drop_panics() {
+    struct Exploding(Arc<AtomicUsize>);
+    impl AsyncHandle for Exploding {
+        fn completed_synchronously(&self) -> bool {
+            false
+        }
+    }
+    impl Drop for Exploding {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, SeqCst);
+            panic!("handle drop exploded");
+        }
+    }
+    let (drops, ends) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (tx, rx) = mpsc::channel();
+    let (d, e) = (Arc::clone(&drops), Arc::clone(&ends));
+    let mut future = apm_tap::from_apm(
+        move |cb: ApmCallback| {
+            tx.send(cb).unwrap();
+            Exploding(d)
+        },
+        move |_handle| {
+            e.fetch_add(1, SeqCst);
+        },
+    );
+    let (_, waker) = CountingWaker::new();
+    assert!(poll_with(&mut future, &waker).is_pending());
+    assert!(catch_unwind(AssertUnwindSafe(|| drop(future))).is_ok());
+    let callback = rx.recv().unwrap();
+    let dropped = thread::spawn(move || catch_unwind(AssertUnwindSafe(|| drop(callback))));
+    assert!(
+        dropped.join().unwrap().is_ok(),
+        "the handle's panic escaped"
+    );
+    assert_eq!((ends.load(SeqCst), drops.load(SeqCst)), (0, 1));
+}
+
 /// A waker whose `clone` calls back into the same operation (here: `cancel`), for the
 /// second waiter of one operation, whose waker used to be cloned under the waiters'
 /// lock: no deadlock.

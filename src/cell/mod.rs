@@ -51,7 +51,6 @@ use std::num::NonZeroU32;
 use std::ptr::{self, NonNull};
 use std::task::{Poll, Waker};
 
-use crate::spare;
 use crate::sync::{
     AtomicPtr, Mutex, MutexGuard,
     Ordering::{AcqRel, Acquire},
@@ -61,6 +60,8 @@ use crate::unwind::{catch, drop_quietly, drop_quietly_if_some, Payload};
 use crate::{Abandonment, AsyncResult, Error, State};
 
 mod shared;
+pub(crate) mod signal;
+mod spare;
 mod task;
 #[cfg(all(test, not(apm_tap_loom)))]
 mod tests;

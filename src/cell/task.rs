@@ -19,9 +19,9 @@ use std::task::{Context, Poll, Waker};
 
 use tokio::runtime::Id;
 
+use super::spare;
 use super::word::{CALLBACK, TASK, TASK_WAKER};
 use super::{access, init, owners, Callback, Cell, Completion, Shared, Writer};
-use crate::spare;
 use crate::sync::UnsafeCell;
 use crate::unwind::{catch, discard, drop_quietly_if_some};
 use crate::{Error, State};

@@ -20,6 +20,8 @@ use std::ptr::NonNull;
 /// else a new allocation (as `Box<MaybeUninit<T>>` makes one).
 #[inline]
 pub(crate) fn alloc<T>() -> NonNull<T> {
+    // A zero-sized `T` has no block to keep (and `dealloc` must not see one).
+    const { assert!(size_of::<T>() != 0, "spare blocks are for sized values") };
     match imp::take(Layout::new::<T>()) {
         Some(block) => block.cast(),
         None => NonNull::from(Box::leak(Box::new(MaybeUninit::<T>::uninit()))).cast(),
@@ -74,12 +76,18 @@ mod imp {
 
     std::thread_local! {
         static SPARE: Cell<Option<Block>> = const { Cell::new(None) };
+        /// Whether this thread has made an operation. Only such a thread keeps a spare
+        /// block: a thread that only completes operations (a C library's callback
+        /// thread) gets no thread-local destructor from this crate, and holds no memory.
+        static MAKES: Cell<bool> = const { Cell::new(false) };
     }
 
     /// This thread's spare block, if it has `layout` (and the thread-locals are not
     /// gone); another block stays.
     #[inline]
     pub(super) fn take(layout: Layout) -> Option<NonNull<u8>> {
+        // `MAKES` has no destructor, so it is never gone.
+        MAKES.with(|makes| makes.set(true));
         SPARE
             .try_with(|spare| match spare.take() {
                 Some(block) if block.layout == layout => Some(ManuallyDrop::new(block).ptr),
@@ -92,11 +100,13 @@ mod imp {
             .flatten()
     }
 
-    /// Keeps the block as this thread's spare, freeing the one it replaces (or this
-    /// one, once the thread-locals are gone).
+    /// Keeps the block as this thread's spare, freeing the one it replaces; frees this
+    /// one instead on a thread that makes no operations, or whose thread-locals are gone.
     #[inline]
     pub(super) fn put(block: Block) {
-        let _ = SPARE.try_with(move |spare| drop(spare.replace(Some(block))));
+        if MAKES.with(Cell::get) {
+            let _ = SPARE.try_with(move |spare| drop(spare.replace(Some(block))));
+        }
     }
 }
 
@@ -121,6 +131,24 @@ mod tests {
     use std::alloc::Layout;
 
     use super::{alloc, free, imp, MAX_KEPT};
+
+    #[test]
+    fn a_thread_that_makes_no_operation_keeps_no_block() {
+        struct Sent(std::ptr::NonNull<u64>);
+        // SAFETY: the block is handed over whole; the spawning thread forgets it.
+        unsafe impl Send for Sent {}
+        let block = Sent(alloc::<u64>());
+        // Freed by a thread that never allocated through `alloc`: not kept there.
+        std::thread::spawn(move || {
+            let block = block;
+            // SAFETY: from `alloc` on the spawning thread, holding nothing, used
+            // nowhere else.
+            unsafe { free(block.0) };
+            assert_eq!(imp::take(Layout::new::<u64>()), None);
+        })
+        .join()
+        .unwrap();
+    }
 
     #[test]
     fn only_a_small_block_is_kept() {

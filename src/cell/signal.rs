@@ -34,7 +34,7 @@ use std::mem::ManuallyDrop;
 use std::ptr::NonNull;
 use std::task::{Context, Poll, Waker};
 
-use crate::spare;
+use super::spare;
 use crate::sync::{AtomicUsize, Ordering, UnsafeCell};
 use crate::unwind::{drop_quietly_if_some, quietly};
 
