@@ -531,7 +531,26 @@ impl<T> Drop for Cell<T> {
     /// result, the state, leftover wakers, a callback that never ran), so that a
     /// panicking `Drop` in one neither escapes the owner's `drop` nor keeps the others
     /// from being dropped (rule 17).
+    #[inline]
     fn drop(&mut self) {
+        // SAFETY: `&mut self`: the last owner is dropping the cell, nobody else can
+        // touch any part of it.
+        let empty = unsafe { access(&self.slot, |slot| slot.is_none()) }
+            // SAFETY: as above.
+            && unsafe { access(&self.waker, |waker| waker.is_none()) }
+            && self.state_object.is_none()
+            // ORDERING: as below.
+            && self.more.load(Acquire).is_null();
+        if !empty {
+            self.drop_leftovers();
+        }
+    }
+}
+
+impl<T> Cell<T> {
+    /// `drop`'s work when the cell still holds something.
+    #[cold]
+    fn drop_leftovers(&mut self) {
         // SAFETY: `&mut self`: the last owner is dropping the cell, nobody else can
         // touch any part of it.
         drop_quietly_if_some(unsafe { access(&self.slot, Option::take) });
