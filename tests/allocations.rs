@@ -78,19 +78,23 @@ impl AsyncHandle for Inline {
     }
 }
 
+/// One `from_apm` operation over an `Inline` handle whose Begin calls back at once,
+/// polled once.
+fn from_apm_called_inside_begin() -> Poll<Result<u64, apm_tap::Error>> {
+    let mut future = apm_tap::from_apm(
+        |callback| {
+            callback.call();
+            Inline
+        },
+        |_| 7,
+    );
+    std::pin::Pin::new(&mut future).poll(&mut Context::from_waker(noop_waker_ref()))
+}
+
 #[test]
 fn from_apm_allocates_only_its_cell() {
     on_a_fresh_thread(|| {
-        let (count, outcome) = allocations(|| {
-            let mut future = apm_tap::from_apm(
-                |callback| {
-                    callback.call();
-                    Inline
-                },
-                |_| 7,
-            );
-            std::pin::Pin::new(&mut future).poll(&mut Context::from_waker(noop_waker_ref()))
-        });
+        let (count, outcome) = allocations(from_apm_called_inside_begin);
         assert_eq!(outcome, Poll::Ready(Ok(7)));
         assert_eq!(count, 1);
     });
@@ -248,17 +252,9 @@ async fn yield_once() {
 #[test]
 fn the_next_operation_on_a_thread_reuses_the_last_ones_memory() {
     on_a_fresh_thread(|| {
-        let synchronous = || {
-            let mut future = apm_tap::from_apm(
-                |callback| {
-                    callback.call();
-                    Inline
-                },
-                |_| 7,
-            );
-            std::pin::Pin::new(&mut future).poll(&mut Context::from_waker(noop_waker_ref()))
-        };
-        let counts: Vec<usize> = (0..3).map(|_| allocations(synchronous).0).collect();
+        let counts: Vec<usize> = (0..3)
+            .map(|_| allocations(from_apm_called_inside_begin).0)
+            .collect();
         assert_eq!(counts, [1, 0, 0], "from_apm");
 
         let operation = || {

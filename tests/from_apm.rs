@@ -417,10 +417,7 @@ fn signal_races_on_real_threads() {
     /// One operation whose callback this thread calls at once.
     fn reuse() {
         let (tx, rx) = mpsc::channel();
-        let mut future = apm_tap::from_apm(
-            move |cb| legacy_begin(&Probe::default(), cb, 9, false, Fire::Later(tx)),
-            |h| h.value,
-        );
+        let mut future = common::probed(&Probe::new(), 9, false, Fire::Later(tx));
         let (_, waker) = CountingWaker::new();
         assert!(poll_with(&mut future, &waker).is_pending());
         rx.recv().unwrap().call();
@@ -435,11 +432,7 @@ fn signal_races_on_real_threads() {
         ] {
             let probe = Probe::new();
             let (tx, rx) = mpsc::channel();
-            let (p, q) = (Arc::clone(&probe), Arc::clone(&probe));
-            let mut future = apm_tap::from_apm(
-                move |cb| legacy_begin(&p, cb, round as u32, false, Fire::Later(tx)),
-                move |h| q.end(h),
-            );
+            let mut future = common::probed(&probe, round as u32, false, Fire::Later(tx));
             let (first_counts, first) = CountingWaker::new();
             let (second_counts, second) = CountingWaker::new();
             assert!(poll_with(&mut future, &first).is_pending());

@@ -693,10 +693,7 @@ fn waker_clone_panic_in_from_apm_poll() {
 #[test]
 fn from_apm_wake_panic_stays_out_of_the_callback() {
     let (tx, rx) = mpsc::channel();
-    let mut future = apm_tap::from_apm(
-        move |cb| common::legacy_begin(&Probe::default(), cb, 2, false, Fire::Later(tx)),
-        |h| h.value,
-    );
+    let mut future = common::probed(&Probe::new(), 2, false, Fire::Later(tx));
     static HOSTILE: Hostile = Hostile::new("wake");
     let bad = HOSTILE.waker();
     assert!(poll_with(&mut future, &bad).is_pending());
@@ -717,14 +714,7 @@ fn from_apm_wake_panic_stays_out_of_the_callback() {
 fn from_apm_waker_drop_panics_stay_in() {
     let probe = Probe::new();
     let (tx, rx) = mpsc::channel();
-    let p = Arc::clone(&probe);
-    let mut future = apm_tap::from_apm(
-        move |cb| common::legacy_begin(&p, cb, 3, false, Fire::Later(tx)),
-        {
-            let probe = Arc::clone(&probe);
-            move |h| probe.end(h)
-        },
-    );
+    let mut future = common::probed(&probe, 3, false, Fire::Later(tx));
     static HOSTILE: Hostile = Hostile::new("drop");
     let bad = HOSTILE.waker();
     let (_, good) = CountingWaker::new();
