@@ -3,9 +3,10 @@
 
 use std::fmt;
 use std::future::Future;
+use std::ptr::NonNull;
 
 use crate::runtime::Spawner;
-use crate::{to_apm, AsyncCallback, AsyncResult, Completer, State};
+use crate::{to_apm, AnyAsyncResult, AsyncCallback, AsyncResult, Completer, State};
 
 /// Starts an operation with a callback, a state or a chosen executor: the options that
 /// [`begin`](crate::begin) and [`Completer::new`] leave out, the way
@@ -154,9 +155,44 @@ impl<'a, T> Builder<'a, T> {
         T: Send + 'static,
     {
         match self.spawner {
-            Some(spawner) => to_apm::start(spawner, future, self.callback, self.state),
-            None => to_apm::start_here(future, self.callback, self.state),
+            Some(spawner) => to_apm::start(spawner, future, self.callback, self.state, false),
+            None => to_apm::start_here(future, self.callback, self.state, false),
         }
+    }
+
+    /// [`begin`](Self::begin), with the handle given out as the operation's raw pointer
+    /// (as [`AnyAsyncResult::into_raw`] gives it) from the start: before the first poll,
+    /// so that a callback that runs inside Begin can already take it back with
+    /// [`AnyAsyncResult::from_raw`]. What a Begin function exported to C returns.
+    ///
+    /// The pointer may no longer be valid when this returns, if the callback took it
+    /// back and nothing else keeps the operation: a caller that lets its callback end
+    /// the operation must not use it.
+    ///
+    /// # Panics
+    ///
+    /// As [`begin`](Self::begin).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use apm_tap::{AnyAsyncResult, Builder};
+    ///
+    /// let raw = Builder::new().begin_raw(async { 5_u8 });
+    /// // SAFETY: nothing else took the raw handle back, so the operation is alive.
+    /// let handle = unsafe { AnyAsyncResult::from_raw(raw) }.unwrap();
+    /// assert_eq!(handle.downcast::<u8>().unwrap().end(), Ok(5));
+    /// ```
+    pub fn begin_raw<F>(self, future: F) -> NonNull<()>
+    where
+        F: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let handle = match self.spawner {
+            Some(spawner) => to_apm::start(spawner, future, self.callback, self.state, true),
+            None => to_apm::start_here(future, self.callback, self.state, true),
+        };
+        AnyAsyncResult::assume_raw(handle)
     }
 
     /// Makes a pending operation with these options: the [`Completer`] that finishes

@@ -224,7 +224,7 @@ mod sync;
 mod to_apm;
 mod unwind;
 
-pub use apm::{AsyncCallback, AsyncHandle, AsyncResult, Completer, PollHandle};
+pub use apm::{AnyAsyncResult, AsyncCallback, AsyncHandle, AsyncResult, Completer, PollHandle};
 pub use builder::Builder;
 pub use error::{flatten, Abandonment, Error, Panic};
 pub use from_apm::{

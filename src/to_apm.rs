@@ -50,7 +50,7 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    start_here(future, AsyncCallback::none(), State::none())
+    start_here(future, AsyncCallback::none(), State::none(), false)
 }
 
 /// [`begin`] on a chosen executor: a tokio [`Handle`] or `Runtime`, or any
@@ -76,7 +76,7 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    start(spawner, future, AsyncCallback::none(), State::none())
+    start(spawner, future, AsyncCallback::none(), State::none(), false)
 }
 
 /// Runs `future` and hands its result to `callback`, the way Node's
@@ -115,6 +115,7 @@ pub(crate) fn start_here<F>(
     future: F,
     callback: AsyncCallback<F::Output>,
     state: State,
+    raw: bool,
 ) -> AsyncResult<F::Output>
 where
     F: Future + Send + 'static,
@@ -123,13 +124,13 @@ where
     match Handle::try_current() {
         // Inside the runtime already: entering it again for the first poll would only
         // clone and drop its handle (two contended reference-count updates).
-        Ok(handle) => start(&NoEnter(&handle), future, callback, state),
+        Ok(handle) => start(&NoEnter(&handle), future, callback, state, raw),
         // This thread's tokio context is gone (`begin` runs in a thread-local
         // destructor): the default runtime, without entering it, which needs that context.
         Err(error) if error.is_thread_local_destroyed() => {
-            start(&NoEnter(default_handle()), future, callback, state)
+            start(&NoEnter(default_handle()), future, callback, state, raw)
         }
-        Err(_) => start(default_handle(), future, callback, state),
+        Err(_) => start(default_handle(), future, callback, state, raw),
     }
 }
 
@@ -154,12 +155,14 @@ impl Spawner for NoEnter<'_> {
 /// synchronous completion and the callback runs here. Otherwise the task is spawned;
 /// should the spawner run it to completion, or drop it, inside `spawn` on this thread,
 /// that too completes inside Begin: synchronously, with the callback run here once
-/// `spawn` has returned (rule 9), not inside the spawner.
+/// `spawn` has returned (rule 9), not inside the spawner. With `raw`, the operation's
+/// raw handle is out before the first poll (see [`Builder::begin_raw`]).
 pub(crate) fn start<S, F>(
     spawner: &S,
     future: F,
     callback: AsyncCallback<F::Output>,
     state: State,
+    raw: bool,
 ) -> AsyncResult<F::Output>
 where
     S: Spawner + ?Sized,
@@ -178,7 +181,7 @@ where
         Ok(runtime) => (runtime, None),
         Err(payload) => (None, Some(payload)),
     };
-    let (mut task, handle) = cell::new_task(future, callback.into_inner(), state, runtime);
+    let (mut task, handle) = cell::new_task(future, callback.into_inner(), state, runtime, raw);
     let mut first = Poll::Pending;
     if spawner_panic.is_none() {
         let mut polled = false;

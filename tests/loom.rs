@@ -17,7 +17,8 @@ use std::task::Poll;
 use std::time::Duration;
 
 use apm_tap::{
-    Abandonment, ApmCallback, AsyncCallback, AsyncHandle, AsyncResult, Completer, Error,
+    Abandonment, AnyAsyncResult, ApmCallback, AsyncCallback, AsyncHandle, AsyncResult, Completer,
+    Error,
 };
 use common::{poll_with, CountingWaker, DropCounter};
 use loom::thread;
@@ -750,6 +751,60 @@ fn model_18_signal_races() {
                 (first_counts.clones_held(), second_counts.clones_held()),
                 (0, 0)
             );
+        },
+    );
+}
+
+/// A C caller's raw handle taken back by the callback (which ends the operation, as an
+/// APM callback does) and by the caller (releasing it) at once, while the task
+/// completes on a loom thread: exactly one of them gets it, and the value is dropped
+/// once, when the last handle goes.
+#[test]
+#[allow(unsafe_code)] // Taking a raw handle back is `unsafe`: it is what the model checks.
+fn model_19_raw_handle_taken_back_twice() {
+    model(
+        "19 the callback and the caller both take the raw handle back",
+        || {
+            let (spawner, threads) = loom_spawner();
+            let (completer, inner) = Completer::new();
+            let drops = Arc::new(AtomicUsize::new(0));
+            let takes = Arc::new(AtomicUsize::new(0));
+            let in_callback = Arc::clone(&takes);
+            let callback = AsyncCallback::new(move |h: AsyncResult<Result<DropCounter, Error>>| {
+                let raw = h.into_any().unwrap().as_ptr();
+                // SAFETY: this callback's handle keeps the operation alive.
+                if let Some(taken) = unsafe { AnyAsyncResult::from_raw(raw) } {
+                    in_callback.fetch_add(1, SeqCst);
+                    let ended = taken
+                        .downcast::<Result<DropCounter, Error>>()
+                        .unwrap()
+                        .end();
+                    assert!(matches!(ended, Ok(Ok(_))));
+                }
+            });
+            let keeper = apm_tap::Builder::new()
+                .callback(callback)
+                .spawner(&spawner)
+                .begin(inner)
+                .into_any()
+                .unwrap();
+            let raw = keeper.clone().into_raw().unwrap();
+            let counter = DropCounter(Arc::clone(&drops));
+            let completing = thread::spawn(move || {
+                let _ = completer.complete(counter);
+            });
+            // SAFETY: `keeper` keeps the operation alive.
+            if let Some(taken) = unsafe { AnyAsyncResult::from_raw(raw) } {
+                takes.fetch_add(1, SeqCst);
+                drop(taken);
+            }
+            completing.join().unwrap();
+            for task in threads.lock().unwrap().drain(..) {
+                task.join().unwrap();
+            }
+            assert_eq!(takes.load(SeqCst), 1);
+            drop(keeper);
+            assert_eq!(drops.load(SeqCst), 1);
         },
     );
 }

@@ -5,6 +5,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::future::FusedFuture;
+use tokio::runtime::Id;
 
 use crate::cell::{Callback, Entry, Shared};
 use crate::runtime::blocking;
@@ -45,6 +46,10 @@ pub struct AsyncResult<T> {
 }
 
 impl<T> AsyncResult<T> {
+    pub(super) fn shared(&self) -> &Shared<T> {
+        &self.cell
+    }
+
     pub(crate) fn from_shared(cell: Shared<T>) -> Self {
         AsyncResult {
             cell,
@@ -125,10 +130,13 @@ impl<T> AsyncResult<T> {
     #[doc(alias = "WaitOne")]
     #[doc(alias = "AsyncWaitHandle")]
     pub fn wait(&self) -> Result<(), Error> {
-        if self.is_completed() {
-            return Ok(());
-        }
-        blocking(self.cell.task_runtime(), || self.cell.wait_until(None)).map(drop)
+        wait(
+            self.is_completed(),
+            None,
+            || self.cell.task_runtime(),
+            |deadline| self.cell.wait_until(deadline),
+        )
+        .map(drop)
     }
 
     /// Blocks until the operation completes or `timeout` passes; returns whether it
@@ -154,13 +162,12 @@ impl<T> AsyncResult<T> {
     /// assert_eq!(handle.wait_timeout(Duration::from_secs(5)), Ok(true));
     /// ```
     pub fn wait_timeout(&self, timeout: Duration) -> Result<bool, Error> {
-        let completed = self.is_completed();
-        if completed || timeout.is_zero() {
-            return Ok(completed);
-        }
-        // A timeout too large to represent waits without a deadline.
-        let deadline = Instant::now().checked_add(timeout);
-        blocking(self.cell.task_runtime(), || self.cell.wait_until(deadline))
+        wait(
+            self.is_completed(),
+            Some(timeout),
+            || self.cell.task_runtime(),
+            |deadline| self.cell.wait_until(deadline),
+        )
     }
 
     /// Waits for the operation and takes its result (`EndXxx`).
@@ -331,6 +338,23 @@ impl<T> FusedFuture for AsyncResult<T> {
     fn is_terminated(&self) -> bool {
         self.ended
     }
+}
+
+/// How every handle waits: returns at once when `completed` or the timeout is zero,
+/// else blocks (rule 12 checked against the task's runtime) until completion or the
+/// timeout; `None` waits for completion.
+pub(super) fn wait(
+    completed: bool,
+    timeout: Option<Duration>,
+    task_runtime: impl FnOnce() -> Option<Id>,
+    wait_until: impl FnOnce(Option<Instant>) -> bool,
+) -> Result<bool, Error> {
+    if completed || timeout.is_some_and(|timeout| timeout.is_zero()) {
+        return Ok(completed);
+    }
+    // A timeout too large to represent waits without a deadline.
+    let deadline = timeout.and_then(|timeout| Instant::now().checked_add(timeout));
+    blocking(task_runtime(), || wait_until(deadline))
 }
 
 impl<T> Clone for AsyncResult<T> {

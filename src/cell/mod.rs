@@ -69,7 +69,7 @@ mod word;
 mod writer;
 
 pub(crate) use shared::Shared;
-pub(crate) use task::{new_task, Driver, RawTask, TaskWriter};
+pub(crate) use task::{new_task, AnyShared, Driver, RawTask, TaskWriter};
 use word::{Snapshot, Word, CALLBACK, SYNC, TASK, TASK_WAKER, WAITERS, WAKER};
 pub(crate) use writer::{Completion, Writer};
 

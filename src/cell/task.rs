@@ -10,17 +10,19 @@
 //! outcome, so that no handle can outlive the future's resources; the memory stays until
 //! the last owner frees the allocation.
 
+use std::any::TypeId;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::mem::{self, ManuallyDrop};
 use std::pin::Pin;
 use std::ptr::{self, NonNull};
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 use tokio::runtime::Id;
 
 use super::spare;
-use super::word::{CALLBACK, TASK, TASK_WAKER};
+use super::word::{CALLBACK, RAW, REF, TASK, TASK_WAKER};
 use super::{access, init, owners, Callback, Cell, Completion, Shared, Writer};
 use crate::sync::UnsafeCell;
 use crate::unwind::{catch, discard, drop_quietly_if_some};
@@ -32,8 +34,9 @@ use crate::{Error, State};
 #[repr(C)]
 struct TaskHeader<T> {
     cell: Cell<T>,
-    /// Frees the whole `TaskCell<F>`: `free_task::<F>`.
-    free: unsafe fn(NonNull<Cell<T>>),
+    /// The functions of this `TaskCell<F>`: how to free it, and how an erased handle
+    /// ([`AnyShared`]) that knows only this field's address works on the cell.
+    vtable: &'static TaskVtable,
     /// The current-thread runtime whose driver runs the task, if it was spawned on one:
     /// blocking on the operation from that thread would deadlock (rule 12). Written
     /// before the cell is shared, never changed.
@@ -56,26 +59,36 @@ struct TaskCell<F: Future> {
 
 /// Makes a pending operation that `future` completes: the writer, which polls the
 /// future, and the first handle. `runtime` is the current-thread runtime the task will
-/// run on, if any.
-pub(crate) fn new_task<F: Future>(
+/// run on, if any. With `raw`, a raw pointer's handle is out too (`RAW`), before anything
+/// could take it back.
+pub(crate) fn new_task<F>(
     future: F,
     callback: Option<Callback<F::Output>>,
     state: State,
     runtime: Option<Id>,
-) -> (TaskWriter<F>, Shared<F::Output>) {
+    raw: bool,
+) -> (TaskWriter<F>, Shared<F::Output>)
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
     let task = spare::alloc::<TaskCell<F>>().as_ptr();
     // SAFETY: `task` is memory for a `TaskCell<F>` that nothing else uses; `init` writes the cell,
     // and each other field is written once through raw pointers, so that afterwards it
     // is fully initialised.
     unsafe {
         let header = ptr::addr_of_mut!((*task).header);
-        let flags = if callback.is_some() {
-            TASK | CALLBACK
-        } else {
-            TASK
-        };
+        let mut flags = TASK;
+        if callback.is_some() {
+            flags |= CALLBACK;
+        }
+        if raw {
+            // Out as a raw pointer from the start, with a count of its own besides the
+            // returned handle's (see `AnyShared::assume_raw`).
+            flags |= RAW | REF;
+        }
         init(ptr::addr_of_mut!((*header).cell), None, state, flags);
-        ptr::addr_of_mut!((*header).free).write(free_task::<F>);
+        ptr::addr_of_mut!((*header).vtable).write(TaskVtableOf::<F>::VTABLE);
         ptr::addr_of_mut!((*header).runtime).write(runtime);
         ptr::addr_of_mut!((*header).callback).write(UnsafeCell::new(callback));
         ptr::addr_of_mut!((*header).task_waker).write(UnsafeCell::new(None));
@@ -97,7 +110,7 @@ pub(crate) fn new_task<F: Future>(
 /// # Safety
 ///
 /// As `super::free`, and `ptr` heads a `TaskCell<F>`.
-unsafe fn free_task<F: Future>(ptr: NonNull<Cell<F::Output>>) {
+unsafe fn free_task<F: Future>(ptr: NonNull<()>) {
     let ptr = ptr.cast::<TaskCell<F>>();
     // SAFETY: made by `new_task` with `spare::alloc`; the caller is the last owner.
     let task = unsafe { ptr.as_ref() };
@@ -149,9 +162,9 @@ pub(super) unsafe fn callback_slot<'a, T: 'a>(
 pub(super) unsafe fn free<T>(ptr: NonNull<Cell<T>>) {
     // SAFETY: the cell heads a `TaskCell`, whose `#[repr(C)]` header it starts; the
     // caller is the last owner, so nothing writes the header.
-    let free = unsafe { ptr.cast::<TaskHeader<T>>().as_ref() }.free;
+    let free = unsafe { ptr.cast::<TaskHeader<T>>().as_ref() }.vtable.free;
     // SAFETY: `free` is `free_task::<F>` for the `F` this cell was made with.
-    unsafe { free(ptr) }
+    unsafe { free(ptr.cast()) }
 }
 
 impl<T> Shared<T> {
@@ -163,6 +176,305 @@ impl<T> Shared<T> {
         // SAFETY: a `TASK` cell heads a `TaskHeader`; this handle keeps it alive, and
         // `runtime` never changes after the cell is shared.
         unsafe { self.ptr.cast::<TaskHeader<T>>().as_ref() }.runtime
+    }
+}
+
+/// What works on a task's cell knowing only the address of its header's `vtable` field
+/// (a [`Field`]): one `'static` table per type of future. The field, unlike the cell,
+/// is at an address whose contents do not depend on the output type, so that an erased
+/// handle is one pointer.
+pub(crate) struct TaskVtable {
+    /// Frees the `TaskCell<F>` whose cell is at the pointer: `free_task::<F>`.
+    free: unsafe fn(NonNull<()>),
+    /// The `TypeId` of the output type.
+    output: fn() -> TypeId,
+    clone: unsafe fn(Field),
+    drop: unsafe fn(Field),
+    is_completed: unsafe fn(Field) -> bool,
+    completed_synchronously: unsafe fn(Field) -> bool,
+    state: unsafe fn(Field) -> NonNull<State>,
+    cancel: unsafe fn(Field) -> bool,
+    wait_until: unsafe fn(Field, Option<Instant>) -> bool,
+    task_runtime: unsafe fn(Field) -> Option<Id>,
+    /// Sets `RAW`; returns the reading before.
+    set_raw: unsafe fn(Field) -> bool,
+    /// Clears `RAW`; returns the reading before.
+    clear_raw: unsafe fn(Field) -> bool,
+    /// Whether `RAW` is set.
+    has_raw: unsafe fn(Field) -> bool,
+}
+
+/// The address of a task header's `vtable` field.
+type Field = NonNull<&'static TaskVtable>;
+
+struct TaskVtableOf<F>(PhantomData<F>);
+
+impl<F> TaskVtableOf<F>
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
+    const VTABLE: &'static TaskVtable = &TaskVtable {
+        free: free_task::<F>,
+        output: TypeId::of::<F::Output>,
+        clone: erased::clone::<F::Output>,
+        drop: erased::drop::<F::Output>,
+        is_completed: erased::is_completed::<F::Output>,
+        completed_synchronously: erased::completed_synchronously::<F::Output>,
+        state: erased::state::<F::Output>,
+        cancel: erased::cancel::<F::Output>,
+        wait_until: erased::wait_until::<F::Output>,
+        task_runtime: erased::task_runtime::<F::Output>,
+        set_raw: erased::set_raw::<F::Output>,
+        clear_raw: erased::clear_raw::<F::Output>,
+        has_raw: erased::has_raw::<F::Output>,
+    };
+}
+
+/// The typed functions behind a [`TaskVtable`]. Each one's safety contract: `field` is
+/// the `vtable` field of a live task header whose output type is `T`, owned by the
+/// caller as a handle (a count in the state word) for the whole call.
+mod erased {
+    use std::mem::{self, ManuallyDrop};
+    use std::ptr::NonNull;
+    use std::time::Instant;
+
+    use tokio::runtime::Id;
+
+    use super::{Field, Shared, TaskHeader, RAW};
+    use crate::State;
+
+    /// The caller's handle, borrowed: not dropped here.
+    ///
+    /// # Safety
+    ///
+    /// As the module says.
+    pub(super) unsafe fn handle<T>(field: Field) -> ManuallyDrop<Shared<T>> {
+        let offset = mem::offset_of!(TaskHeader<T>, vtable);
+        // SAFETY: `field` was made from the cell's pointer (`Shared::into_any`), with
+        // the provenance of the whole allocation, `offset` bytes after it.
+        let cell = unsafe { NonNull::new_unchecked(field.as_ptr().cast::<u8>().sub(offset)) };
+        ManuallyDrop::new(Shared {
+            ptr: cell.cast(),
+            _owns: std::marker::PhantomData,
+        })
+    }
+
+    pub(super) unsafe fn clone<T>(field: Field) {
+        // SAFETY: by the module's contract; the new count is the caller's to give up.
+        mem::forget(Shared::clone(&*unsafe { handle::<T>(field) }));
+    }
+
+    pub(super) unsafe fn drop<T>(field: Field) {
+        // SAFETY: by the module's contract; the caller gives its count up here.
+        ManuallyDrop::into_inner(unsafe { handle::<T>(field) });
+    }
+
+    pub(super) unsafe fn is_completed<T>(field: Field) -> bool {
+        // SAFETY: by the module's contract.
+        unsafe { handle::<T>(field) }.is_completed()
+    }
+
+    pub(super) unsafe fn completed_synchronously<T>(field: Field) -> bool {
+        // SAFETY: by the module's contract.
+        unsafe { handle::<T>(field) }.completed_synchronously()
+    }
+
+    pub(super) unsafe fn state<T>(field: Field) -> NonNull<State> {
+        // SAFETY: by the module's contract; the state lives as long as the cell.
+        NonNull::from(unsafe { handle::<T>(field) }.state())
+    }
+
+    pub(super) unsafe fn cancel<T>(field: Field) -> bool {
+        // SAFETY: by the module's contract.
+        unsafe { handle::<T>(field) }.cancel()
+    }
+
+    pub(super) unsafe fn wait_until<T>(field: Field, deadline: Option<Instant>) -> bool {
+        // SAFETY: by the module's contract.
+        unsafe { handle::<T>(field) }.wait_until(deadline)
+    }
+
+    pub(super) unsafe fn task_runtime<T>(field: Field) -> Option<Id> {
+        // SAFETY: by the module's contract.
+        unsafe { handle::<T>(field) }.task_runtime()
+    }
+
+    pub(super) unsafe fn set_raw<T>(field: Field) -> bool {
+        // SAFETY: by the module's contract.
+        unsafe { handle::<T>(field) }.state.set(RAW).has(RAW)
+    }
+
+    pub(super) unsafe fn clear_raw<T>(field: Field) -> bool {
+        // SAFETY: by the module's contract.
+        unsafe { handle::<T>(field) }.state.clear(RAW).has(RAW)
+    }
+
+    pub(super) unsafe fn has_raw<T>(field: Field) -> bool {
+        // SAFETY: by the module's contract.
+        unsafe { handle::<T>(field) }.load().has(RAW)
+    }
+}
+
+/// A handle's ownership of a task's cell, with the output type erased: one pointer, to
+/// the header's `vtable` field. What an [`AnyAsyncResult`](crate::AnyAsyncResult) is.
+pub(crate) struct AnyShared {
+    field: Field,
+}
+
+// SAFETY: made only from a `Shared<T>` with `T: Send` (`Shared::into_any`), which is
+// `Send + Sync`, and it does no more than that handle could.
+unsafe impl Send for AnyShared {}
+// SAFETY: as above.
+unsafe impl Sync for AnyShared {}
+
+impl<T: Send + 'static> Shared<T> {
+    /// Erases the output type of a task's cell; hands a cell that is not a task's back.
+    pub(crate) fn into_any(self) -> Result<AnyShared, Shared<T>> {
+        if !self.load().has(TASK) {
+            return Err(self);
+        }
+        let header = self.ptr.cast::<TaskHeader<T>>().as_ptr();
+        // SAFETY: a `TASK` cell heads a `TaskHeader<T>`, alive while this handle is;
+        // the field's address keeps the pointer's provenance (no reference is made).
+        let field = unsafe { NonNull::new_unchecked(ptr::addr_of_mut!((*header).vtable)) };
+        // This handle's count passes to the erased one.
+        mem::forget(self);
+        Ok(AnyShared { field })
+    }
+}
+
+impl AnyShared {
+    fn vtable(&self) -> &'static TaskVtable {
+        // SAFETY: this handle keeps the header alive; the field is written before the
+        // cell is shared and never changes.
+        unsafe { self.field.as_ref() }
+    }
+
+    /// Whether the output type is `T`.
+    pub(crate) fn is<T: 'static>(&self) -> bool {
+        (self.vtable().output)() == TypeId::of::<T>()
+    }
+
+    /// The typed handle, if the output type is `T`.
+    pub(crate) fn downcast<T: 'static>(self) -> Result<Shared<T>, AnyShared> {
+        if !self.is::<T>() {
+            return Err(self);
+        }
+        // SAFETY: the output type is `T`, so the header is a `TaskHeader<T>`; this
+        // handle's count passes to the typed one.
+        let handle = unsafe { erased::handle::<T>(self.field) };
+        mem::forget(self);
+        Ok(ManuallyDrop::into_inner(handle))
+    }
+
+    pub(crate) fn is_completed(&self) -> bool {
+        // SAFETY: the vtable is the cell's, and this handle owns the cell.
+        unsafe { (self.vtable().is_completed)(self.field) }
+    }
+
+    pub(crate) fn completed_synchronously(&self) -> bool {
+        // SAFETY: as in `is_completed`.
+        unsafe { (self.vtable().completed_synchronously)(self.field) }
+    }
+
+    pub(crate) fn state(&self) -> &State {
+        // SAFETY: as in `is_completed`; the state lives as long as the cell, which this
+        // handle keeps for the borrow.
+        unsafe { (self.vtable().state)(self.field).as_ref() }
+    }
+
+    pub(crate) fn cancel(&self) -> bool {
+        // SAFETY: as in `is_completed`.
+        unsafe { (self.vtable().cancel)(self.field) }
+    }
+
+    pub(crate) fn wait_until(&self, deadline: Option<Instant>) -> bool {
+        // SAFETY: as in `is_completed`.
+        unsafe { (self.vtable().wait_until)(self.field, deadline) }
+    }
+
+    pub(crate) fn task_runtime(&self) -> Option<Id> {
+        // SAFETY: as in `is_completed`.
+        unsafe { (self.vtable().task_runtime)(self.field) }
+    }
+
+    /// Whether `self` and `other` are handles of the same operation.
+    pub(crate) fn ptr_eq(&self, other: &AnyShared) -> bool {
+        self.field == other.field
+    }
+
+    /// The address of the operation's raw handle (whether one is out or not).
+    pub(crate) fn as_ptr(&self) -> NonNull<()> {
+        self.field.cast()
+    }
+
+    /// Gives up this handle as the operation's raw pointer; hands it back if another
+    /// raw handle is out (`RAW` is set).
+    pub(crate) fn into_raw(self) -> Result<NonNull<()>, AnyShared> {
+        // SAFETY: as in `is_completed`.
+        if unsafe { (self.vtable().set_raw)(self.field) } {
+            return Err(self);
+        }
+        let ptr = self.as_ptr();
+        // This handle's count passes to the raw pointer.
+        mem::forget(self);
+        Ok(ptr)
+    }
+
+    /// Gives up this handle's count, leaving the raw handle that `new_task` made with
+    /// `raw` (and its own count) as the operation's pointer.
+    pub(crate) fn assume_raw(self) -> NonNull<()> {
+        let ptr = self.as_ptr();
+        drop(self);
+        ptr
+    }
+
+    /// Takes back the raw handle, if it is still out (`RAW` set): `None` if it was taken
+    /// back already.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` came from `into_raw` or `assume_raw`, and the operation is alive: a handle
+    /// (raw or not) still owns it.
+    pub(crate) unsafe fn from_raw(ptr: NonNull<()>) -> Option<AnyShared> {
+        let field = ptr.cast::<&'static TaskVtable>();
+        // SAFETY: by this function's contract, the header is alive; its `vtable` field
+        // never changes.
+        let vtable = unsafe { *field.as_ref() };
+        // SAFETY: as above; if `RAW` was set, its count passes to the returned handle,
+        // which owns the cell from here on.
+        unsafe { (vtable.clear_raw)(field) }.then(|| AnyShared { field })
+    }
+
+    /// The raw handle, if it is still out, borrowed: not to be dropped (its count stays
+    /// the raw pointer's).
+    ///
+    /// # Safety
+    ///
+    /// As `from_raw`, for as long as the borrow is used.
+    pub(crate) unsafe fn borrow_raw(ptr: NonNull<()>) -> Option<ManuallyDrop<AnyShared>> {
+        let field = ptr.cast::<&'static TaskVtable>();
+        // SAFETY: as in `from_raw`.
+        let vtable = unsafe { *field.as_ref() };
+        // SAFETY: as in `from_raw`.
+        let out = unsafe { (vtable.has_raw)(field) };
+        out.then(|| ManuallyDrop::new(AnyShared { field }))
+    }
+}
+
+impl Clone for AnyShared {
+    fn clone(&self) -> Self {
+        // SAFETY: as in `is_completed`; the new count is the clone's.
+        unsafe { (self.vtable().clone)(self.field) };
+        AnyShared { field: self.field }
+    }
+}
+
+impl Drop for AnyShared {
+    fn drop(&mut self) {
+        // SAFETY: as in `is_completed`; this handle gives its count up.
+        unsafe { (self.vtable().drop)(self.field) }
     }
 }
 

@@ -20,6 +20,7 @@
 //! | `CALLBACK` | whoever makes the cell with a callback | never | the callback slot (a task's in its header, any other's in `More`): from the installer to whoever completes the cell |
 //! | `WRITER` | creation | the writer, when it gives up its ownership | none: it counts the writer as an owner |
 //! | `TASK` | creation, for a `TaskCell` | never | none: the cell heads a `TaskCell` (see `task.rs`) |
+//! | `RAW` | `AnyShared::into_raw` while clear, or creation for `begin_raw` | `AnyShared::from_raw` (once: a second sees it clear and takes nothing) | none: one of the handle counts is the raw pointer's, at most one at a time |
 //!
 //! Above the flags, from `REF` up, the number of handles. The owner whose update leaves
 //! neither a handle nor `WRITER` frees the cell.
@@ -60,8 +61,10 @@ pub(super) const CALLBACK: usize = 1 << 8;
 pub(super) const WRITER: usize = 1 << 9;
 /// The cell heads a `TaskCell` (see `task.rs`).
 pub(super) const TASK: usize = 1 << 10;
+/// A handle is out as a raw pointer (`AnyShared::into_raw`), owning one of the counts.
+pub(super) const RAW: usize = 1 << 11;
 /// One handle. The count of handles takes every bit from here up.
-pub(super) const REF: usize = 1 << 11;
+pub(super) const REF: usize = 1 << 12;
 
 /// What completing a cell may owe someone: a waker to wake or a callback to run.
 const OWED: usize = WAKER | TASK_WAKER | WAITERS | CALLBACK;
@@ -125,9 +128,10 @@ impl Snapshot {
 pub(super) struct Word(AtomicUsize);
 
 impl Word {
-    /// A pending cell's word: one writer, one handle, and `flags`.
+    /// A pending cell's word: one writer, one handle, and `flags`, which may also count
+    /// more handles (multiples of `REF`).
     pub(super) fn new(flags: usize) -> Word {
-        Word(AtomicUsize::new(WRITER | REF | flags))
+        Word(AtomicUsize::new((WRITER | flags) + REF))
     }
 
     #[inline]
