@@ -215,6 +215,8 @@ mod apm;
 mod builder;
 mod cell;
 mod error;
+#[cfg(feature = "ffi")]
+pub mod ffi;
 mod from_apm;
 mod from_callback;
 mod reaper;

@@ -133,6 +133,15 @@ impl<T> Completer<T> {
         self.finish(value, true)
     }
 
+    /// Finishes the operation with `Abandoned(why)`: for a callback that will never come.
+    #[cfg(feature = "ffi")]
+    pub(crate) fn abandon(self, why: crate::Abandonment) {
+        // Only a cancel can refuse it, and then nobody waits for the error.
+        let _ = self
+            .writer
+            .complete_quietly(Err(crate::Error::Abandoned(why)), false);
+    }
+
     #[inline]
     fn finish(self, value: T, synchronous: bool) -> Result<(), T> {
         self.writer
