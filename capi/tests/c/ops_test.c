@@ -149,14 +149,15 @@ static void end_inside_the_callback_and_end_twice(void) {
   puts("end inside the callback; a second end is APM_TAP_STATUS_ALREADY_ENDED");
 }
 
-/* Calls back into the library from a callback: begin and end another operation, cancel
- * and wait on its own, then end it. */
+/* Calls back into the library from a callback: begin and end another operation, begin
+ * and release a third, cancel and wait on its own, then end it. */
 static void reenter(apm_tap_op *op, void *state) {
   struct ended *e = state;
   int32_t sum = 0;
   apm_tap_op *inner = demo_add_begin(20, 1, NULL, NULL);
   STATUS(demo_add_end(inner, &sum), APM_TAP_STATUS_OK);
   CHECK(sum == 21);
+  STATUS(apm_tap_op_release(demo_yield_begin(5, NULL, NULL)), APM_TAP_STATUS_OK);
   STATUS(apm_tap_op_cancel(op), APM_TAP_STATUS_OK);
   STATUS(apm_tap_op_wait(op, APM_TAP_WAIT_FOREVER), APM_TAP_STATUS_OK);
   e->first = demo_yield_end(op, &e->value);
@@ -174,7 +175,7 @@ static void callbacks_that_call_back_in(void) {
   STATUS(e.first, APM_TAP_STATUS_OK);
   CHECK(e.value == 9);
   seen_destroy(&e.seen);
-  puts("a callback that begins, ends, cancels and waits: no deadlock");
+  puts("a callback that begins, ends, releases, cancels and waits: no deadlock");
 }
 
 static void wait_with_timeout(void) {
