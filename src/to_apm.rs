@@ -215,6 +215,10 @@ where
             deferred.and_then(|run| run())
         }
     };
+    if raw && (spawner_panic.is_some() || callback_panic.is_some()) {
+        // Nobody will receive the raw pointer: its count goes with the panic.
+        handle.give_up_raw();
+    }
     if let Some(payload) = spawner_panic {
         if let Some(second) = callback_panic {
             discard(second);

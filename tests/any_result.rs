@@ -239,3 +239,78 @@ fn erased_handles_of_different_types_share_a_list() {
     }
     assert_eq!((numbers, strings), (2 + 4 + 6, 4));
 }
+
+/// Review finding: `with_raw` lent the raw handle's count, so another thread that took
+/// the raw handle back and dropped it freed the operation under `f`. Now `f`'s handle
+/// has a count of its own: the value is dropped only once `f` is done.
+#[test]
+fn with_raw_keeps_the_operation_while_another_thread_takes_the_raw_handle_back() {
+    let drops = Arc::new(AtomicUsize::new(0));
+    let counter = DropCounter(Arc::clone(&drops));
+    let raw = apm_tap::begin(async move { counter })
+        .into_any()
+        .unwrap()
+        .into_raw()
+        .unwrap();
+    let raw_address = raw.as_ptr() as usize;
+    // SAFETY: the raw handle keeps the operation alive when this is called.
+    let seen = unsafe {
+        AnyAsyncResult::with_raw(raw, |handle| {
+            thread::spawn(move || {
+                let raw = std::ptr::NonNull::new(raw_address as *mut ()).unwrap();
+                // SAFETY: the raw handle is still out: taken back once, here.
+                drop(AnyAsyncResult::from_raw(raw).unwrap());
+            })
+            .join()
+            .unwrap();
+            (drops.load(SeqCst), handle.is_completed())
+        })
+    };
+    assert_eq!(
+        seen,
+        Some((0, true)),
+        "the operation was freed under `with_raw`"
+    );
+    assert_eq!(drops.load(SeqCst), 1);
+}
+
+/// Review finding: a callback that panicked inside `begin_raw` left the raw handle's
+/// count behind, so the operation and its value leaked. Now the panic gives it up, as
+/// `begin` drops its handle.
+#[test]
+fn a_callback_panic_inside_begin_raw_gives_the_operation_up() {
+    for raw in [false, true] {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let counter = DropCounter(Arc::clone(&drops));
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let builder = Builder::new().callback(|_: AsyncResult<DropCounter>| panic!("callback"));
+            if raw {
+                let _ = builder.begin_raw(async move { counter });
+            } else {
+                drop(builder.begin(async move { counter }));
+            }
+        }));
+        assert!(caught.is_err());
+        assert_eq!(drops.load(SeqCst), 1, "raw: {raw}");
+    }
+}
+
+/// A callback inside `begin_raw` that takes the raw handle back and then panics: the
+/// count is given up once, by the callback.
+#[test]
+fn a_callback_that_takes_the_raw_handle_then_panics_gives_it_up_once() {
+    let drops = Arc::new(AtomicUsize::new(0));
+    let counter = DropCounter(Arc::clone(&drops));
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Builder::new()
+            .callback(|handle: AsyncResult<DropCounter>| {
+                let raw = handle.into_any().unwrap().as_ptr();
+                // SAFETY: this callback's handle keeps the operation alive.
+                drop(unsafe { AnyAsyncResult::from_raw(raw) }.unwrap());
+                panic!("callback");
+            })
+            .begin_raw(async move { counter })
+    }));
+    assert!(caught.is_err());
+    assert_eq!(drops.load(SeqCst), 1);
+}

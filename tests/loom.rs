@@ -808,3 +808,41 @@ fn model_19_raw_handle_taken_back_twice() {
         },
     );
 }
+
+/// The review's race: one thread uses the raw handle without taking it back
+/// (`with_raw`, as C's `wait` or `cancel` do) while another takes it back and drops it
+/// (C's `end`). The user gets a count of its own or nothing, the taker always gets the
+/// raw count, and the value is dropped once, after the last handle.
+#[test]
+#[allow(unsafe_code)] // Raw handles are `unsafe`: they are what the model checks.
+fn model_20_raw_handle_borrowed_while_taken_back() {
+    model("20 a borrow of the raw handle races its take-back", || {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let counter = DropCounter(Arc::clone(&drops));
+        let (spawner, threads) = loom_spawner();
+        let keeper = apm_tap::Builder::new()
+            .spawner(&spawner)
+            .begin(async move { counter })
+            .into_any()
+            .unwrap();
+        for task in threads.lock().unwrap().drain(..) {
+            task.join().unwrap();
+        }
+        let raw = keeper.clone().into_raw().unwrap();
+        let address = raw.as_ptr() as usize;
+        let taker = thread::spawn(move || {
+            let raw = std::ptr::NonNull::new(address as *mut ()).unwrap();
+            // SAFETY: `keeper` keeps the operation alive until both threads joined.
+            let taken = unsafe { AnyAsyncResult::from_raw(raw) };
+            assert!(taken.is_some());
+            drop(taken);
+        });
+        // SAFETY: as above.
+        let borrowed = unsafe { AnyAsyncResult::with_raw(raw, |handle| handle.is_completed()) };
+        assert!(borrowed.is_none() || borrowed == Some(true));
+        taker.join().unwrap();
+        assert_eq!(drops.load(SeqCst), 0);
+        drop(keeper);
+        assert_eq!(drops.load(SeqCst), 1);
+    });
+}

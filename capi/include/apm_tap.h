@@ -7,22 +7,32 @@
  * callback, void *state)` starts it; `apm_tap_status xxx_end(apm_tap_op *op, T *out)`
  * waits for it and writes its result. The functions below serve every operation.
  *
- * Ownership: Begin returns the operation's one reference. Exactly one call consumes it:
- * xxx_end, or apm_tap_op_release for an operation that is never ended; from any
- * thread, inside the callback or not. After it the pointer is invalid, as after free().
- * A call that returns APM_TAP_STATUS_INVALID_ARGUMENT or APM_TAP_STATUS_WOULD_DEADLOCK
- * consumes nothing.
+ * Ownership: Begin returns the operation's one reference (NULL only if apm-tap itself
+ * failed, a bug, leaving nothing behind). Exactly one call consumes it: xxx_end, or
+ * apm_tap_op_release for an operation that is never ended; from any thread, inside the
+ * callback or not. After it the pointer is invalid, as after free(). A call that
+ * returns APM_TAP_STATUS_INVALID_ARGUMENT, APM_TAP_STATUS_WOULD_DEADLOCK or
+ * APM_TAP_STATUS_ALREADY_ENDED consumes nothing.
  *
  * Callback: if not NULL, it runs exactly once, after the result is stored, with the
  * handle and `state`. Inside Begin only if the operation completed there (then
  * apm_tap_op_completed_synchronously says so); otherwise on the thread that completed
- * the operation (a worker thread of apm-tap's runtime) or on the thread that called
- * apm_tap_op_cancel. The handle stays valid until the callback returns, so the callback
- * may end the operation; if it does, the caller must not use the pointer Begin
- * returned, which may be invalid by the time Begin returns.
+ * the operation (a worker of the runtime it runs on: apm-tap's, or the tokio runtime
+ * Begin was called in), on the thread that called apm_tap_op_cancel, or on the thread
+ * that dropped it unfinished (APM_TAP_STATUS_ABANDONED). The handle stays valid until
+ * the callback returns, so the callback may end the operation; if it does, the caller
+ * must not use the pointer Begin returned, which may be invalid by the time Begin
+ * returns.
  *
- * Threads: every function may be called from any thread; `state` is handed to the
- * thread that runs the callback. Panics never cross into C.
+ * Threads: every function may be called from any thread, and calls that consume
+ * nothing may overlap each other. A call may overlap the consuming call only if it
+ * began before the consuming call did: to cancel from another thread, block in
+ * apm_tap_op_wait (which consumes nothing) rather than in xxx_end, and end once the
+ * threads agree. `state` is handed to the thread that runs the callback.
+ *
+ * Panics never cross into C: a panic of the Rust future is the operation's outcome
+ * (APM_TAP_STATUS_PANICKED from xxx_end); any function returns APM_TAP_STATUS_PANICKED
+ * if apm-tap itself panicked, a bug.
  */
 
 #ifndef APM_TAP_H
@@ -138,8 +148,9 @@ enum apm_tap_status apm_tap_op_cancel(const struct apm_tap_op *op);
 enum apm_tap_status apm_tap_op_release(struct apm_tap_op *op);
 
 // The name of `status` (`"APM_TAP_STATUS_OK"`, ...), for messages: a static string,
-// never `NULL`.
-const char *apm_tap_status_name(enum apm_tap_status status);
+// never `NULL`; `"APM_TAP_STATUS_UNKNOWN"` for a value that is no status. Takes an
+// `int`, so that any value C passes is defined.
+const char *apm_tap_status_name(int status);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -18,14 +18,18 @@
 //! - The callback, if not `NULL`, runs exactly once, after the result is stored: inside
 //!   `xxx_begin` if the operation completed there (then
 //!   [`apm_tap_op_completed_synchronously`] says so), otherwise never inside it, on the
-//!   thread that completed the operation (a worker of apm-tap's runtime) or on the thread
-//!   that cancelled it. It receives the handle and the `state` given to Begin; the handle
-//!   stays valid until the callback returns, even if the reference was consumed, so that
-//!   the callback may end the operation. A callback that ends or releases the reference
+//!   thread that completed the operation (a worker of the runtime it runs on: the ambient
+//!   tokio runtime of Begin's caller, or apm-tap's), the thread that cancelled it, or the
+//!   thread that dropped it unfinished. It receives the handle and the `state` given to
+//!   Begin; the handle stays valid until the callback returns, even if the reference was
+//!   consumed, so that the callback may end the operation. A callback that ends or releases the reference
 //!   must be the only one to: the caller must then not touch the pointer that Begin
 //!   returned, which may already be invalid when Begin returns.
-//! - Every function may be called from any thread. `state` is handed to whichever thread
-//!   runs the callback.
+//! - Every function may be called from any thread, and calls that consume nothing may
+//!   overlap each other. A call may overlap the consuming one only if it began before
+//!   it: to cancel from another thread, block in [`apm_tap_op_wait`] (which consumes
+//!   nothing) rather than in `end`. `state` is handed to whichever thread runs the
+//!   callback.
 //! - Every result is a [`Status`]: no `0 or NULL means success` to guess. A `NULL`
 //!   handle or out pointer, or a handle passed to the `end` of another operation, is
 //!   [`Status::InvalidArgument`] and consumes nothing. A reference used after it was
@@ -34,7 +38,15 @@
 //!   runs. Once nothing keeps it, its memory is freed, and the pointer is as undefined
 //!   as a freed one.
 //! - Panics never cross into C: the future's panic is the operation's outcome
-//!   ([`Status::Panicked`]), and every function catches any other.
+//!   ([`Status::Panicked`]), and every function catches any other (apm-tap's own, a
+//!   bug) and returns [`Status::Panicked`]:
+//!
+//!   | where | a panic of | becomes |
+//!   |---|---|---|
+//!   | the future, polled inside Begin or on the runtime | the future | `end`: `PANICKED` |
+//!   | `xxx_begin` | apm-tap (a bug) | `NULL`, nothing left behind |
+//!   | `xxx_end` and the `apm_tap_op_*` functions | apm-tap (a bug) | `PANICKED` |
+//!   | the callback's trampoline | none: C's callback cannot unwind | |
 //!
 //! # Examples
 //!
@@ -49,7 +61,8 @@
 //! }
 //!
 //! // What a C caller does, written in Rust.
-//! let op = example_add_begin(2, 3, None, std::ptr::null_mut());
+//! // SAFETY: no callback, no state.
+//! let op = unsafe { example_add_begin(2, 3, None, std::ptr::null_mut()) };
 //! let mut sum = 0;
 //! // SAFETY: `op` came from Begin and is ended once; `sum` is an `i32`.
 //! let status = unsafe { example_add_end(op, &mut sum) };
@@ -58,7 +71,7 @@
 
 use std::any::Any;
 use std::cell::RefCell;
-use std::ffi::{c_char, c_void, CStr};
+use std::ffi::{c_char, c_int, c_void, CStr};
 use std::future::Future;
 use std::mem;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -106,6 +119,32 @@ pub enum Status {
 /// given to Begin. `NULL` for none.
 pub type Callback = Option<unsafe extern "C" fn(op: *mut Op, state: *mut c_void)>;
 
+/// The output of an operation exported with [`export!`]: its value, tagged with its
+/// Begin's name ([`tag`]), so that the End of another operation refuses its handle even
+/// when the two have the same output type.
+#[derive(Debug)]
+pub struct Tagged<T, const OP: u64>(pub T);
+
+/// The tag of an exported operation: a hash (FNV-1a) of its Begin's name, which the
+/// linker keeps unique in a binary.
+///
+/// # Examples
+///
+/// ```
+/// assert_ne!(apm_tap_capi::tag("a_begin"), apm_tap_capi::tag("b_begin"));
+/// ```
+pub const fn tag(name: &str) -> u64 {
+    let bytes = name.as_bytes();
+    let mut hash = 0xcbf2_9ce4_8422_2325_u64;
+    let mut i = 0;
+    while i < bytes.len() {
+        hash ^= bytes[i] as u64;
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+        i += 1;
+    }
+    hash
+}
+
 /// The timeout of `apm_tap_op_wait` that waits until the operation completes.
 pub const APM_TAP_WAIT_FOREVER: u32 = u32::MAX;
 
@@ -123,24 +162,32 @@ unsafe impl Sync for CState {}
 /// (see [`export!`]).
 ///
 /// The future is polled once here: if it is ready, the operation completed
-/// synchronously and `callback` runs here. Otherwise it runs on apm-tap's runtime, and
-/// `callback` runs on the thread that completes or cancels it. `state` is stored for
+/// synchronously and `callback` runs here. Otherwise it runs on the ambient tokio
+/// runtime or apm-tap's, and `callback` runs on the thread that completes it (a worker
+/// of that runtime), cancels it, or drops it unfinished. `state` is stored for
 /// [`apm_tap_op_state`] and handed to `callback`.
 ///
 /// Returns the operation's one reference, to be consumed by [`end`] or
-/// [`apm_tap_op_release`]; `NULL` only if apm-tap itself panicked, which it does not
-/// by design.
+/// [`apm_tap_op_release`]; `NULL` only if apm-tap itself panicked (a bug), and then
+/// nothing is left behind.
+///
+/// # Safety
+///
+/// `callback`, if not `NULL`, may be called once, from any thread, with the
+/// operation's handle and `state`; `state` must be valid for that call, wherever it
+/// runs.
 ///
 /// # Examples
 ///
 /// ```
-/// let op = apm_tap_capi::begin(async { 7_u8 }, None, std::ptr::null_mut());
+/// // SAFETY: no callback, no state.
+/// let op = unsafe { apm_tap_capi::begin(async { 7_u8 }, None, std::ptr::null_mut()) };
 /// let mut out = 0_u8;
 /// // SAFETY: `op` came from `begin` and is ended once; `out` is a `u8`.
 /// assert_eq!(unsafe { apm_tap_capi::end(op, &mut out) }, apm_tap_capi::Status::Ok);
 /// assert_eq!(out, 7);
 /// ```
-pub fn begin<F>(future: F, callback: Callback, state: *mut c_void) -> *mut Op
+pub unsafe fn begin<F>(future: F, callback: Callback, state: *mut c_void) -> *mut Op
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
@@ -184,12 +231,17 @@ fn call<T: Send + 'static>(
     let handle = erase(handle);
     let op = handle.as_ptr().cast::<Op>().as_ptr();
     // While C's callback runs, the functions that do not consume find the operation
-    // here even after its reference was consumed (`borrow`).
-    CALLING.with_borrow_mut(|calling| calling.push(handle));
-    // SAFETY: C's function, called as the header says: with a live handle and the
-    // caller's state.
+    // here even after its reference was consumed (`borrow`). A thread whose locals are
+    // being destroyed has no list: the callback still runs, kept alive by `handle`.
+    let listed = CALLING
+        .try_with(|calling| calling.borrow_mut().push(handle.clone()))
+        .is_ok();
+    // SAFETY: C's function, called as `begin`'s caller promised: with a live handle and
+    // the caller's state.
     unsafe { callback(op, state) };
-    let handle = CALLING.with_borrow_mut(Vec::pop);
+    if listed {
+        let _ = CALLING.try_with(|calling| calling.borrow_mut().pop());
+    }
     drop(handle);
 }
 
@@ -220,6 +272,32 @@ thread_local! {
 ///
 /// See [`begin`].
 pub unsafe fn end<T: 'static>(op: *mut Op, out: *mut T) -> Status {
+    // SAFETY: by this function's contract.
+    unsafe { end_map::<T, T>(op, out, |value| value) }
+}
+
+/// [`end`] for an operation exported with [`export!`], whose output is [`Tagged`] with
+/// its Begin's name: the End of another operation, even one with the same output type,
+/// is refused.
+///
+/// # Safety
+///
+/// As [`end`], with `out` valid for writing a `T`.
+///
+/// # Examples
+///
+/// See [`export!`].
+pub unsafe fn end_tagged<T: 'static, const OP: u64>(op: *mut Op, out: *mut T) -> Status {
+    // SAFETY: by this function's contract.
+    unsafe { end_map::<Tagged<T, OP>, T>(op, out, |tagged| tagged.0) }
+}
+
+/// [`end`], for an operation whose output is `R`, writing `into(output)`.
+///
+/// # Safety
+///
+/// As [`end`], with `out` valid for writing a `T`.
+unsafe fn end_map<R: 'static, T>(op: *mut Op, out: *mut T, into: impl FnOnce(R) -> T) -> Status {
     guard(|| {
         let (Some(op), Some(out)) = (NonNull::new(op), NonNull::new(out)) else {
             return Status::InvalidArgument;
@@ -229,7 +307,7 @@ pub unsafe fn end<T: 'static>(op: *mut Op, out: *mut T) -> Status {
         // SAFETY: by this function's contract, the operation is alive.
         let ready = unsafe {
             AnyAsyncResult::with_raw(op.cast(), |handle| {
-                if !handle.is::<T>() {
+                if !handle.is::<R>() {
                     return Err(Status::InvalidArgument);
                 }
                 handle.wait().map_err(status)
@@ -245,13 +323,13 @@ pub unsafe fn end<T: 'static>(op: *mut Op, out: *mut T) -> Status {
             return Status::AlreadyEnded;
         };
         let result = handle
-            .downcast::<T>()
+            .downcast::<R>()
             .unwrap_or_else(|_| unreachable!("the type was checked"))
             .end();
         match result {
             Ok(value) => {
                 // SAFETY: by this function's contract, `out` is valid for a `T`.
-                unsafe { out.as_ptr().write(value) };
+                unsafe { out.as_ptr().write(into(value)) };
                 Status::Ok
             }
             Err(error) => status(error),
@@ -297,14 +375,15 @@ unsafe fn borrow(op: *const Op, f: impl FnOnce(&AnyAsyncResult) -> Status) -> St
     let Some(op) = NonNull::new(op.cast_mut()) else {
         return Status::InvalidArgument;
     };
-    let calling = CALLING.with_borrow(|calling| {
+    let calling = CALLING.try_with(|calling| {
+        let calling = calling.borrow();
         let handle = calling
             .iter()
             .rev()
             .find(|handle| handle.as_ptr() == op.cast());
         handle.cloned()
     });
-    if let Some(handle) = calling {
+    if let Ok(Some(handle)) = calling {
         return f(&handle);
     }
     // SAFETY: by this function's contract.
@@ -451,19 +530,24 @@ pub unsafe extern "C" fn apm_tap_op_release(op: *mut Op) -> Status {
 }
 
 /// The name of `status` (`"APM_TAP_STATUS_OK"`, ...), for messages: a static string,
-/// never `NULL`.
+/// never `NULL`; `"APM_TAP_STATUS_UNKNOWN"` for a value that is no status. Takes an
+/// `int`, so that any value C passes is defined.
 #[no_mangle]
-pub extern "C" fn apm_tap_status_name(status: Status) -> *const c_char {
-    let name: &'static CStr = match status {
-        Status::Ok => c"APM_TAP_STATUS_OK",
-        Status::Cancelled => c"APM_TAP_STATUS_CANCELLED",
-        Status::Panicked => c"APM_TAP_STATUS_PANICKED",
-        Status::Abandoned => c"APM_TAP_STATUS_ABANDONED",
-        Status::AlreadyEnded => c"APM_TAP_STATUS_ALREADY_ENDED",
-        Status::NotComplete => c"APM_TAP_STATUS_NOT_COMPLETE",
-        Status::WouldDeadlock => c"APM_TAP_STATUS_WOULD_DEADLOCK",
-        Status::InvalidArgument => c"APM_TAP_STATUS_INVALID_ARGUMENT",
-    };
+pub extern "C" fn apm_tap_status_name(status: c_int) -> *const c_char {
+    let names: [(Status, &'static CStr); 8] = [
+        (Status::Ok, c"APM_TAP_STATUS_OK"),
+        (Status::Cancelled, c"APM_TAP_STATUS_CANCELLED"),
+        (Status::Panicked, c"APM_TAP_STATUS_PANICKED"),
+        (Status::Abandoned, c"APM_TAP_STATUS_ABANDONED"),
+        (Status::AlreadyEnded, c"APM_TAP_STATUS_ALREADY_ENDED"),
+        (Status::NotComplete, c"APM_TAP_STATUS_NOT_COMPLETE"),
+        (Status::WouldDeadlock, c"APM_TAP_STATUS_WOULD_DEADLOCK"),
+        (Status::InvalidArgument, c"APM_TAP_STATUS_INVALID_ARGUMENT"),
+    ];
+    let name = names
+        .iter()
+        .find(|(known, _)| *known as c_int == status)
+        .map_or(c"APM_TAP_STATUS_UNKNOWN", |(_, name)| name);
     name.as_ptr()
 }
 
@@ -485,7 +569,8 @@ pub extern "C" fn apm_tap_status_name(status: Status) -> *const c_char {
 /// The arguments move into the body, so they must be `Send + 'static` (wrap a pointer in
 /// a type that says why it may cross threads). A panic in the body is the operation's
 /// outcome: `end` returns `APM_TAP_STATUS_PANICKED`. `end` refuses
-/// (`APM_TAP_STATUS_INVALID_ARGUMENT`) a handle whose output type is not `OUTPUT`.
+/// (`APM_TAP_STATUS_INVALID_ARGUMENT`) the handle of any other operation: the output is
+/// [`Tagged`] with the Begin's name.
 ///
 /// cbindgen does not expand macros: declare the pair in your header as above (the
 /// `demo_ops` example's `tests/c/demo.h` does), or write the two functions by hand over
@@ -502,7 +587,8 @@ pub extern "C" fn apm_tap_status_name(status: Status) -> *const c_char {
 ///     }
 /// }
 ///
-/// let op = example_twice_begin(21, None, std::ptr::null_mut());
+/// // SAFETY: no callback, no state.
+/// let op = unsafe { example_twice_begin(21, None, std::ptr::null_mut()) };
 /// let mut out = 0;
 /// // SAFETY: `op` came from Begin and is ended once; `out` is a `u64`.
 /// let status = unsafe { example_twice_end(op, &mut out) };
@@ -518,17 +604,26 @@ macro_rules! export {
         ///
         /// Starts the operation; returns its one reference, which the matching `end` or
         /// `apm_tap_op_release` consumes. `callback` (or `NULL`) runs once with `state`.
+        ///
+        /// # Safety
+        ///
+        /// As [`apm_tap_capi::begin`]: `callback` may be called once, from any thread,
+        /// with the handle and `state`.
         #[no_mangle]
-        pub extern "C" fn $begin(
+        pub unsafe extern "C" fn $begin(
             $($arg: $ty,)*
             callback: $crate::Callback,
             state: *mut ::std::ffi::c_void,
         ) -> *mut $crate::Op {
-            /// Ties the body's output to the declared type, which `end` checks.
+            /// Ties the body's output to the declared type.
             fn output<F: ::std::future::Future<Output = $out>>(future: F) -> F {
                 future
             }
-            $crate::begin(output(async move $body), callback, state)
+            const OP: u64 = $crate::tag(stringify!($begin));
+            let body = output(async move $body);
+            let tagged = async move { $crate::Tagged::<$out, OP>(body.await) };
+            // SAFETY: by this function's contract.
+            unsafe { $crate::begin(tagged, callback, state) }
         }
 
         #[doc = concat!("Waits for the operation that `", stringify!($begin), "` started and writes its output to `*out`.")]
@@ -539,8 +634,9 @@ macro_rules! export {
         /// valid for writes.
         #[no_mangle]
         pub unsafe extern "C" fn $end(op: *mut $crate::Op, out: *mut $out) -> $crate::Status {
+            const OP: u64 = $crate::tag(stringify!($begin));
             // SAFETY: by this function's contract.
-            unsafe { $crate::end(op, out) }
+            unsafe { $crate::end_tagged::<$out, OP>(op, out) }
         }
     )*};
 }

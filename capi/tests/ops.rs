@@ -2,7 +2,7 @@
 //! status, who consumes the reference, and which thread runs the callback.
 
 use std::cell::Cell;
-use std::ffi::{c_void, CStr};
+use std::ffi::{c_int, c_void, CStr};
 use std::ptr;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{mpsc, Mutex};
@@ -124,7 +124,8 @@ fn reporter() -> (*mut c_void, mpsc::Receiver<Seen>) {
 #[test]
 fn synchronous_completion_runs_the_callback_inside_begin() {
     let (state, seen) = reporter();
-    let op = inside_begin(|| t_add_begin(2, 3, Some(report), state));
+    // SAFETY: the callback (if any) runs on any thread; its state outlives it.
+    let op = inside_begin(|| unsafe { t_add_begin(2, 3, Some(report), state) });
     let seen = seen.try_recv().expect("the callback ran inside Begin");
     assert_eq!(seen.thread, thread::current().id());
     assert!(seen.inside_begin && seen.synchronously);
@@ -138,7 +139,8 @@ fn synchronous_completion_runs_the_callback_inside_begin() {
 #[test]
 fn asynchronous_completion_never_runs_the_callback_inside_begin() {
     let (state, seen) = reporter();
-    let op = inside_begin(|| t_yield_begin(9, Some(report), state));
+    // SAFETY: the callback (if any) runs on any thread; its state outlives it.
+    let op = inside_begin(|| unsafe { t_yield_begin(9, Some(report), state) });
     let seen = seen.recv().unwrap();
     assert_ne!(seen.thread, thread::current().id());
     assert!(!seen.inside_begin && !seen.synchronously);
@@ -153,12 +155,14 @@ fn asynchronous_completion_never_runs_the_callback_inside_begin() {
 /// about the operation; the caller never touches Begin's pointer.
 #[test]
 fn the_callback_ends_the_operation_and_a_second_end_is_caught() {
-    unsafe extern "C" fn end_twice(op: *mut Op, state: *mut c_void) {
+    /// Ends a `t_ready` operation (`READY`) or a `t_yield` one, twice.
+    unsafe extern "C" fn end_twice<const READY: bool>(op: *mut Op, state: *mut c_void) {
+        let end = if READY { t_ready_end } else { t_yield_end };
         let mut out = 0;
         // SAFETY: the op is valid while the callback runs; `out` is a `u64`.
-        let first = unsafe { t_yield_end(op, &mut out) };
+        let first = unsafe { end(op, &mut out) };
         // SAFETY: as above: caught, since the callback's own handle keeps it alive.
-        let second = unsafe { t_yield_end(op, &mut out) };
+        let second = unsafe { end(op, &mut out) };
         // SAFETY: as above.
         let released = unsafe { apm_tap_op_release(op) };
         let mut completed = false;
@@ -175,9 +179,11 @@ fn the_callback_ends_the_operation_and_a_second_end_is_caught() {
         let state = ptr::from_ref(&tx).cast_mut().cast();
         // Begin's pointer is the callback's to consume: not touched here.
         if synchronous {
-            let _ = t_ready_begin(11, Some(end_twice), state);
+            // SAFETY: the callback (if any) runs on any thread; its state outlives it.
+            let _ = unsafe { t_ready_begin(11, Some(end_twice::<true>), state) };
         } else {
-            let _ = t_yield_begin(11, Some(end_twice), state);
+            // SAFETY: the callback (if any) runs on any thread; its state outlives it.
+            let _ = unsafe { t_yield_begin(11, Some(end_twice::<false>), state) };
         }
         assert_eq!(
             rx.recv().unwrap(),
@@ -214,7 +220,8 @@ fn null_pointers_and_the_wrong_end_are_invalid_arguments_that_consume_nothing() 
         assert_eq!(apm_tap_op_release(ptr::null_mut()), Status::InvalidArgument);
         assert_eq!(t_add_end(ptr::null_mut(), &mut 0), Status::InvalidArgument);
     }
-    let op = t_add_begin(1, 1, None, ptr::null_mut());
+    // SAFETY: the callback (if any) runs on any thread; its state outlives it.
+    let op = unsafe { t_add_begin(1, 1, None, ptr::null_mut()) };
     let mut wrong = 0_u64;
     // SAFETY: `op` is a live reference; each call below but the last consumes nothing.
     unsafe {
@@ -243,7 +250,8 @@ fn null_pointers_and_the_wrong_end_are_invalid_arguments_that_consume_nothing() 
 #[test]
 fn wait_times_out_then_returns_once_completed() {
     let gate = gate();
-    let op = t_gated_begin(gate, None, ptr::null_mut());
+    // SAFETY: the callback (if any) runs on any thread; its state outlives it.
+    let op = unsafe { t_gated_begin(gate, None, ptr::null_mut()) };
     let mut completed = true;
     // SAFETY: `op` is a live reference until `t_gated_end`.
     unsafe {
@@ -265,7 +273,8 @@ fn wait_times_out_then_returns_once_completed() {
 fn cancel_runs_the_callback_once_on_the_cancelling_thread() {
     let (state, seen) = reporter();
     let gate = gate();
-    let op = t_gated_begin(gate, Some(report), state);
+    // SAFETY: the callback (if any) runs on any thread; its state outlives it.
+    let op = unsafe { t_gated_begin(gate, Some(report), state) };
     // SAFETY: `op` is a live reference until `t_gated_end`.
     unsafe {
         assert_eq!(apm_tap_op_cancel(op), Status::Ok);
@@ -284,12 +293,14 @@ fn cancel_runs_the_callback_once_on_the_cancelling_thread() {
 #[test]
 fn a_panicking_future_ends_as_panicked() {
     let (state, seen) = reporter();
-    let op = inside_begin(|| t_panic_begin(1, Some(report), state));
+    // SAFETY: the callback (if any) runs on any thread; its state outlives it.
+    let op = inside_begin(|| unsafe { t_panic_begin(1, Some(report), state) });
     assert!(seen.try_recv().unwrap().synchronously);
     let mut out = 0;
     // SAFETY: Begin's reference, consumed once.
     assert_eq!(unsafe { t_panic_end(op, &mut out) }, Status::Panicked);
-    let op = t_panic_begin(-4, None, ptr::null_mut());
+    // SAFETY: the callback (if any) runs on any thread; its state outlives it.
+    let op = unsafe { t_panic_begin(-4, None, ptr::null_mut()) };
     // SAFETY: as above.
     assert_eq!(unsafe { t_panic_end(op, &mut out) }, Status::Ok);
     assert_eq!(out, -4);
@@ -301,7 +312,8 @@ fn a_panicking_future_ends_as_panicked() {
 fn a_second_release_of_a_running_operation_is_caught() {
     let (state, seen) = reporter();
     let gate = gate();
-    let op = t_gated_begin(gate, Some(report), state);
+    // SAFETY: the callback (if any) runs on any thread; its state outlives it.
+    let op = unsafe { t_gated_begin(gate, Some(report), state) };
     // SAFETY: the gate is closed, so the running future keeps the operation alive.
     unsafe {
         assert_eq!(apm_tap_op_release(op), Status::Ok);
@@ -323,7 +335,8 @@ fn end_on_the_runtimes_own_thread_would_deadlock_and_consumes_nothing() {
         .unwrap();
     runtime.block_on(async {
         let gate = gate();
-        let op = t_gated_begin(gate, None, ptr::null_mut());
+        // SAFETY: the callback (if any) runs on any thread; its state outlives it.
+        let op = unsafe { t_gated_begin(gate, None, ptr::null_mut()) };
         let mut out = 0;
         // SAFETY: `op` is a live reference until the last `t_gated_end`.
         unsafe {
@@ -354,7 +367,8 @@ fn an_operation_whose_runtime_shuts_down_is_abandoned() {
     let gate = gate();
     let op = {
         let _entered = runtime.enter();
-        t_gated_begin(gate, Some(report), state)
+        // SAFETY: the callback (if any) runs on any thread; its state outlives it.
+        unsafe { t_gated_begin(gate, Some(report), state) }
     };
     drop(runtime);
     assert!(!seen.recv().unwrap().synchronously);
@@ -384,7 +398,10 @@ fn callbacks_from_operations_begun_on_eight_threads() {
         .map(|t| {
             thread::spawn(move || {
                 for i in 0..PER_THREAD {
-                    let _ = t_yield_begin(t * PER_THREAD + i, Some(add_up), state as *mut c_void);
+                    // SAFETY: the callback (if any) runs on any thread; its state outlives it.
+                    let _ = unsafe {
+                        t_yield_begin(t * PER_THREAD + i, Some(add_up), state as *mut c_void)
+                    };
                 }
             })
         })
@@ -418,8 +435,14 @@ fn every_status_has_its_name() {
     ];
     for (status, name) in statuses {
         // SAFETY: a static, NUL-terminated string.
-        let got = unsafe { CStr::from_ptr(apm_tap_status_name(status)) };
+        let got = unsafe { CStr::from_ptr(apm_tap_status_name(status as c_int)) };
         assert_eq!(got.to_str(), Ok(name));
+    }
+    // Any int C passes is defined.
+    for unknown in [-1, 8, c_int::MAX] {
+        // SAFETY: as above.
+        let got = unsafe { CStr::from_ptr(apm_tap_status_name(unknown)) };
+        assert_eq!(got.to_str(), Ok("APM_TAP_STATUS_UNKNOWN"));
     }
 }
 
@@ -428,7 +451,8 @@ fn every_status_has_its_name() {
 fn state_comes_back() {
     let mut marker = 0_u8;
     let given: *mut c_void = ptr::from_mut(&mut marker).cast();
-    let op = t_add_begin(0, 0, None, given);
+    // SAFETY: the callback (if any) runs on any thread; its state outlives it.
+    let op = unsafe { t_add_begin(0, 0, None, given) };
     let mut state = ptr::null_mut();
     // SAFETY: Begin's reference, consumed once at the end.
     unsafe {
@@ -436,4 +460,87 @@ fn state_comes_back() {
         assert_eq!(state, given);
         assert_eq!(apm_tap_op_release(op), Status::Ok);
     }
+}
+
+/// Review finding: `end` checked only the output type, so the End of another operation
+/// with the same output type took the result and consumed the reference. `export!`
+/// tags each operation's output with its Begin's name.
+#[test]
+fn the_end_of_another_operation_with_the_same_output_type_is_refused() {
+    // SAFETY: no callback, no state.
+    let op = unsafe { t_yield_begin(5, None, ptr::null_mut()) };
+    let mut out = 0_u64;
+    // SAFETY: `op` is a live reference until `t_yield_end`; `out` is a `u64`.
+    unsafe {
+        assert_eq!(t_ready_end(op, &mut out), Status::InvalidArgument);
+        assert_eq!(out, 0);
+        assert_eq!(t_yield_end(op, &mut out), Status::Ok);
+    }
+    assert_eq!(out, 5);
+}
+
+/// How many times `count_call` ran.
+static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+unsafe extern "C" fn count_call(_op: *mut Op, _state: *mut c_void) {
+    CALLS.fetch_add(1, SeqCst);
+}
+
+/// What the thread-local destructor of `calls_from_a_thread_local_destructor` saw.
+static AT_EXIT: Mutex<Option<[Status; 3]>> = Mutex::new(None);
+
+/// Runs C ABI calls in its destructor, after the thread's other locals are gone.
+struct AtExit(std::cell::Cell<Option<(usize, usize)>>);
+
+impl Drop for AtExit {
+    fn drop(&mut self) {
+        let Some((op, gate)) = self.0.take() else {
+            return;
+        };
+        let op = op as *mut Op;
+        let mut done = false;
+        let mut out = 0;
+        // SAFETY: `op` is a live reference, consumed once below; the callback is valid.
+        let statuses = unsafe {
+            let cancelled = apm_tap_op_cancel(op);
+            let queried = apm_tap_op_is_completed(op, &mut done);
+            let sync = t_ready_begin(1, Some(count_call), ptr::null_mut());
+            let ended = t_ready_end(sync, &mut out);
+            [cancelled, queried, ended]
+        };
+        *AT_EXIT.lock().unwrap() = Some(statuses);
+        open(gate);
+        // SAFETY: the one consuming call.
+        let _ = unsafe { t_gated_end(op, &mut 0) };
+    }
+}
+
+thread_local! {
+    static AT_EXIT_GUARD: AtExit = const { AtExit(std::cell::Cell::new(None)) };
+}
+
+/// Review finding: from a thread-local destructor (a thread exiting), every entry point
+/// failed with `PANICKED` and C's callback was skipped, because the list of running
+/// callbacks was gone. They now work without it.
+#[test]
+fn calls_from_a_thread_local_destructor() {
+    let gate = gate();
+    // SAFETY: no callback, no state.
+    let op = unsafe { t_gated_begin(gate, None, ptr::null_mut()) } as usize;
+    let before = CALLS.load(SeqCst);
+    thread::spawn(move || {
+        // Registered first, so that its destructor runs after the callback list's.
+        AT_EXIT_GUARD.with(|guard| guard.0.set(Some((op, gate))));
+        // SAFETY: a valid callback, no state.
+        let other = unsafe { t_ready_begin(1, Some(count_call), ptr::null_mut()) };
+        // SAFETY: consumed once.
+        assert_eq!(unsafe { t_ready_end(other, &mut 0) }, Status::Ok);
+    })
+    .join()
+    .unwrap();
+    assert_eq!(
+        AT_EXIT.lock().unwrap().take(),
+        Some([Status::Ok, Status::Ok, Status::Ok])
+    );
+    assert_eq!(CALLS.load(SeqCst) - before, 2, "a callback did not run");
 }

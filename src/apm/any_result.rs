@@ -1,5 +1,4 @@
 use std::fmt;
-use std::mem::ManuallyDrop;
 use std::ptr::NonNull;
 use std::time::Duration;
 
@@ -291,7 +290,8 @@ impl AnyAsyncResult {
     ///
     /// Returns `None` if it was taken back already (and the operation is still alive, kept
     /// by another handle): a second take is caught instead of giving up another
-    /// handle's ownership.
+    /// handle's ownership. Caught only until the operation's next raw handle is given
+    /// out ([`into_raw`](Self::into_raw)): that one a stale pointer would take.
     ///
     /// # Safety
     ///
@@ -309,13 +309,15 @@ impl AnyAsyncResult {
         unsafe { AnyShared::from_raw(ptr) }.map(|cell| AnyAsyncResult { cell })
     }
 
-    /// Runs `f` with the raw handle, without taking it back: for the calls that do not
-    /// consume a C caller's reference. `None` (and `f` does not run) if the raw handle
-    /// was taken back already.
+    /// Runs `f` with a handle of the raw handle's operation, without taking the raw
+    /// handle back: for the calls that do not consume a C caller's reference. The handle
+    /// `f` gets owns the operation (a count of its own), so that another thread may take
+    /// the raw handle back and drop it while `f` runs. `None` (and `f` does not run) if
+    /// the raw handle was taken back already.
     ///
     /// # Safety
     ///
-    /// As [`from_raw`](Self::from_raw), for as long as `f` runs.
+    /// As [`from_raw`](Self::from_raw), when this is called.
     ///
     /// # Examples
     ///
@@ -333,11 +335,9 @@ impl AnyAsyncResult {
     pub unsafe fn with_raw<R>(ptr: NonNull<()>, f: impl FnOnce(&AnyAsyncResult) -> R) -> Option<R> {
         // SAFETY: by this function's contract.
         let cell = unsafe { AnyShared::borrow_raw(ptr) }?;
-        // Never dropped: the count stays the raw pointer's.
-        let borrowed = ManuallyDrop::new(AnyAsyncResult {
-            cell: ManuallyDrop::into_inner(cell),
-        });
-        Some(f(&borrowed))
+        // A count of its own: the operation lives until `f` returns, even if another
+        // thread takes the raw handle back and drops it meanwhile.
+        Some(f(&AnyAsyncResult { cell }))
     }
 }
 

@@ -200,8 +200,8 @@ pub(crate) struct TaskVtable {
     set_raw: unsafe fn(Field) -> bool,
     /// Clears `RAW`; returns the reading before.
     clear_raw: unsafe fn(Field) -> bool,
-    /// Whether `RAW` is set.
-    has_raw: unsafe fn(Field) -> bool,
+    /// Counts a new handle if `RAW` is set; returns whether it did.
+    borrow_raw: unsafe fn(Field) -> bool,
 }
 
 /// The address of a task header's `vtable` field.
@@ -227,7 +227,7 @@ where
         task_runtime: erased::task_runtime::<F::Output>,
         set_raw: erased::set_raw::<F::Output>,
         clear_raw: erased::clear_raw::<F::Output>,
-        has_raw: erased::has_raw::<F::Output>,
+        borrow_raw: erased::borrow_raw::<F::Output>,
     };
 }
 
@@ -310,9 +310,15 @@ mod erased {
         unsafe { handle::<T>(field) }.state.clear(RAW).has(RAW)
     }
 
-    pub(super) unsafe fn has_raw<T>(field: Field) -> bool {
+    pub(super) unsafe fn borrow_raw<T>(field: Field) -> bool {
         // SAFETY: by the module's contract.
-        unsafe { handle::<T>(field) }.load().has(RAW)
+        let cell = unsafe { handle::<T>(field) };
+        let counted = cell.state.add_handle_if_raw();
+        if counted && cell.load().handles() >= usize::MAX / super::REF / 2 {
+            // As `Shared::new_from`: a count this high means handles are being leaked.
+            std::process::abort();
+        }
+        counted
     }
 }
 
@@ -341,6 +347,21 @@ impl<T: Send + 'static> Shared<T> {
         // This handle's count passes to the erased one.
         mem::forget(self);
         Ok(AnyShared { field })
+    }
+}
+
+impl<T> Shared<T> {
+    /// Takes back the raw handle that `new_task` made with `raw`, if nobody did: for a
+    /// Begin that unwinds before it could give the raw pointer out.
+    pub(crate) fn give_up_raw(&self) {
+        if self.state.clear(RAW).has(RAW) {
+            // The raw pointer's count, given up through a handle of its own; this one
+            // still owns the cell, so that this never frees it.
+            drop(Shared {
+                ptr: self.ptr,
+                _owns: PhantomData,
+            });
+        }
     }
 }
 
@@ -447,19 +468,20 @@ impl AnyShared {
         unsafe { (vtable.clear_raw)(field) }.then(|| AnyShared { field })
     }
 
-    /// The raw handle, if it is still out, borrowed: not to be dropped (its count stays
-    /// the raw pointer's).
+    /// A handle of its own (a new count) for a user of the raw handle, if the raw handle
+    /// is still out: it keeps the operation alive even if the raw handle is taken back
+    /// and dropped meanwhile.
     ///
     /// # Safety
     ///
-    /// As `from_raw`, for as long as the borrow is used.
-    pub(crate) unsafe fn borrow_raw(ptr: NonNull<()>) -> Option<ManuallyDrop<AnyShared>> {
+    /// As `from_raw`.
+    pub(crate) unsafe fn borrow_raw(ptr: NonNull<()>) -> Option<AnyShared> {
         let field = ptr.cast::<&'static TaskVtable>();
         // SAFETY: as in `from_raw`.
         let vtable = unsafe { *field.as_ref() };
-        // SAFETY: as in `from_raw`.
-        let out = unsafe { (vtable.has_raw)(field) };
-        out.then(|| ManuallyDrop::new(AnyShared { field }))
+        // SAFETY: as in `from_raw`; the count added is the returned handle's.
+        let counted = unsafe { (vtable.borrow_raw)(field) };
+        counted.then(|| AnyShared { field })
     }
 }
 

@@ -20,7 +20,7 @@
 //! | `CALLBACK` | whoever makes the cell with a callback | never | the callback slot (a task's in its header, any other's in `More`): from the installer to whoever completes the cell |
 //! | `WRITER` | creation | the writer, when it gives up its ownership | none: it counts the writer as an owner |
 //! | `TASK` | creation, for a `TaskCell` | never | none: the cell heads a `TaskCell` (see `task.rs`) |
-//! | `RAW` | `AnyShared::into_raw` while clear, or creation for `begin_raw` | `AnyShared::from_raw` (once: a second sees it clear and takes nothing) | none: one of the handle counts is the raw pointer's, at most one at a time |
+//! | `RAW` | `AnyShared::into_raw` while clear, or creation for `begin_raw` | `AnyShared::from_raw` (once: a second sees it clear and takes nothing) | none: one of the handle counts is the raw pointer's, at most one at a time; a borrower adds a count of its own only while it is set |
 //!
 //! Above the flags, from `REF` up, the number of handles. The owner whose update leaves
 //! neither a handle nor `WRITER` frees the cell.
@@ -196,6 +196,14 @@ impl Word {
         debug_assert!(current.is_sole());
         // ORDERING: Relaxed: see above.
         self.0.store(current.with(TAKEN).0, Relaxed);
+    }
+
+    /// Counts a new handle if `RAW` is set, in one step: a borrower of the raw handle
+    /// then owns the cell even if the raw handle is taken back meanwhile. Returns
+    /// whether it did.
+    pub(super) fn add_handle_if_raw(&self) -> bool {
+        self.update(self.load(), |s| s.has(RAW).then_some(Snapshot(s.0 + REF)))
+            .is_ok()
     }
 
     /// Counts a new handle; returns the reading before.

@@ -275,8 +275,10 @@ static void misuse(void) {
   apm_tap_op *op = demo_add_begin(1, 2, NULL, NULL);
   STATUS(apm_tap_op_is_completed(op, NULL), APM_TAP_STATUS_INVALID_ARGUMENT);
   STATUS(demo_add_end(op, NULL), APM_TAP_STATUS_INVALID_ARGUMENT);
-  /* Another operation's end (an int64_t result): refused, nothing consumed. */
+  /* Other operations' ends, one with an int64_t result and one with the same int32_t:
+   * refused, nothing consumed. */
   STATUS(demo_yield_end(op, &wide), APM_TAP_STATUS_INVALID_ARGUMENT);
+  STATUS(demo_gated_end(op, &out), APM_TAP_STATUS_INVALID_ARGUMENT);
   STATUS(demo_add_end(op, &out), APM_TAP_STATUS_OK);
   CHECK(out == 3);
   /* Released while its future runs: a second release is caught. */
