@@ -2,7 +2,7 @@
 //! bound) of legacy callbacks, polls, drops, blocking waits and cancels.
 //!
 //! ```sh
-//! RUSTFLAGS="--cfg apm_tap_loom" LOOM_MAX_PREEMPTIONS=2 \
+//! RUSTFLAGS="--cfg apm_tap_loom" LOOM_MAX_PREEMPTIONS=3 \
 //!     cargo test --release --test loom -- --nocapture --test-threads=1
 //! ```
 //!
