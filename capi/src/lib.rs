@@ -255,8 +255,8 @@ thread_local! {
 /// `xxx_end` calls (see [`export!`]).
 ///
 /// Consumes the caller's reference, except when the status is
-/// [`Status::InvalidArgument`] or [`Status::WouldDeadlock`] (then nothing happened).
-/// `out` is written only when the status is [`Status::Ok`].
+/// [`Status::InvalidArgument`], [`Status::WouldDeadlock`] or [`Status::AlreadyEnded`]
+/// (then nothing happened). `out` is written only when the status is [`Status::Ok`].
 ///
 /// # Safety
 ///

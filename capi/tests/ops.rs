@@ -176,7 +176,9 @@ fn the_callback_ends_the_operation_and_a_second_end_is_caught() {
     }
     for synchronous in [true, false] {
         let (tx, rx) = mpsc::channel::<[Status; 4]>();
-        let state = ptr::from_ref(&tx).cast_mut().cast();
+        // Leaked: the callback may still be inside `send` when `recv` returns here.
+        let tx: &'static mpsc::Sender<[Status; 4]> = Box::leak(Box::new(tx));
+        let state = ptr::from_ref(tx).cast_mut().cast();
         // Begin's pointer is the callback's to consume: not touched here.
         if synchronous {
             // SAFETY: the callback (if any) runs on any thread; its state outlives it.
