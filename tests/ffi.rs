@@ -137,22 +137,34 @@ fn never_abandons_the_operation_and_drops_the_request() {
     assert_eq!(user_data.complete(1_u32), Err(Refused::Stale(1)));
 }
 
-/// libuv's `uv_cancel`: the hook runs once with the request, which stays alive until
-/// the library's callback confirms; the callback's value is then dropped.
-#[test]
-fn a_dropped_future_cancels_and_keeps_the_request_until_the_callback() {
+/// A started operation of result type `T` whose cancel hook counts its runs: the
+/// future, the user data the "library" got, the hook count and the request's drops.
+fn hooked<T: Send + 'static>() -> (
+    impl std::future::Future<Output = Result<T, Error>> + Unpin,
+    mpsc::Receiver<UserData>,
+    Arc<AtomicUsize>,
+    Arc<AtomicUsize>,
+) {
     let (drops, request) = counted();
     let hooks = Arc::new(AtomicUsize::new(0));
     let h = Arc::clone(&hooks);
     let (tx, rx) = mpsc::channel();
     let mut future = from_c(move |user_data| {
         tx.send(user_data).unwrap();
-        Ok::<Request, DropCounter>(request)
+        Ok::<Request, T>(request)
     })
     .on_cancel(move |_request: &mut Request| {
         h.fetch_add(1, SeqCst);
     });
     assert!((&mut future).now_or_never().is_none());
+    (future, rx, hooks, drops)
+}
+
+/// libuv's `uv_cancel`: the hook runs once with the request, which stays alive until
+/// the library's callback confirms; the callback's value is then dropped.
+#[test]
+fn a_dropped_future_cancels_and_keeps_the_request_until_the_callback() {
+    let (future, rx, hooks, drops) = hooked::<DropCounter>();
     drop(future);
     assert_eq!(hooks.load(SeqCst), 1);
     assert_eq!(
@@ -172,18 +184,7 @@ fn a_dropped_future_cancels_and_keeps_the_request_until_the_callback() {
 /// A cancel that comes after the callback runs no hook: the request is dropped at once.
 #[test]
 fn a_future_dropped_after_the_callback_runs_no_hook() {
-    let (drops, request) = counted();
-    let hooks = Arc::new(AtomicUsize::new(0));
-    let h = Arc::clone(&hooks);
-    let (tx, rx) = mpsc::channel();
-    let mut future = from_c(move |user_data| {
-        tx.send(user_data).unwrap();
-        Ok::<Request, u32>(request)
-    })
-    .on_cancel(move |_request: &mut Request| {
-        h.fetch_add(1, SeqCst);
-    });
-    assert!((&mut future).now_or_never().is_none());
+    let (future, rx, hooks, drops) = hooked::<u32>();
     rx.recv().unwrap().complete(2_u32).unwrap();
     drop(future);
     assert_eq!((hooks.load(SeqCst), drops.load(SeqCst)), (0, 1));
