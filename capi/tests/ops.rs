@@ -389,8 +389,9 @@ fn callbacks_from_operations_begun_on_eight_threads() {
         assert_eq!(unsafe { t_yield_end(op, &mut out) }, Status::Ok);
         // SAFETY: `state` is the test's counters, which outlive every callback.
         let totals = unsafe { &*state.cast::<[AtomicUsize; 2]>() };
-        totals[0].fetch_add(1, SeqCst);
+        // The value first: the test reads the sum once it sees every call counted.
         totals[1].fetch_add(usize::try_from(out).unwrap(), SeqCst);
+        totals[0].fetch_add(1, SeqCst);
     }
     const PER_THREAD: u64 = if cfg!(miri) { 4 } else { 500 };
     let totals: &'static [AtomicUsize; 2] =
