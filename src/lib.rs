@@ -186,7 +186,8 @@
 //! function.
 
 // Denied everywhere but in the completion machinery (`cell/`: the cell, `from_apm`'s
-// signal, the spare blocks), which allows it for its lock-free protocols.
+// signal, the spare blocks), which allows it for its lock-free protocols, and on the two
+// `unsafe fn`s of `AnyAsyncResult` that take raw pointers for C callers.
 #![deny(unsafe_code)]
 
 // Implementation notes
@@ -206,6 +207,13 @@
 //   smaller one-shot of its own (`cell/signal.rs`: a state word, the future's waker, and the
 //   End a dropped future leaves behind, which runs on whichever side comes second). `from_async_result` has no callback to hook: its
 //   dropped future hands the handle to a `Reaper` (`reaper.rs`), which polls it.
+// - A `begin` task's header points at a `'static` table of erased functions
+//   (`cell/task.rs`), so that an `AnyAsyncResult` is one pointer (the table field's
+//   address) whatever the output type: what a C caller holds. Its raw handle owns one
+//   count, marked by the `RAW` flag, so that a second take-back is caught.
+// - `ffi`'s `user_data` is a slot number and generation in a registry
+//   (`ffi/registry.rs`), never an address, so that a C library's second or late
+//   callback finds nothing to free.
 // - No user code (wakers, callbacks, End, hooks) runs while a lock is held. Completing
 //   an operation takes its wake-ups and callback out of the cell and gives up the
 //   completer's ownership first, then runs them, each under `catch_unwind`

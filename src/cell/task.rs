@@ -196,9 +196,9 @@ pub(crate) struct TaskVtable {
     cancel: unsafe fn(Field) -> bool,
     wait_until: unsafe fn(Field, Option<Instant>) -> bool,
     task_runtime: unsafe fn(Field) -> Option<Id>,
-    /// Sets `RAW`; returns the reading before.
+    /// Sets `RAW`; returns whether it was set already.
     set_raw: unsafe fn(Field) -> bool,
-    /// Clears `RAW`; returns the reading before.
+    /// Clears `RAW`; returns whether it was set.
     clear_raw: unsafe fn(Field) -> bool,
     /// Counts a new handle if `RAW` is set; returns whether it did.
     borrow_raw: unsafe fn(Field) -> bool,
