@@ -233,16 +233,24 @@ fn call<T: Send + 'static>(
     // While C's callback runs, the functions that do not consume find the operation
     // here even after its reference was consumed (`borrow`). A thread whose locals are
     // being destroyed has no list: the callback still runs, kept alive by `handle`.
+    // The handle moves into the list (no count added), or stays here if there is none.
+    let mut unlisted = Some(handle);
     let listed = CALLING
-        .try_with(|calling| calling.borrow_mut().push(handle.clone()))
+        .try_with(|calling| calling.borrow_mut().extend(unlisted.take()))
         .is_ok();
     // SAFETY: C's function, called as `begin`'s caller promised: with a live handle and
     // the caller's state.
     unsafe { callback(op, state) };
-    if listed {
-        let _ = CALLING.try_with(|calling| calling.borrow_mut().pop());
-    }
-    drop(handle);
+    // Dropped once the list is no longer borrowed: the drop may free the operation.
+    let popped = if listed {
+        CALLING
+            .try_with(|calling| calling.borrow_mut().pop())
+            .ok()
+            .flatten()
+    } else {
+        None
+    };
+    drop((popped, unlisted));
 }
 
 thread_local! {
