@@ -52,6 +52,11 @@ pub enum Error {
          outside that runtime (for example in `tokio::task::spawn_blocking`)"
     )]
     WouldDeadlock,
+    /// A callback stream's bounded buffer with [`Overflow::Fail`](crate::stream::Overflow::Fail)
+    /// was full when the producer emitted: the stream ends with this error after the
+    /// items it holds.
+    #[error("stream buffer overflowed")]
+    Overflow,
 }
 
 /// Which side went away without finishing an operation: the reason inside
@@ -86,6 +91,10 @@ pub enum Abandonment {
         "the executor dropped the future before it finished (runtime shut down or task refused)"
     )]
     TaskDropped,
+    /// Every [`Emitter`](crate::stream::Emitter) of a callback stream was dropped before
+    /// the producer finished or failed the stream.
+    #[error("every emitter of the stream was dropped before it finished")]
+    EmittersDropped,
 }
 
 /// The payload of a panic caught in a future, kept so that it can be re-raised (the model

@@ -230,6 +230,7 @@ mod from_callback;
 mod reaper;
 mod runtime;
 mod state;
+pub mod stream;
 mod sync;
 mod to_apm;
 mod unwind;

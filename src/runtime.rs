@@ -217,6 +217,15 @@ pub(crate) fn try_default_handle() -> Option<&'static Handle> {
     }
 }
 
+/// The current-thread runtime whose context this thread is in, if any: where a consumer
+/// runs, for a later blocking producer to check against (rule 12).
+pub(crate) fn current_thread_runtime() -> Option<Id> {
+    Handle::try_current()
+        .ok()
+        .filter(|handle| handle.runtime_flavor() == RuntimeFlavor::CurrentThread)
+        .map(|handle| handle.id())
+}
+
 /// Runs the blocking wait `f`, unless this thread is the one that must run the
 /// operation's task: then blocking would deadlock, and it refuses (rule 12).
 ///

@@ -353,7 +353,7 @@ fn status(error: Error) -> Status {
         Error::AlreadyEnded => Status::AlreadyEnded,
         Error::Panicked(_) => Status::Panicked,
         Error::WouldDeadlock => Status::WouldDeadlock,
-        other => unreachable!("apm-tap-capi knows every error of its apm-tap: {other}"),
+        other => unreachable!("no operation of apm-tap ends with this error: {other}"),
     }
 }
 

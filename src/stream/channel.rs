@@ -1,0 +1,360 @@
+//! The state a callback stream's producers ([`Emitter`](super::Emitter)s) share with its
+//! one consumer ([`EventStream`](super::EventStream)): the buffer, how the stream
+//! ended, the consumer's waker and the producers waiting for room, all behind one lock.
+//!
+//! No user code runs under the lock (rule 18): an item evicted or refused is handed back
+//! to the producer, the consumer's waker is cloned before the lock is taken and woken
+//! after it is released, and the producers waiting for room are notified after it too.
+
+use std::collections::VecDeque;
+use std::mem;
+use std::task::{Context, Poll, Waker};
+
+use tokio::runtime::Id;
+
+use super::buffer::{Pushed, Queue};
+use super::{Buffer, Emit, Overflow};
+use crate::runtime::blocking;
+use crate::sync::{current, park, Mutex, MutexGuard, PoisonError, Thread};
+use crate::unwind::{drop_quietly, drop_quietly_if_some, quietly};
+
+/// The producers' and the consumer's shared state.
+pub(crate) struct Channel<T, E> {
+    inner: Mutex<Inner<T, E>>,
+    overflow: Option<Overflow>,
+}
+
+struct Inner<T, E> {
+    queue: Queue<T>,
+    end: End<E>,
+    /// The waker of the consumer's latest poll that found nothing; taken by the emit
+    /// that wakes it.
+    consumer: Option<Waker>,
+    /// Producers waiting for room in a full [`Overflow::Suspend`] buffer, or for the
+    /// end of the stream: all notified at the next pop or at the end.
+    waiting: Vec<Ready>,
+    /// Live [`Emitter`](super::Emitter)s: the last one dropped while the stream is open
+    /// abandons it.
+    emitters: usize,
+    /// The current-thread runtime the consumer runs on, if it does: a blocking emit on
+    /// the thread that drives it would wait forever (rule 12).
+    consumer_runtime: Option<Id>,
+}
+
+/// Whether and how the stream ended. Every state but `Open` refuses new items.
+enum End<E> {
+    Open,
+    /// The producer finished: the consumer reads the buffer, then the end.
+    Finished,
+    /// The producer failed: the consumer reads the buffer, then this error.
+    Failed(E),
+    /// An [`Overflow::Fail`] buffer overflowed.
+    Overflowed,
+    /// Every emitter was dropped while the stream was open.
+    Abandoned,
+    /// The consumer took the end, or dropped the stream.
+    Closed,
+}
+
+/// How the stream ended, as its consumer reads it after the last item.
+pub(crate) enum Ended<E> {
+    Finished,
+    Failed(E),
+    Overflowed,
+    Abandoned,
+}
+
+/// A producer waiting for room.
+pub(crate) enum Ready {
+    /// A thread parked in a blocking emit.
+    Thread(Thread),
+    /// A callback given to `when_ready`.
+    Callback(Box<dyn FnOnce() + Send>),
+}
+
+/// What to do once the lock is released: wake the consumer, notify waiting producers.
+#[must_use]
+struct Wakeups {
+    consumer: Option<Waker>,
+    producers: Vec<Ready>,
+}
+
+impl Wakeups {
+    const NONE: Wakeups = Wakeups {
+        consumer: None,
+        producers: Vec::new(),
+    };
+
+    /// Runs them, catching every panic: the thread running them only called the crate
+    /// (an emit, a drop), so no panic of another party's code may reach it.
+    fn run(self) {
+        if let Some(waker) = self.consumer {
+            quietly(|| waker.wake());
+        }
+        notify(self.producers);
+    }
+}
+
+fn notify(producers: impl IntoIterator<Item = Ready>) {
+    for ready in producers {
+        match ready {
+            Ready::Thread(thread) => thread.unpark(),
+            Ready::Callback(callback) => quietly(callback),
+        }
+    }
+}
+
+impl<T, E> Inner<T, E> {
+    /// Ends an open stream and takes out whom to tell.
+    fn end(&mut self, end: End<E>) -> Wakeups {
+        self.end = end;
+        Wakeups {
+            consumer: self.consumer.take(),
+            producers: mem::take(&mut self.waiting),
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        matches!(self.end, End::Open)
+    }
+
+    /// Whether an [`Overflow::Suspend`] emit would have to wait now.
+    fn must_wait(&self, overflow: Option<Overflow>) -> bool {
+        self.is_open() && overflow == Some(Overflow::Suspend) && self.queue.is_full()
+    }
+}
+
+impl<T, E> Channel<T, E> {
+    pub(crate) fn new(buffer: Buffer) -> Channel<T, E> {
+        Channel {
+            inner: Mutex::new(Inner {
+                queue: Queue::new(buffer),
+                end: End::Open,
+                consumer: None,
+                waiting: Vec::new(),
+                emitters: 0,
+                consumer_runtime: None,
+            }),
+            overflow: buffer.overflow(),
+        }
+    }
+
+    /// The lock. No user code runs under it, so a poisoned lock only means that a
+    /// panic of the crate's own unwound through it; the state is still consistent
+    /// (every update is a single assignment).
+    fn lock(&self) -> MutexGuard<'_, Inner<T, E>> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn emit(&self, item: T) -> Emit<T> {
+        let mut inner = self.lock();
+        let (emit, wakeups) = inner.emit(item);
+        drop(inner);
+        wakeups.run();
+        emit
+    }
+
+    /// Emits, waiting for room in a full [`Overflow::Suspend`] buffer; refuses with
+    /// [`Emit::WouldDeadlock`] where waiting would block the consumer itself.
+    pub(crate) fn emit_blocking(&self, item: T) -> Emit<T> {
+        let item = match self.emit(item) {
+            Emit::Full(item) => item,
+            done => return done,
+        };
+        let consumer_runtime = self.lock().consumer_runtime;
+        let mut slot = Some(item);
+        let waited = blocking(consumer_runtime, || {
+            let thread = current();
+            loop {
+                let mut inner = self.lock();
+                if inner.must_wait(self.overflow) {
+                    inner.waiting.push(Ready::Thread(thread.clone()));
+                    drop(inner);
+                    park();
+                    continue;
+                }
+                let Some(item) = slot.take() else {
+                    unreachable!("the item stays in its slot until it is emitted")
+                };
+                let (emit, wakeups) = inner.emit(item);
+                drop(inner);
+                wakeups.run();
+                return emit;
+            }
+        });
+        match (waited, slot) {
+            (Ok(emit), _) => emit,
+            (Err(_), Some(item)) => Emit::WouldDeadlock(item),
+            (Err(_), None) => unreachable!("a refused wait never took the item"),
+        }
+    }
+
+    /// Runs `ready` once there is room for an emit, or the stream is closed: now if so.
+    pub(crate) fn when_ready(&self, ready: impl FnOnce() + Send + 'static) {
+        let mut inner = self.lock();
+        if inner.must_wait(self.overflow) {
+            inner.waiting.push(Ready::Callback(Box::new(ready)));
+            return;
+        }
+        drop(inner);
+        ready();
+    }
+
+    /// Whether the stream refuses new items.
+    pub(crate) fn is_closed(&self) -> bool {
+        !self.lock().is_open()
+    }
+
+    /// Ends the stream after the buffered items, with `end`; hands `end` back when it
+    /// had already ended.
+    fn end_with(&self, end: End<E>) -> Result<(), End<E>> {
+        let mut inner = self.lock();
+        if !inner.is_open() {
+            return Err(end);
+        }
+        let wakeups = inner.end(end);
+        drop(inner);
+        wakeups.run();
+        Ok(())
+    }
+
+    pub(crate) fn finish(&self) -> bool {
+        self.end_with(End::Finished).is_ok()
+    }
+
+    pub(crate) fn fail(&self, error: E) -> Result<(), E> {
+        match self.end_with(End::Failed(error)) {
+            Ok(()) => Ok(()),
+            Err(End::Failed(error)) => Err(error),
+            Err(_) => unreachable!("end_with hands back what it was given"),
+        }
+    }
+
+    pub(crate) fn add_emitter(&self) {
+        self.lock().emitters += 1;
+    }
+
+    /// Forgets a dropped emitter; the last one abandons an open stream.
+    pub(crate) fn remove_emitter(&self) {
+        let mut inner = self.lock();
+        inner.emitters -= 1;
+        if inner.emitters > 0 || !inner.is_open() {
+            return;
+        }
+        let wakeups = inner.end(End::Abandoned);
+        drop(inner);
+        wakeups.run();
+    }
+
+    /// Records the current-thread runtime the consumer runs on, if any.
+    pub(crate) fn set_consumer_runtime(&self, runtime: Option<Id>) {
+        self.lock().consumer_runtime = runtime;
+    }
+
+    /// The consumer's poll: the next item, else the end, else `Pending` with the waker
+    /// stored. `spare` is the consumer's empty list that it swaps for the list of
+    /// waiting producers, so that notifying them allocates nothing.
+    pub(crate) fn poll_next(
+        &self,
+        cx: &mut Context<'_>,
+        spare: &mut Vec<Ready>,
+    ) -> Poll<Result<T, Ended<E>>> {
+        let mut inner = self.lock();
+        if let Some(ready) = Self::take_next(&mut inner, spare) {
+            drop(inner);
+            notify(spare.drain(..));
+            return Poll::Ready(ready);
+        }
+        if inner
+            .consumer
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()))
+        {
+            return Poll::Pending;
+        }
+        // Rule 18: the clone is user code, so it runs with the lock released, and the
+        // state is read again after.
+        drop(inner);
+        let waker = cx.waker().clone();
+        let mut inner = self.lock();
+        if let Some(ready) = Self::take_next(&mut inner, spare) {
+            drop(inner);
+            notify(spare.drain(..));
+            drop(waker);
+            return Poll::Ready(ready);
+        }
+        let replaced = inner.consumer.replace(waker);
+        drop(inner);
+        drop(replaced);
+        Poll::Pending
+    }
+
+    /// The next item or the end, if there is one; moves the waiting producers to `spare`
+    /// when an item makes room.
+    fn take_next(inner: &mut Inner<T, E>, spare: &mut Vec<Ready>) -> Option<Result<T, Ended<E>>> {
+        if let Some(item) = inner.queue.pop() {
+            if !inner.waiting.is_empty() {
+                mem::swap(&mut inner.waiting, spare);
+            }
+            return Some(Ok(item));
+        }
+        let ended = match mem::replace(&mut inner.end, End::Closed) {
+            End::Open => {
+                inner.end = End::Open;
+                return None;
+            }
+            End::Finished => Ended::Finished,
+            End::Failed(error) => Ended::Failed(error),
+            End::Overflowed => Ended::Overflowed,
+            End::Abandoned => Ended::Abandoned,
+            End::Closed => Ended::Finished,
+        };
+        Some(Err(ended))
+    }
+
+    /// The consumer is gone: refuse every later item, and drop (outside the lock, each
+    /// panic caught) what the stream still held.
+    pub(crate) fn close(&self) {
+        let mut inner = self.lock();
+        let items: VecDeque<T> = inner.queue.take();
+        let end = mem::replace(&mut inner.end, End::Closed);
+        let wakeups = Wakeups {
+            consumer: inner.consumer.take(),
+            producers: mem::take(&mut inner.waiting),
+        };
+        drop(inner);
+        for item in items {
+            drop_quietly(item);
+        }
+        if let End::Failed(error) = end {
+            drop_quietly(error);
+        }
+        drop_quietly_if_some(wakeups.consumer);
+        notify(wakeups.producers);
+    }
+}
+
+impl<T, E> Inner<T, E> {
+    /// Puts `item` in the buffer as its policy says; returns the outcome and whom to
+    /// tell once the lock is released.
+    fn emit(&mut self, item: T) -> (Emit<T>, Wakeups) {
+        if !self.is_open() {
+            return (Emit::Closed(item), Wakeups::NONE);
+        }
+        match self.queue.push(item) {
+            Pushed::Queued => (Emit::Queued, self.wake_consumer()),
+            Pushed::Evicted(oldest) => (Emit::Evicted(oldest), self.wake_consumer()),
+            Pushed::Rejected(item) => (Emit::Rejected(item), Wakeups::NONE),
+            Pushed::Full(item) => (Emit::Full(item), Wakeups::NONE),
+            Pushed::Overflowed(item) => (Emit::Rejected(item), self.end(End::Overflowed)),
+        }
+    }
+
+    /// Takes the consumer's waker out, to wake it after the lock is released.
+    fn wake_consumer(&mut self) -> Wakeups {
+        Wakeups {
+            consumer: self.consumer.take(),
+            producers: Vec::new(),
+        }
+    }
+}
