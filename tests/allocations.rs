@@ -272,3 +272,104 @@ fn the_next_operation_on_a_thread_reuses_the_last_ones_memory() {
         assert_eq!(counts, [1, 0], "after another layout");
     });
 }
+
+/// A registered callback stream over `buffer`, and its emitter.
+fn registered_stream(
+    buffer: apm_tap::stream::Buffer,
+) -> (
+    apm_tap::stream::EventStream<u64>,
+    apm_tap::stream::Emitter<u64>,
+) {
+    use futures::StreamExt;
+    let (give, take) = std::sync::mpsc::channel();
+    let mut stream = apm_tap::stream::from_events(buffer, move |emitter| {
+        give.send(emitter).unwrap();
+        Ok::<_, apm_tap::Error>(|| {})
+    });
+    let cx = &mut Context::from_waker(noop_waker_ref());
+    assert!(stream.poll_next_unpin(cx).is_pending());
+    (stream, take.recv().unwrap())
+}
+
+#[test]
+fn a_bounded_callback_stream_allocates_nothing_per_item() {
+    use apm_tap::stream::{Buffer, Emit, Overflow};
+    use futures::StreamExt;
+    on_a_fresh_thread(|| {
+        for buffer in [
+            Buffer::bounded(4, Overflow::Suspend),
+            Buffer::bounded(4, Overflow::DropOldest),
+            Buffer::latest(),
+        ] {
+            let (mut stream, emitter) = registered_stream(buffer);
+            let items = if cfg!(miri) { 100 } else { 10_000 };
+            let (count, sum) = allocations(|| {
+                let cx = &mut Context::from_waker(noop_waker_ref());
+                let mut sum = 0;
+                for i in 0..items {
+                    assert_eq!(emitter.emit(i), Emit::Queued);
+                    let Poll::Ready(Some(Ok(item))) = stream.poll_next_unpin(cx) else {
+                        unreachable!("an item was emitted")
+                    };
+                    sum += item;
+                    // Pending: the waker is stored, and taken by the next emit.
+                    assert!(stream.poll_next_unpin(cx).is_pending());
+                }
+                sum
+            });
+            assert_eq!(sum, items * (items - 1) / 2);
+            assert_eq!(count, 0, "{buffer:?} allocated per item");
+        }
+    });
+}
+
+#[test]
+fn a_blocked_producer_and_its_consumer_allocate_nothing_per_item() {
+    use apm_tap::stream::{Buffer, Emit, Overflow};
+    use futures::StreamExt;
+    let (warm_up, items) = if cfg!(miri) {
+        (20, 200)
+    } else {
+        (1_000, 20_000)
+    };
+    let (mut stream, emitter) = registered_stream(Buffer::bounded(1, Overflow::Suspend));
+    let producer = std::thread::spawn(move || {
+        // Warm up: the list of waiting producers gets its capacity.
+        for i in 0..warm_up {
+            assert_eq!(emitter.emit_blocking(i), Emit::Queued);
+        }
+        let (count, ()) = allocations(|| {
+            for i in warm_up..items {
+                assert_eq!(emitter.emit_blocking(i), Emit::Queued);
+            }
+        });
+        emitter.finish();
+        count
+    });
+    let waker = futures::task::noop_waker();
+    let cx = &mut Context::from_waker(&waker);
+    let mut next = 0;
+    let mut consumer_allocations = 0;
+    loop {
+        let (count, polled) = allocations(|| stream.poll_next_unpin(cx));
+        if next >= warm_up {
+            consumer_allocations += count;
+        }
+        match polled {
+            Poll::Ready(Some(Ok(item))) => {
+                assert_eq!(item, next);
+                next += 1;
+            }
+            Poll::Ready(None) => break,
+            Poll::Ready(Some(Err(error))) => panic!("{error}"),
+            Poll::Pending => std::thread::yield_now(),
+        }
+    }
+    assert_eq!(next, items);
+    assert_eq!(
+        producer.join().unwrap(),
+        0,
+        "the producer allocated per item"
+    );
+    assert_eq!(consumer_allocations, 0, "the consumer allocated per item");
+}

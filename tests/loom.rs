@@ -846,3 +846,104 @@ fn model_20_raw_handle_borrowed_while_taken_back() {
         assert_eq!(drops.load(SeqCst), 1);
     });
 }
+
+/// A callback stream registered by its first poll; returns it with its emitter and a
+/// count of unregister calls.
+fn event_stream(
+    buffer: apm_tap::stream::Buffer,
+) -> (
+    apm_tap::stream::EventStream<DropCounter>,
+    apm_tap::stream::Emitter<DropCounter>,
+    Arc<AtomicUsize>,
+) {
+    use futures::StreamExt;
+    let unregisters = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&unregisters);
+    let (give, take) = mpsc::channel();
+    let mut stream = apm_tap::stream::from_events(buffer, move |emitter| {
+        give.send(emitter).unwrap();
+        Ok::<_, Error>(move || {
+            counted.fetch_add(1, SeqCst);
+        })
+    });
+    let waker = futures::task::noop_waker();
+    let cx = &mut std::task::Context::from_waker(&waker);
+    assert!(stream.poll_next_unpin(cx).is_pending());
+    (stream, take.recv().unwrap(), unregisters)
+}
+
+/// A producer thread emits two items and finishes while the consumer awaits them: no
+/// wake-up is lost, the items come in order, each is dropped once, and the registration
+/// is undone once, by the poll that yields the end.
+#[test]
+fn model_21_stream_items_race_the_consumer() {
+    model(
+        "21 a producer's emits and end race the stream's consumer",
+        || {
+            use futures::StreamExt;
+            let drops = Arc::new(AtomicUsize::new(0));
+            let (stream, emitter, unregisters) = event_stream(apm_tap::stream::Buffer::unbounded());
+            let counter = Arc::clone(&drops);
+            let producer = thread::spawn(move || {
+                for _ in 0..2 {
+                    assert!(emitter.emit(DropCounter(Arc::clone(&counter))).is_queued());
+                }
+                emitter.finish();
+            });
+            let items = loom::future::block_on(stream.collect::<Vec<_>>());
+            assert_eq!(items.len(), 2);
+            assert_eq!(unregisters.load(SeqCst), 1);
+            drop(items);
+            producer.join().unwrap();
+            assert_eq!(drops.load(SeqCst), 2);
+        },
+    );
+}
+
+/// The consumer drops the stream while a producer emits: the item is dropped once,
+/// by the stream or by the producer it was handed back to, and the registration is
+/// undone once.
+#[test]
+fn model_22_stream_dropped_while_an_item_is_emitted() {
+    model("22 a stream's drop races an emit", || {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let (stream, emitter, unregisters) = event_stream(apm_tap::stream::Buffer::latest());
+        let counter = Arc::clone(&drops);
+        let producer = thread::spawn(move || {
+            let outcome = emitter.emit(DropCounter(counter));
+            let closed = emitter.is_closed();
+            drop(outcome);
+            closed
+        });
+        drop(stream);
+        assert_eq!(unregisters.load(SeqCst), 1);
+        let _ = producer.join().unwrap();
+        assert_eq!(drops.load(SeqCst), 1);
+    });
+}
+
+/// A producer blocked on a full `Suspend` buffer is released by the consumer's read:
+/// no lost notification (loom reports a deadlock if one is), and the order holds.
+#[test]
+fn model_23_blocked_producer_released_by_the_consumer() {
+    model("23 a blocking emit waits for the consumer's read", || {
+        use apm_tap::stream::{Buffer, Emit, Overflow};
+        use futures::StreamExt;
+        let (stream, emitter, _) = event_stream(Buffer::bounded(1, Overflow::Suspend));
+        let drops = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&drops);
+        let producer = thread::spawn(move || {
+            for _ in 0..2 {
+                assert!(matches!(
+                    emitter.emit_blocking(DropCounter(Arc::clone(&counter))),
+                    Emit::Queued
+                ));
+            }
+        });
+        let items = loom::future::block_on(stream.take(2).collect::<Vec<_>>());
+        assert_eq!(items.len(), 2);
+        producer.join().unwrap();
+        drop(items);
+        assert_eq!(drops.load(SeqCst), 2);
+    });
+}
