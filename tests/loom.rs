@@ -923,27 +923,29 @@ fn model_22_stream_dropped_while_an_item_is_emitted() {
 }
 
 /// A producer blocked on a full `Suspend` buffer is released by the consumer's read:
-/// no lost notification (loom reports a deadlock if one is), and the order holds.
+/// no lost notification (loom reports a deadlock if one is), and the order holds. With
+/// capacity 2 the consumer takes both items into its hand at once, and gives their room
+/// back one by one.
 #[test]
 fn model_23_blocked_producer_released_by_the_consumer() {
     model("23 a blocking emit waits for the consumer's read", || {
         use apm_tap::stream::{Buffer, Emit, Overflow};
         use futures::StreamExt;
-        let (stream, emitter, _) = event_stream(Buffer::bounded(1, Overflow::Suspend));
+        let (stream, emitter, _) = event_stream(Buffer::bounded(2, Overflow::Suspend));
         let drops = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&drops);
         let producer = thread::spawn(move || {
-            for _ in 0..2 {
+            for _ in 0..3 {
                 assert!(matches!(
                     emitter.emit_blocking(DropCounter(Arc::clone(&counter))),
                     Emit::Queued
                 ));
             }
         });
-        let items = loom::future::block_on(stream.take(2).collect::<Vec<_>>());
-        assert_eq!(items.len(), 2);
+        let items = loom::future::block_on(stream.take(3).collect::<Vec<_>>());
+        assert_eq!(items.len(), 3);
         producer.join().unwrap();
         drop(items);
-        assert_eq!(drops.load(SeqCst), 2);
+        assert_eq!(drops.load(SeqCst), 3);
     });
 }

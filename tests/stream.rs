@@ -467,6 +467,26 @@ fn when_ready_runs_on_the_consumer_that_makes_room() {
 }
 
 #[test]
+fn a_paused_producer_is_told_once_the_buffer_is_half_empty() {
+    let (mut stream, emitter, _) = registered::<u32>(Buffer::bounded(4, Overflow::Suspend));
+    for i in 0..4 {
+        assert_eq!(emitter.emit(i), Emit::Queued);
+    }
+    assert_eq!(emitter.emit(4), Emit::Full(4));
+    let told = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&told);
+    emitter.when_ready(move || {
+        counter.fetch_add(1, SeqCst);
+    });
+    assert_eq!(poll(&mut stream, Waker::noop()), Poll::Ready(Some(Ok(0))));
+    assert_eq!(told.load(SeqCst), 0, "3 of 4 left: not yet");
+    assert_eq!(poll(&mut stream, Waker::noop()), Poll::Ready(Some(Ok(1))));
+    assert_eq!(told.load(SeqCst), 1, "2 of 4 left: told");
+    assert_eq!(poll(&mut stream, Waker::noop()), Poll::Ready(Some(Ok(2))));
+    assert_eq!(told.load(SeqCst), 1, "told once");
+}
+
+#[test]
 fn when_ready_runs_when_the_stream_closes_and_its_panic_is_discarded() {
     let (stream, emitter, _) = registered::<u32>(Buffer::bounded(1, Overflow::Suspend));
     assert_eq!(emitter.emit(1), Emit::Queued);

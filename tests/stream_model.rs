@@ -56,7 +56,7 @@ fn buffer() -> impl Strategy<Value = Buffer> {
         Just(Overflow::Fail),
     ];
     prop_oneof![
-        (1..4usize, overflow).prop_map(|(capacity, overflow)| Buffer::bounded(capacity, overflow)),
+        (1..10usize, overflow).prop_map(|(capacity, overflow)| Buffer::bounded(capacity, overflow)),
         Just(Buffer::latest()),
         Just(Buffer::unbounded()),
     ]

@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::mem;
 
 /// How many items a callback stream holds for its consumer, and what happens to an item
 /// emitted into a full buffer.
@@ -249,9 +250,16 @@ impl<T> Emit<T> {
 
 /// The buffered items and the policy that admits them; the channel keeps it behind its
 /// lock.
+///
+/// The consumer may take a batch of items out at once, into its hand (`Hand`), so that
+/// it reads them without the lock: `in_hand` counts those not yielded yet, and they
+/// still fill the buffer, so that the capacity holds for every item emitted and not
+/// yet yielded. Only policies that never evict let the consumer take a batch: an
+/// item in the consumer's hand cannot be evicted.
 pub(crate) struct Queue<T> {
     items: VecDeque<T>,
     buffer: Buffer,
+    in_hand: usize,
 }
 
 /// What [`Queue::push`] did.
@@ -267,19 +275,15 @@ pub(crate) enum Pushed<T> {
 impl<T> Queue<T> {
     /// An empty queue; a bounded one allocates its whole capacity now.
     pub(crate) fn new(buffer: Buffer) -> Queue<T> {
-        let items = match buffer.capacity() {
-            Some(capacity) => VecDeque::with_capacity(capacity),
-            None => VecDeque::new(),
-        };
-        Queue { items, buffer }
+        Queue {
+            items: empty(buffer),
+            buffer,
+            in_hand: 0,
+        }
     }
 
     pub(crate) fn push(&mut self, item: T) -> Pushed<T> {
-        let full = self
-            .buffer
-            .capacity()
-            .is_some_and(|capacity| self.items.len() >= capacity);
-        if !full {
+        if !self.is_full() {
             self.items.push_back(item);
             return Pushed::Queued;
         }
@@ -296,13 +300,15 @@ impl<T> Queue<T> {
                 overflow: Overflow::Fail,
                 ..
             } => Pushed::Overflowed(item),
+            // (An unbounded buffer is never full.)
             Kind::Bounded {
                 overflow: Overflow::DropOldest,
                 ..
             }
             | Kind::Latest
             | Kind::Unbounded => {
-                // Full, so not empty: there is an oldest item.
+                // Full, and nothing is in the consumer's hand for these policies: the
+                // oldest item is here.
                 let oldest = self.items.pop_front();
                 self.items.push_back(item);
                 oldest.map_or(Pushed::Queued, Pushed::Evicted)
@@ -310,27 +316,90 @@ impl<T> Queue<T> {
         }
     }
 
-    pub(crate) fn pop(&mut self) -> Option<T> {
-        self.items.pop_front()
+    /// The next item, for a consumer with an empty hand: a batch of them moves into
+    /// `hand` (which must be empty) when the policy allows, and the first is returned.
+    pub(crate) fn pop_into(&mut self, hand: &mut VecDeque<T>) -> Option<T> {
+        if !batches(self.buffer) || self.items.len() < 2 {
+            return self.items.pop_front();
+        }
+        mem::swap(&mut self.items, hand);
+        let first = hand.pop_front();
+        self.in_hand = hand.len();
+        first
+    }
+
+    /// The consumer yielded `yielded` items from its hand: they no longer fill the
+    /// buffer.
+    pub(crate) fn yielded(&mut self, yielded: usize) {
+        // Saturating: a closed queue forgot the hand (`take`).
+        self.in_hand = self.in_hand.saturating_sub(yielded);
     }
 
     /// Whether the buffer is full of items: a [`Overflow::Suspend`] emit would wait.
     pub(crate) fn is_full(&self) -> bool {
         self.buffer
             .capacity()
-            .is_some_and(|capacity| self.items.len() >= capacity)
+            .is_some_and(|capacity| self.items.len() + self.in_hand >= capacity)
+    }
+
+    /// Whether at most half the capacity is used.
+    pub(crate) fn is_half_empty(&self) -> bool {
+        self.buffer
+            .capacity()
+            .is_none_or(|capacity| self.items.len() + self.in_hand <= capacity / 2)
     }
 
     /// Takes every buffered item out, to drop them outside the lock.
     pub(crate) fn take(&mut self) -> VecDeque<T> {
-        std::mem::take(&mut self.items)
+        self.in_hand = 0;
+        mem::take(&mut self.items)
     }
+}
+
+/// An empty list of items for `buffer`, with room for all of them when it is bounded.
+fn empty<T>(buffer: Buffer) -> VecDeque<T> {
+    match buffer.capacity() {
+        Some(capacity) => VecDeque::with_capacity(capacity),
+        None => VecDeque::new(),
+    }
+}
+
+/// Whether the consumer may take batches of items into its hand: only when the policy
+/// never evicts, since an item in the hand cannot be.
+fn batches(buffer: Buffer) -> bool {
+    !matches!(
+        buffer.kind,
+        Kind::Latest
+            | Kind::Bounded {
+                overflow: Overflow::DropOldest,
+                ..
+            }
+    )
+}
+
+/// The consumer's hand for `buffer`: as large as the queue it swaps with, so that the
+/// swaps allocate nothing; empty when the policy takes no batches.
+pub(crate) fn hand<T>(buffer: Buffer) -> VecDeque<T> {
+    if batches(buffer) {
+        empty(buffer)
+    } else {
+        VecDeque::new()
+    }
+}
+
+/// How many items the consumer yields from its hand before it gives their room back to
+/// the producers (one lock per batch, not per item): a quarter of the capacity.
+pub(crate) fn credit_batch(buffer: Buffer) -> usize {
+    buffer
+        .capacity()
+        .map_or(usize::MAX, |capacity| (capacity / 4).max(1))
 }
 
 impl<T> fmt::Debug for Queue<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Queue")
             .field("len", &self.items.len())
+            .field("in_hand", &self.in_hand)
             .field("buffer", &self.buffer)
             .finish()
     }

@@ -12,16 +12,21 @@ use std::task::{Context, Poll, Waker};
 
 use tokio::runtime::Id;
 
-use super::buffer::{Pushed, Queue};
+use crate::sync::Ordering::Relaxed;
+
+use super::buffer::{credit_batch, hand, Pushed, Queue};
 use super::{Buffer, Emit, Overflow};
 use crate::runtime::blocking;
-use crate::sync::{current, park, Mutex, MutexGuard, PoisonError, Thread};
+use crate::sync::{current, park, spin_until, AtomicUsize, Mutex, MutexGuard, PoisonError, Thread};
 use crate::unwind::{drop_quietly, drop_quietly_if_some, quietly};
 
 /// The producers' and the consumer's shared state.
 pub(crate) struct Channel<T, E> {
     inner: Mutex<Inner<T, E>>,
     overflow: Option<Overflow>,
+    /// Bumped by each pop while a producer spins for room (`Inner::spinning`): what
+    /// the spinning producer watches, without taking the lock.
+    pops: AtomicUsize,
 }
 
 struct Inner<T, E> {
@@ -31,8 +36,12 @@ struct Inner<T, E> {
     /// that wakes it.
     consumer: Option<Waker>,
     /// Producers waiting for room in a full [`Overflow::Suspend`] buffer, or for the
-    /// end of the stream: all notified at the next pop or at the end.
+    /// end of the stream: all notified by the pop that leaves the buffer half empty
+    /// (one wake-up per half buffer, not per item), or at the end.
     waiting: Vec<Ready>,
+    /// A blocked producer spins for room before it parks: each pop bumps
+    /// `Channel::pops` while this is set.
+    spinning: bool,
     /// Live [`Emitter`](super::Emitter)s: the last one dropped while the stream is open
     /// abandons it.
     emitters: usize,
@@ -70,6 +79,36 @@ pub(crate) enum Ready {
     Thread(Thread),
     /// A callback given to `when_ready`.
     Callback(Box<dyn FnOnce() + Send>),
+}
+
+/// The consumer's own state, outside the lock: the batch of items it took out of the
+/// buffer and has not yielded yet, and an empty list to swap for the list of waiting
+/// producers, so that notifying them allocates nothing.
+pub(crate) struct Hand<T> {
+    items: VecDeque<T>,
+    /// Items yielded from `items` whose room is not yet given back to the producers.
+    yielded: usize,
+    /// How many yielded items are given back at once.
+    credit_batch: usize,
+    spare: Vec<Ready>,
+}
+
+impl<T> Hand<T> {
+    pub(crate) fn new(buffer: Buffer) -> Hand<T> {
+        Hand {
+            items: hand(buffer),
+            yielded: 0,
+            credit_batch: credit_batch(buffer),
+            spare: Vec::new(),
+        }
+    }
+
+    /// Drops the items never yielded, each panic caught: the stream is being dropped.
+    pub(crate) fn drop_items_quietly(&mut self) {
+        for item in self.items.drain(..) {
+            drop_quietly(item);
+        }
+    }
 }
 
 /// What to do once the lock is released: wake the consumer, notify waiting producers.
@@ -132,10 +171,12 @@ impl<T, E> Channel<T, E> {
                 end: End::Open,
                 consumer: None,
                 waiting: Vec::new(),
+                spinning: false,
                 emitters: 0,
                 consumer_runtime: None,
             }),
             overflow: buffer.overflow(),
+            pops: AtomicUsize::new(0),
         }
     }
 
@@ -165,8 +206,22 @@ impl<T, E> Channel<T, E> {
         let mut slot = Some(item);
         let waited = blocking(consumer_runtime, || {
             let thread = current();
+            let mut spun = false;
             loop {
                 let mut inner = self.lock();
+                if inner.must_wait(self.overflow) && !spun {
+                    // Room usually comes within microseconds, while the consumer reads:
+                    // spin for it (briefly, see `spin_until`) rather than sleep and be
+                    // woken, which costs both threads a system call.
+                    inner.spinning = true;
+                    // ORDERING: a hint only; the lock is taken again to check.
+                    let seen = self.pops.load(Relaxed);
+                    drop(inner);
+                    spun = true;
+                    // ORDERING: as above.
+                    spin_until(|| self.pops.load(Relaxed) != seen, None);
+                    continue;
+                }
                 if inner.must_wait(self.overflow) {
                     inner.waiting.push(Ready::Thread(thread.clone()));
                     drop(inner);
@@ -251,18 +306,24 @@ impl<T, E> Channel<T, E> {
         self.lock().consumer_runtime = runtime;
     }
 
-    /// The consumer's poll: the next item, else the end, else `Pending` with the waker
-    /// stored. `spare` is the consumer's empty list that it swaps for the list of
-    /// waiting producers, so that notifying them allocates nothing.
+    /// The consumer's poll: the next item (from its hand, without the lock, when it
+    /// holds some), else the end, else `Pending` with the waker stored.
     pub(crate) fn poll_next(
         &self,
         cx: &mut Context<'_>,
-        spare: &mut Vec<Ready>,
+        hand: &mut Hand<T>,
     ) -> Poll<Result<T, Ended<E>>> {
+        if let Some(item) = hand.items.pop_front() {
+            hand.yielded += 1;
+            if hand.yielded >= hand.credit_batch {
+                self.give_back(hand);
+            }
+            return Poll::Ready(Ok(item));
+        }
         let mut inner = self.lock();
-        if let Some(ready) = Self::take_next(&mut inner, spare) {
+        if let Some(ready) = self.take_next(&mut inner, hand) {
             drop(inner);
-            notify(spare.drain(..));
+            notify(hand.spare.drain(..));
             return Poll::Ready(ready);
         }
         if inner
@@ -277,9 +338,9 @@ impl<T, E> Channel<T, E> {
         drop(inner);
         let waker = cx.waker().clone();
         let mut inner = self.lock();
-        if let Some(ready) = Self::take_next(&mut inner, spare) {
+        if let Some(ready) = self.take_next(&mut inner, hand) {
             drop(inner);
-            notify(spare.drain(..));
+            notify(hand.spare.drain(..));
             drop(waker);
             return Poll::Ready(ready);
         }
@@ -289,13 +350,25 @@ impl<T, E> Channel<T, E> {
         Poll::Pending
     }
 
-    /// The next item or the end, if there is one; moves the waiting producers to `spare`
-    /// when an item makes room.
-    fn take_next(inner: &mut Inner<T, E>, spare: &mut Vec<Ready>) -> Option<Result<T, Ended<E>>> {
-        if let Some(item) = inner.queue.pop() {
-            if !inner.waiting.is_empty() {
-                mem::swap(&mut inner.waiting, spare);
-            }
+    /// Gives the room of the items yielded from the hand back to the producers.
+    fn give_back(&self, hand: &mut Hand<T>) {
+        let mut inner = self.lock();
+        inner.queue.yielded(mem::take(&mut hand.yielded));
+        self.made_room(&mut inner, &mut hand.spare);
+        drop(inner);
+        notify(hand.spare.drain(..));
+    }
+
+    /// The next item or the end, for a consumer whose hand is empty; moves the producers
+    /// to notify to the hand's spare list.
+    fn take_next(
+        &self,
+        inner: &mut Inner<T, E>,
+        hand: &mut Hand<T>,
+    ) -> Option<Result<T, Ended<E>>> {
+        inner.queue.yielded(mem::take(&mut hand.yielded));
+        if let Some(item) = inner.queue.pop_into(&mut hand.items) {
+            self.made_room(inner, &mut hand.spare);
             return Some(Ok(item));
         }
         let ended = match mem::replace(&mut inner.end, End::Closed) {
@@ -310,6 +383,20 @@ impl<T, E> Channel<T, E> {
             End::Closed => Ended::Finished,
         };
         Some(Err(ended))
+    }
+
+    /// The consumer made room: tell a spinning producer at once, and move the parked
+    /// ones and the `when_ready` callbacks to `spare` once the buffer is half empty.
+    fn made_room(&self, inner: &mut Inner<T, E>, spare: &mut Vec<Ready>) {
+        if inner.spinning {
+            inner.spinning = false;
+            // ORDERING: a hint for the spinning producer, which takes the lock to read
+            // the state.
+            self.pops.fetch_add(1, Relaxed);
+        }
+        if !inner.waiting.is_empty() && inner.queue.is_half_empty() {
+            mem::swap(&mut inner.waiting, spare);
+        }
     }
 
     /// The consumer is gone: refuse every later item, and drop (outside the lock, each

@@ -82,7 +82,10 @@ impl<T, E> Emitter<T, E> {
     ///
     /// # Blocking
     ///
-    /// Parks the thread until the consumer reads an item or the stream closes. On a
+    /// Spins briefly (a few microseconds at most, less for a thread whose waits have been
+    /// long), since the consumer usually makes room within that time; then parks the
+    /// thread until the consumer has read the full buffer down to half its capacity, or
+    /// the stream closes. On a
     /// multi-thread tokio worker it blocks inside `block_in_place`. On the thread that
     /// drives the current-thread runtime the consumer was first polled on, it returns
     /// [`Emit::WouldDeadlock`] at once with the item, since that consumer could never
@@ -111,10 +114,12 @@ impl<T, E> Emitter<T, E> {
         self.channel.emit_blocking(item)
     }
 
-    /// Runs `ready` once an emit would not find a full
-    /// [`Overflow::Suspend`](super::Overflow::Suspend) buffer, or the stream is closed:
-    /// at once, on this thread, if that is already so; otherwise on the thread that makes
-    /// room (the consumer's poll) or closes the stream. This is the "pause, and resume
+    /// Runs `ready` once a full [`Overflow::Suspend`](super::Overflow::Suspend) buffer
+    /// has room again, or the stream is closed: at once, on this thread, if the buffer is
+    /// not full (or the stream closed); otherwise on the thread that makes room (the
+    /// consumer's poll) or closes the stream. A full buffer reports room once the
+    /// consumer has read it down to half its capacity, so that a paused producer resumes
+    /// for a batch of items, not for each one. This is the "pause, and resume
     /// when told" of a C producer: on [`Emit::Full`], keep the item, return "pause" to
     /// the library, and resume it from `ready`.
     ///

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 
 use futures::stream::{FusedStream, Stream};
 
-use super::channel::{Channel, Ended, Ready};
+use super::channel::{Channel, Ended, Hand};
 use super::{Buffer, Emitter};
 use crate::runtime::current_thread_runtime;
 use crate::unwind::{catch, drop_quietly, quietly};
@@ -152,7 +152,7 @@ where
     EventStream {
         channel: Arc::new(Channel::new(buffer)),
         stage: Stage::Unregistered(register),
-        spare: Vec::new(),
+        hand: Hand::new(buffer),
     }
 }
 
@@ -164,9 +164,8 @@ where
 pub struct EventStream<T, E = Error> {
     channel: Arc<Channel<T, E>>,
     stage: Stage<T, E>,
-    /// An empty list, swapped for the producers waiting for room, so that notifying
-    /// them allocates nothing.
-    spare: Vec<Ready>,
+    /// The consumer's side of the channel: items taken out in a batch, not yet yielded.
+    hand: Hand<T>,
 }
 
 enum Stage<T, E> {
@@ -215,7 +214,7 @@ impl<T, E: From<Error>> Stream for EventStream<T, E> {
             Stage::Done => return Poll::Ready(None),
             registered @ Stage::Registered(_) => this.stage = registered,
         }
-        let ended = match this.channel.poll_next(cx, &mut this.spare) {
+        let ended = match this.channel.poll_next(cx, &mut this.hand) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Ok(item)) => return Poll::Ready(Some(Ok(item))),
             Poll::Ready(Err(ended)) => ended,
@@ -232,6 +231,9 @@ impl<T, E: From<Error>> Stream for EventStream<T, E> {
     }
 }
 
+/// Items are moved out of the buffer, never pinned in it.
+impl<T, E> Unpin for EventStream<T, E> {}
+
 impl<T, E: From<Error>> FusedStream for EventStream<T, E> {
     fn is_terminated(&self) -> bool {
         matches!(self.stage, Stage::Done)
@@ -243,6 +245,7 @@ impl<T, E: From<Error>> FusedStream for EventStream<T, E> {
 impl<T, E> Drop for EventStream<T, E> {
     fn drop(&mut self) {
         self.channel.close();
+        self.hand.drop_items_quietly();
         match mem::replace(&mut self.stage, Stage::Done) {
             Stage::Unregistered(register) => drop_quietly(register),
             Stage::Registered(unregister) => quietly(unregister),
