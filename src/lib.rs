@@ -28,6 +28,7 @@
 //! | `AsyncCallback` | [`AsyncCallback`] (given to Begin), [`ApmCallback`] (given by [`from_apm`]) |
 //! | `TaskCompletionSource` | [`Completer`] |
 //! | (Node) `util.promisify` / `util.callbackify` | [`from_callback`] / [`callbackify`] |
+//! | an event (`OnData += handler`); (Kotlin) `callbackFlow`; (Swift) `AsyncStream` | [`stream::from_events`] |
 //!
 //! # Example: both directions
 //!
@@ -111,6 +112,23 @@
 //! 18. No user code runs while the crate holds a lock, `Waker::clone` included.
 //! 19. Dropping any of the crate's futures returns promptly: no blocking, no spinning.
 //!
+//! Multi-shot callbacks to a stream ([`stream::from_events`]):
+//!
+//! 20. Lazy: nothing registers until the first poll; then the register closure runs
+//!     exactly once.
+//! 21. The registration is undone exactly once: by the poll that yields the stream's
+//!     end, or by the stream's drop; a registration that failed has nothing to undo.
+//! 22. The buffer is explicit ([`stream::Buffer`]: bounded with an
+//!     [`Overflow`](stream::Overflow) policy, latest only, or unbounded by name), and
+//!     every emit reports what became of the item ([`stream::Emit`]), handing back any
+//!     item the stream did not keep. No emit blocks except
+//!     [`emit_blocking`](stream::Emitter::emit_blocking), which follows rule 12.
+//! 23. Every item emitted is yielded, handed back, or dropped by the stream exactly
+//!     once; items are yielded in the order they were queued.
+//! 24. The stream ends after the items it holds: with the end, the producer's error,
+//!     [`Error::Overflow`], or, when every emitter was dropped first,
+//!     [`Error::Abandoned`]: nobody waits forever for a producer that went away.
+//!
 //! # Blocking and deadlocks
 //!
 //! [`AsyncResult::end`], [`wait`](AsyncResult::wait) and
@@ -179,6 +197,10 @@
 //! | `Waker::wake`, and `Drop` of a waker, when the operation completes | the completing thread | discarded; every other waiter, blocked thread and the callback still run |
 //! | `Waker::clone` | the polling thread | propagates out of `poll`; the handle stays usable (no lock is held, so the clone may call back into the operation) |
 //! | [`Spawner::spawn`], [`Spawner::enter`], [`Spawner::tokio_handle`] | the caller of `begin` | propagates out of `begin`. If the task was lost (never handed over, or dropped within `spawn`), the operation first completes inside Begin with [`Abandonment::TaskDropped`] and its callback runs; a task the spawner kept runs on |
+//! | [`stream::from_events`]' register closure, and the unregister call when the stream ends | the thread polling the stream | propagates out of `poll`; a stream whose register panicked has ended |
+//! | the unregister call in the stream's drop, `Drop` of the items it still holds | the dropping thread | discarded |
+//! | [`Emitter::when_ready`](stream::Emitter::when_ready)'s callback | the caller, when there is room already (propagates); else the thread that made room or closed the stream | discarded there |
+//! | the stream's `Waker::wake`, on an emit | the producer's thread | discarded: the emit returns what became of the item |
 //! | `Drop` of a result nobody took, of a [`State`], of a callback that never ran, of the closures given to the crate | whichever owner drops it | discarded |
 //!
 //! So [`Completer::complete`], a `Completer`'s drop, [`ApmCallback::call`] and

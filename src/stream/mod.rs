@@ -6,19 +6,27 @@
 //! on the stream's first poll and hands it an [`Emitter`]; every emit says what became
 //! of the item ([`Emit`]); the [`Registration`] it returns is undone exactly once.
 //!
-//! Rules (numbered after the crate's first 19):
+//! The crate's rules 20 to 24 are this module's contract: see
+//! [Guarantees](crate#guarantees).
 //!
-//! 20. Nothing starts until the first poll; then the register closure runs exactly once.
-//! 21. The registration is undone exactly once: when the stream yields its end, or when
-//!     it is dropped; never for a registration that failed.
-//! 22. The buffer is explicit ([`Buffer`]): no hidden default capacity. Every emit
-//!     reports what happened ([`Emit`]), handing back any item the stream did not keep;
-//!     no emit blocks but [`Emitter::emit_blocking`], which follows rule 12.
-//! 23. Every item emitted is either yielded or dropped exactly once: refused and
-//!     evicted items go back to the producer; the stream's drop drops what it still
-//!     buffers.
-//! 24. A stream whose producers all went away without finishing ends with
-//!     [`Error::Abandoned`](crate::Error::Abandoned): nobody waits forever.
+//! # Examples
+//!
+//! ```
+//! use apm_tap::stream::{from_events, Buffer, Overflow};
+//! use futures::StreamExt;
+//!
+//! let lines = from_events(Buffer::bounded(16, Overflow::Suspend), |emitter| {
+//!     let reader = std::thread::spawn(move || {
+//!         for line in ["one", "two"] {
+//!             let _ = emitter.emit_blocking(line.to_owned());
+//!         }
+//!         emitter.finish();
+//!     });
+//!     Ok::<_, apm_tap::Error>(move || reader.join().unwrap())
+//! });
+//! let lines: Vec<String> = futures::executor::block_on(lines.map(Result::unwrap).collect());
+//! assert_eq!(lines, ["one", "two"]);
+//! ```
 
 mod buffer;
 mod channel;
