@@ -57,6 +57,10 @@ pub enum Error {
     /// items it holds.
     #[error("stream buffer overflowed")]
     Overflow,
+    /// A [`Subscriber`](crate::stream::Subscriber) requested zero items, which ends its
+    /// subscription (Reactive Streams rule 3.9).
+    #[error("a subscriber requested zero items")]
+    ZeroDemand,
 }
 
 /// Which side went away without finishing an operation: the reason inside

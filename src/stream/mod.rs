@@ -1,5 +1,6 @@
 //! Multi-shot callbacks and streams: [`from_events`] turns an event subscription into a
-//! [`Stream`](futures::Stream) with an explicit [`Buffer`].
+//! [`Stream`](futures::Stream) with an explicit [`Buffer`]; [`subscribe`] pushes any
+//! stream to a set of callbacks, with demand.
 //!
 //! A legacy API that calls back many times (`OnData`, `OnChange`, a chunked read, a
 //! progress callback) is a stream, not a future. [`from_events`] registers the callback
@@ -32,7 +33,9 @@ mod buffer;
 mod channel;
 mod emitter;
 mod from_events;
+mod subscribe;
 
 pub use buffer::{Buffer, Emit, Overflow};
 pub use emitter::Emitter;
 pub use from_events::{from_events, EventStream, Registration};
+pub use subscribe::{subscribe, subscribe_on, Demand, Subscriber, Subscription};
