@@ -99,7 +99,7 @@ impl<T> Hand<T> {
             items: hand(buffer),
             yielded: 0,
             credit_batch: credit_batch(buffer),
-            spare: Vec::new(),
+            spare: waiting_list(buffer),
         }
     }
 
@@ -108,6 +108,18 @@ impl<T> Hand<T> {
         for item in self.items.drain(..) {
             drop_quietly(item);
         }
+    }
+}
+
+/// An empty list of waiting producers. For a [`Overflow::Suspend`] buffer it has room
+/// for a few: the consumer swaps it with its spare one, and a producer parks with at
+/// most two entries in it (one more after a stray wake-up), so that waiting for room
+/// allocates nothing.
+fn waiting_list(buffer: Buffer) -> Vec<Ready> {
+    if buffer.overflow() == Some(Overflow::Suspend) {
+        Vec::with_capacity(4)
+    } else {
+        Vec::new()
     }
 }
 
@@ -170,7 +182,7 @@ impl<T, E> Channel<T, E> {
                 queue: Queue::new(buffer),
                 end: End::Open,
                 consumer: None,
-                waiting: Vec::new(),
+                waiting: waiting_list(buffer),
                 spinning: false,
                 emitters: 0,
                 consumer_runtime: None,
