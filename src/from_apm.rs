@@ -101,7 +101,8 @@ impl fmt::Debug for ApmCallback {
 /// ```
 impl<T> From<ApmCallback> for AsyncCallback<T> {
     fn from(callback: ApmCallback) -> Self {
-        AsyncCallback::new(move |_: AsyncResult<T>| callback.call())
+        // `call` runs no user code: the legacy side's own callback is not this one.
+        AsyncCallback::internal(move |_: AsyncResult<T>| callback.call())
     }
 }
 

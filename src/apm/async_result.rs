@@ -428,6 +428,23 @@ impl<T> AsyncCallback<T> {
     pub fn new<F>(f: F) -> Self
     where
         F: FnOnce(AsyncResult<T>) + Send + 'static,
+        T: 'static,
+    {
+        // Through the per-thread trampoline (`crate::trampoline`): a callback that
+        // begins an operation completing at once does not run that one's callback ever
+        // deeper down the stack.
+        AsyncCallback(Some(Box::new(move |handle| {
+            if let Err(payload) = crate::trampoline::run(move || f(handle)) {
+                std::panic::resume_unwind(payload);
+            }
+        })))
+    }
+
+    /// A callback of the crate's own that runs no user code (so needs no trampoline),
+    /// for any `T`.
+    pub(crate) fn internal<F>(f: F) -> Self
+    where
+        F: FnOnce(AsyncResult<T>) + Send + 'static,
     {
         AsyncCallback(Some(Box::new(f)))
     }
@@ -473,6 +490,7 @@ impl<T> AsyncCallback<T> {
 impl<T, F> From<F> for AsyncCallback<T>
 where
     F: FnOnce(AsyncResult<T>) + Send + 'static,
+    T: 'static,
 {
     fn from(f: F) -> Self {
         AsyncCallback::new(f)

@@ -7,7 +7,7 @@
 //! on the stream's first poll and hands it an [`Emitter`]; every emit says what became
 //! of the item ([`Emit`]); the [`Registration`] it returns is undone exactly once.
 //!
-//! The crate's rules 20 to 24 are this module's contract: see
+//! The crate's rules 20 to 25 are this module's contract: see
 //! [Guarantees](crate#guarantees).
 //!
 //! # Examples
