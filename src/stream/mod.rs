@@ -1,6 +1,7 @@
 //! Multi-shot callbacks and streams: [`from_events`] turns an event subscription into a
 //! [`Stream`](futures::Stream) with an explicit [`Buffer`]; [`subscribe`] pushes any
-//! stream to a set of callbacks, with demand.
+//! stream to a set of callbacks, with demand; [`Puller`] reads one with Begin/End
+//! pairs.
 //!
 //! A legacy API that calls back many times (`OnData`, `OnChange`, a chunked read, a
 //! progress callback) is a stream, not a future. [`from_events`] registers the callback
@@ -33,9 +34,11 @@ mod buffer;
 mod channel;
 mod emitter;
 mod from_events;
+mod pull;
 mod subscribe;
 
 pub use buffer::{Buffer, Emit, Overflow};
 pub use emitter::Emitter;
 pub use from_events::{from_events, EventStream, Registration};
+pub use pull::Puller;
 pub use subscribe::{subscribe, subscribe_on, Demand, Subscriber, Subscription};

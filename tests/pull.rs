@@ -1,0 +1,173 @@
+//! `stream::Puller`: a stream read with Begin/End pairs.
+
+mod common;
+
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+
+use apm_tap::stream::{from_events, Buffer, Emitter, EventStream, Puller};
+use apm_tap::{AsyncCallback, AsyncResult, Error, State};
+use futures::StreamExt;
+
+type Item = Option<Result<u32, Error>>;
+
+/// A puller over a callback stream, and that stream's emitter (once the first pull
+/// registered it).
+fn puller() -> (Puller<EventStream<u32>>, mpsc::Receiver<Emitter<u32>>) {
+    let (give, take) = mpsc::channel();
+    let events = from_events(Buffer::unbounded(), move |emitter| {
+        give.send(emitter).unwrap();
+        Ok::<_, Error>(|| {})
+    });
+    (Puller::new(events), take)
+}
+
+#[test]
+fn a_buffered_item_completes_the_pull_inside_begin_next() {
+    let pull = Puller::new(futures::stream::iter([1_u32, 2]));
+    let (tx, rx) = mpsc::channel();
+    let handle = pull.begin_next(
+        move |h: AsyncResult<Option<u32>>| {
+            tx.send((
+                h.completed_synchronously(),
+                h.state().downcast_ref::<&str>().copied(),
+            ))
+            .unwrap()
+        },
+        State::new("mine"),
+    );
+    // The callback ran inside `begin_next`.
+    assert_eq!(rx.try_recv(), Ok((true, Some("mine"))));
+    assert_eq!(pull.end_next(handle), Ok(Some(1)));
+}
+
+#[test]
+fn a_pull_waits_for_its_item_and_calls_back_with_it() {
+    let (pull, emitters) = puller();
+    let (tx, rx) = mpsc::channel();
+    let handle = pull.begin_next(
+        move |h: AsyncResult<Item>| tx.send(h.end()).unwrap(),
+        State::none(),
+    );
+    assert!(!handle.completed_synchronously());
+    assert!(!handle.is_completed());
+    let emitter = emitters.recv().unwrap();
+    let _ = emitter.emit(9);
+    assert_eq!(rx.recv().unwrap(), Ok(Some(Ok(9))));
+    assert!(!handle.completed_synchronously());
+    assert_eq!(handle.end(), Err(Error::AlreadyEnded));
+}
+
+#[test]
+fn pulls_are_served_in_the_order_they_were_begun() {
+    let (pull, emitters) = puller();
+    let handles: Vec<_> = (0..3)
+        .map(|_| pull.begin_next(AsyncCallback::none(), State::none()))
+        .collect();
+    let emitter = emitters.recv().unwrap();
+    for i in 0..3 {
+        let _ = emitter.emit(i);
+    }
+    let items: Vec<Item> = handles.into_iter().map(|h| h.end().unwrap()).collect();
+    assert_eq!(items, [Some(Ok(0)), Some(Ok(1)), Some(Ok(2))]);
+}
+
+#[test]
+fn a_cancelled_pull_loses_no_item() {
+    let (pull, emitters) = puller();
+    let cancelled = pull.begin_next(AsyncCallback::none(), State::none());
+    let emitter = emitters.recv().unwrap();
+    cancelled.cancel();
+    assert_eq!(cancelled.end(), Err(Error::Cancelled));
+    let _ = emitter.emit(5);
+    let next = pull.begin_next(AsyncCallback::none(), State::none());
+    assert_eq!(pull.end_next(next), Ok(Some(Ok(5))));
+}
+
+#[test]
+fn after_the_end_every_pull_returns_none() {
+    let (pull, emitters) = puller();
+    let first = pull.begin_next(AsyncCallback::none(), State::none());
+    let emitter = emitters.recv().unwrap();
+    let _ = emitter.emit(1);
+    emitter.finish();
+    assert_eq!(first.end(), Ok(Some(Ok(1))));
+    for _ in 0..3 {
+        let handle = pull.begin_next(AsyncCallback::none(), State::none());
+        assert!(handle.completed_synchronously());
+        assert_eq!(handle.end(), Ok(None));
+    }
+}
+
+#[test]
+fn a_panicking_stream_fails_its_pull_and_later_pulls_see_the_end() {
+    let stream = futures::stream::iter([1_u32, 2, 3]).map(|i| {
+        if i == 2 {
+            panic!("stream failed on {i}");
+        }
+        i
+    });
+    let pull = Puller::new(stream);
+    assert_eq!(
+        pull.begin_next(AsyncCallback::none(), State::none()).end(),
+        Ok(Some(1))
+    );
+    let failed = common::panic_message(pull.begin_next(AsyncCallback::none(), State::none()).end());
+    assert_eq!(failed, Ok(Some("stream failed on 2".to_owned())));
+    assert_eq!(
+        pull.begin_next(AsyncCallback::none(), State::none()).end(),
+        Ok(None)
+    );
+}
+
+#[test]
+fn pulls_from_eight_threads_get_each_item_exactly_once() {
+    let per_thread = if cfg!(miri) { 5 } else { 500 };
+    let pull = Puller::new(futures::stream::iter(0..8 * per_thread));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let (pull, seen) = (pull.clone(), Arc::clone(&seen));
+            thread::spawn(move || {
+                for _ in 0..per_thread {
+                    let item = pull.begin_next(AsyncCallback::none(), State::none()).end();
+                    seen.lock().unwrap().push(item.unwrap().unwrap());
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..8 * per_thread).collect::<Vec<_>>());
+}
+
+/// A legacy loop: each pull's callback begins the next one.
+fn pull_step(pull: Puller<futures::stream::Iter<std::ops::Range<u64>>>, done: mpsc::Sender<u64>) {
+    let next = pull.clone();
+    drop(pull.begin_next(
+        move |h: AsyncResult<Option<u64>>| match h.end().unwrap() {
+            Some(_) => pull_step(next, done),
+            None => done.send(0).unwrap(),
+        },
+        State::none(),
+    ));
+}
+
+#[test]
+fn a_begin_next_loop_over_a_million_buffered_items_on_a_small_stack() {
+    let n = if cfg!(miri) { 100 } else { 1_000_000 };
+    let finished = thread::Builder::new()
+        .stack_size(128 * 1024)
+        .spawn(move || {
+            let (done, finished) = mpsc::channel();
+            pull_step(Puller::new(futures::stream::iter(0..n)), done);
+            finished.try_recv().is_ok()
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(finished, "every pull completed inside the first begin_next");
+}
