@@ -85,7 +85,7 @@
 //!    (that poll finishes it, or the spawner runs or drops the task within `spawn`),
 //!    `completed_synchronously` is true and the callback runs on the calling thread
 //!    before `begin` returns (after the callback it is nested in, if that one is
-//!    already 16 callbacks deep: rule 26); otherwise it is false forever and the
+//!    already 16 callbacks deep: rule 28); otherwise it is false forever and the
 //!    callback never runs inside `begin`.
 //! 10. The callback runs exactly once, after the result is stored, with a clone of the
 //!     handle: `end` inside it does not block.
@@ -139,9 +139,20 @@
 //!     ends the subscription with [`Error::ZeroDemand`]; `cancel` is idempotent and
 //!     thread-safe; `request` inside `on_next` returns at once, never recursing.
 //!
+//! Progress ([`progress`]):
+//!
+//! 26. Progress never outlives completion: every report made before the operation
+//!     completed is delivered (or conflated into a later delivered one) before its
+//!     result is observable (the stream's [`Update::Done`](progress::Update::Done), the
+//!     future's output, the APM callback, `end`); reports after it are refused with
+//!     [`Emit::Closed`](stream::Emit::Closed).
+//! 27. Reports are delivered in the order they were queued, one at a time (a handler
+//!     never runs twice at once); the default buffer conflates, with no allocation per
+//!     report, and [`Progress::none`](progress::Progress::none) costs a branch.
+//!
 //! Wherever callbacks run:
 //!
-//! 26. No stack dives: a thread runs at most 16 of the crate's callbacks nested in one
+//! 28. No stack dives: a thread runs at most 16 of the crate's callbacks nested in one
 //!     another; a callback that would start deeper (a legacy loop "Begin -> callback ->
 //!     Begin" whose operations complete at once, in `begin` or in
 //!     [`Completer::complete`]) runs on the same thread once the outermost callback
@@ -212,7 +223,7 @@
 //! | the future given to [`begin`]: its `poll` | the caller of `begin`, then the executor | caught: the operation completes with [`Error::Panicked`], the callback still runs |
 //! | the future's `Drop` | the caller of `begin` or the executor | discarded; the result is delivered |
 //! | the callback, when the operation completes inside `begin` | the caller of `begin` | propagates out of `begin`, after the result is stored |
-//! | a callback queued by rule 26 (nested 16 deep) | the thread of the outermost callback, after it returns | as that outermost callback's panic: propagates out of its `begin`, else discarded; the other queued callbacks still run |
+//! | a callback queued by rule 28 (nested 16 deep) | the thread of the outermost callback, after it returns | as that outermost callback's panic: propagates out of its `begin`, else discarded; the other queued callbacks still run |
 //! | the callback, anywhere else: [`Completer::complete`] or its drop, [`ApmCallback::call`], [`AsyncResult::cancel`], the executor | the completing thread | discarded; the result is stored first |
 //! | `Waker::wake`, and `Drop` of a waker, when the operation completes | the completing thread | discarded; every other waiter, blocked thread and the callback still run |
 //! | `Waker::clone` | the polling thread | propagates out of `poll`; the handle stays usable (no lock is held, so the clone may call back into the operation) |
@@ -221,6 +232,7 @@
 //! | the unregister call in the stream's drop, `Drop` of the items it still holds | the dropping thread | discarded |
 //! | [`Emitter::when_ready`](stream::Emitter::when_ready)'s callback | the caller, when there is room already (propagates); else the thread that made room or closed the stream | discarded there |
 //! | the stream's `Waker::wake`, on an emit | the producer's thread | discarded: the emit returns what became of the item |
+//! | a progress handler ([`Reporting::on_progress`](progress::Reporting::on_progress)) | the task polling the operation | propagates out of `poll`; under [`progress::begin`], ends the operation with [`Error::Panicked`] |
 //! | a [`Subscriber`](stream::Subscriber)'s methods | the subscription's task (its first poll inside [`stream::subscribe`]) | caught: the subscription ends with [`Error::Panicked`], the stream is dropped, no call follows |
 //! | `Drop` of a result nobody took, of a [`State`], of a callback that never ran, of the closures given to the crate | whichever owner drops it | discarded |
 //!
@@ -270,6 +282,7 @@ mod error;
 pub mod ffi;
 mod from_apm;
 mod from_callback;
+pub mod progress;
 mod reaper;
 mod runtime;
 mod state;

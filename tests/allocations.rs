@@ -373,3 +373,27 @@ fn a_blocked_producer_and_its_consumer_allocate_nothing_per_item() {
     );
     assert_eq!(consumer_allocations, 0, "the consumer allocated per item");
 }
+
+#[test]
+fn a_million_conflated_progress_reports_allocate_nothing() {
+    use apm_tap::stream::Emit;
+    on_a_fresh_thread(|| {
+        let reports = if cfg!(miri) { 1_000 } else { 1_000_000 };
+        let (give, take) = std::sync::mpsc::channel();
+        let job = apm_tap::progress::reporting(move |progress| {
+            give.send(progress).unwrap();
+            std::future::pending::<()>()
+        });
+        let mut job = Box::pin(job);
+        let cx = &mut Context::from_waker(noop_waker_ref());
+        assert!(futures::Stream::poll_next(job.as_mut(), cx).is_pending());
+        let progress = take.recv().unwrap();
+        assert_eq!(progress.report(0_u64), Emit::Queued);
+        let (count, ()) = allocations(|| {
+            for i in 1..reports {
+                assert_eq!(progress.report(i), Emit::Evicted(i - 1));
+            }
+        });
+        assert_eq!(count, 0);
+    });
+}

@@ -949,3 +949,44 @@ fn model_23_blocked_producer_released_by_the_consumer() {
         assert_eq!(drops.load(SeqCst), 3);
     });
 }
+
+/// A report races the operation's completion: it is either delivered before the
+/// result or refused, never lost, never after the result, and dropped once.
+#[test]
+fn model_24_progress_report_races_completion() {
+    model(
+        "24 a progress report races the operation's completion",
+        || {
+            use apm_tap::progress::{self, Update};
+            use apm_tap::stream::Emit;
+            use futures::StreamExt;
+            let drops = Arc::new(AtomicUsize::new(0));
+            let (give, take) = mpsc::channel();
+            let job = progress::reporting(move |progress| {
+                give.send(progress).unwrap();
+                async { 7 }
+            });
+            let mut job = Box::pin(job);
+            // `reporting` built the operation (not started): its reporter is out already.
+            let progress = take.recv().unwrap();
+            let counter = Arc::clone(&drops);
+            let reporter = thread::spawn(move || {
+                let outcome = progress.report(DropCounter(counter));
+                let refused = matches!(outcome, Emit::Closed(_));
+                drop(outcome);
+                refused
+            });
+            let updates = loom::future::block_on(job.as_mut().collect::<Vec<_>>());
+            let refused = reporter.join().unwrap();
+            let reported = updates
+                .iter()
+                .filter(|update| matches!(update, Update::Progress(_)))
+                .count();
+            assert!(matches!(updates.last(), Some(Update::Done(7))));
+            assert_eq!(reported, usize::from(!refused));
+            drop(updates);
+            drop(job);
+            assert_eq!(drops.load(SeqCst), 1);
+        },
+    );
+}

@@ -1,6 +1,6 @@
 //! No stack dives: a legacy loop "Begin -> callback -> Begin" whose operations all
 //! complete synchronously runs 10^6 iterations on a thread with a 128 KiB stack, in
-//! both directions (rule 26).
+//! both directions (rule 28).
 
 mod common;
 

@@ -31,7 +31,7 @@
 //! ```
 
 mod buffer;
-mod channel;
+pub(crate) mod channel;
 mod emitter;
 mod from_events;
 mod pull;

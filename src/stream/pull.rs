@@ -20,7 +20,7 @@ type Slot<S> = Arc<Mutex<Option<Pin<Box<Fuse<S>>>>>>;
 /// A pull whose item is already there (buffered in a callback stream, say) completes
 /// inside `begin_next`: [`completed_synchronously`](AsyncResult::completed_synchronously)
 /// is true and its callback has run when `begin_next` returns, as with any
-/// [`begin`](crate::begin) (so a legacy loop checks the flag, or relies on rule 26). The
+/// [`begin`](crate::begin) (so a legacy loop checks the flag, or relies on rule 28). The
 /// pulls are served in the order they were begun, one at a time. A pull that is
 /// cancelled ([`AsyncResult::cancel`]) loses no item: the next pull reads it.
 ///

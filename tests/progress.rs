@@ -1,0 +1,224 @@
+//! Progress reporting: reports never outlive completion, arrive in order and one at a
+//! time, and are refused once the operation completed.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::{mpsc, Arc, Barrier, Mutex};
+use std::thread;
+
+use apm_tap::progress::{self, Progress, Update};
+use apm_tap::stream::{Buffer, Emit};
+use apm_tap::{AsyncResult, Builder, Error};
+use common::DropCounter;
+use futures::StreamExt;
+
+#[test]
+fn reports_racing_completion_are_delivered_before_the_result_or_refused() {
+    for _ in 0..if cfg!(miri) { 3 } else { 200 } {
+        let (give, take) = mpsc::channel::<Progress<u64>>();
+        let (finish, finished) = mpsc::channel::<()>();
+        let job = progress::reporting_with(Buffer::unbounded(), move |progress| {
+            give.send(progress).unwrap();
+            async move {
+                // Completes when told, while the reporter keeps reporting.
+                futures::future::poll_fn(|_| match finished.try_recv() {
+                    Ok(()) => std::task::Poll::Ready(()),
+                    Err(_) => std::task::Poll::Pending,
+                })
+                .await;
+                "done"
+            }
+        });
+        let reporter = thread::spawn(move || {
+            let progress = take.recv().unwrap();
+            let mut accepted = Vec::new();
+            for seq in 0..10_000_u64 {
+                match progress.report(seq) {
+                    Emit::Queued => accepted.push(seq),
+                    Emit::Closed(refused) => {
+                        assert_eq!(refused, seq);
+                        // Once refused, always refused.
+                        assert!(matches!(progress.report(seq + 1), Emit::Closed(_)));
+                        break;
+                    }
+                    other => panic!("unbounded: {:?}", other.is_queued()),
+                }
+                if seq == 100 {
+                    finish.send(()).unwrap();
+                }
+            }
+            accepted
+        });
+        let updates: Vec<Update<u64, &str>> = common::current_thread().block_on(async {
+            let mut job = std::pin::pin!(job);
+            let mut updates = Vec::new();
+            // The job is polled again by every report's wake-up, so it sees the signal.
+            while let Some(update) = job.next().await {
+                updates.push(update);
+            }
+            updates
+        });
+        let accepted = reporter.join().unwrap();
+        let (last, reports) = updates.split_last().unwrap();
+        assert_eq!(*last, Update::Done("done"));
+        let delivered: Vec<u64> = reports
+            .iter()
+            .map(|update| match update {
+                Update::Progress(seq) => *seq,
+                Update::Done(_) => panic!("one result, last"),
+            })
+            .collect();
+        assert_eq!(
+            delivered, accepted,
+            "every accepted report, in order, before the result"
+        );
+    }
+}
+
+#[test]
+fn reports_from_eight_threads_arrive_in_per_thread_order_one_at_a_time() {
+    for buffer in [Buffer::unbounded(), Buffer::latest()] {
+        let per_thread = if cfg!(miri) { 20 } else { 2_000 };
+        let start = Arc::new(Barrier::new(8));
+        let (give, take) = mpsc::channel();
+        let job = progress::reporting_with(buffer, move |progress: Progress<(usize, u64)>| {
+            let reporters: Vec<_> = (0..8)
+                .map(|thread| {
+                    let (progress, start) = (progress.clone(), Arc::clone(&start));
+                    thread::spawn(move || {
+                        start.wait();
+                        (0..per_thread)
+                            .filter(|&seq| progress.report((thread, seq)) == Emit::Queued)
+                            .count()
+                    })
+                })
+                .collect();
+            give.send(()).unwrap();
+            async move {
+                reporters
+                    .into_iter()
+                    .map(|reporter| reporter.join().unwrap())
+                    .sum::<usize>()
+            }
+        });
+        let inside = AtomicBool::new(false);
+        let mut last = [None::<u64>; 8];
+        let mut handled = 0;
+        let queued = futures::executor::block_on(job.on_progress(|(thread, seq)| {
+            assert!(!inside.swap(true, SeqCst), "two handlers at once");
+            assert!(
+                last[thread] < Some(seq),
+                "thread {thread}: {seq} after {:?}",
+                last[thread]
+            );
+            last[thread] = Some(seq);
+            handled += 1;
+            inside.store(false, SeqCst);
+        }));
+        take.recv().unwrap();
+        if buffer == Buffer::unbounded() {
+            assert_eq!(queued, 8 * per_thread as usize);
+            assert_eq!(handled, 8 * per_thread as usize, "nothing lost");
+        } else {
+            assert!(handled >= 1);
+        }
+    }
+}
+
+#[test]
+fn a_report_after_completion_is_refused_and_handed_back() {
+    let (give, take) = mpsc::channel();
+    let job = progress::reporting(move |progress: Progress<String>| {
+        give.send(progress).unwrap();
+        async { 1 }
+    });
+    let updates: Vec<_> = futures::executor::block_on(job.collect());
+    assert_eq!(updates, [Update::Done(1)]);
+    let progress = take.recv().unwrap();
+    assert!(progress.is_closed());
+    assert_eq!(
+        progress.report("late".to_owned()),
+        Emit::Closed("late".to_owned())
+    );
+}
+
+#[test]
+fn the_none_reporter_refuses_everything() {
+    let progress = Progress::none();
+    assert!(progress.is_closed());
+    assert_eq!(progress.clone().report(3), Emit::Closed(3));
+}
+
+#[test]
+fn dropping_the_reader_refuses_later_reports_and_drops_the_unread_once() {
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let (give, take) = mpsc::channel();
+    let job = progress::reporting_with(
+        Buffer::unbounded(),
+        move |progress: Progress<DropCounter>| {
+            give.send(progress).unwrap();
+            futures::future::pending::<()>()
+        },
+    );
+    let mut job = Box::pin(job);
+    let waker = futures::task::noop_waker();
+    let cx = &mut std::task::Context::from_waker(&waker);
+    assert!(futures::Stream::poll_next(job.as_mut(), cx).is_pending());
+    let progress = take.recv().unwrap();
+    for _ in 0..3 {
+        assert!(progress
+            .report(DropCounter(Arc::clone(&dropped)))
+            .is_queued());
+    }
+    drop(job);
+    assert_eq!(dropped.load(SeqCst), 3);
+    let Emit::Closed(late) = progress.report(DropCounter(Arc::clone(&dropped))) else {
+        panic!("refused");
+    };
+    drop(late);
+    assert_eq!(dropped.load(SeqCst), 4);
+}
+
+#[test]
+fn apm_progress_reaches_on_progress_before_the_callback_and_end() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    let at_callback = Arc::new(Mutex::new(Vec::new()));
+    let copy = Arc::clone(&at_callback);
+    let observed = Arc::clone(&seen);
+    let (callback_ran, ran) = mpsc::channel();
+    let handle = Builder::new()
+        .callback(move |handle: AsyncResult<u32>| {
+            *copy.lock().unwrap() = observed.lock().unwrap().clone();
+            callback_ran.send(handle.end()).unwrap();
+        })
+        .begin(
+            progress::reporting_with(Buffer::unbounded(), |progress| async move {
+                for step in 1..=5 {
+                    let _ = progress.report(step);
+                    tokio::task::yield_now().await;
+                }
+                99
+            })
+            .on_progress(move |step: u32| log.lock().unwrap().push(step)),
+        );
+    assert_eq!(ran.recv().unwrap(), Ok(99));
+    assert_eq!(*at_callback.lock().unwrap(), [1, 2, 3, 4, 5]);
+    assert_eq!(handle.end(), Err(Error::AlreadyEnded));
+}
+
+#[test]
+fn a_panicking_progress_handler_ends_the_operation_as_panicked() {
+    let handle = progress::begin(
+        |progress| async move {
+            let _ = progress.report(1);
+            2
+        },
+        |_: u32| panic!("handler failed"),
+    );
+    assert_eq!(
+        common::panic_message(handle.end()),
+        Ok(Some("handler failed".to_owned()))
+    );
+}
