@@ -47,7 +47,13 @@ pub struct Builder<'a, T> {
     callback: AsyncCallback<T>,
     state: State,
     spawner: Option<&'a dyn Spawner>,
+    /// Set by [`dispatch`](Builder::dispatch): makes the callback run where the policy
+    /// says, applied when the operation starts (so before or after `callback`).
+    dispatch: Option<Redirect<T>>,
 }
+
+/// What [`Builder::dispatch`] does to the callback.
+type Redirect<T> = Box<dyn FnOnce(AsyncCallback<T>) -> AsyncCallback<T>>;
 
 impl<T> Builder<'static, T> {
     /// No callback, no state, the ambient or default executor.
@@ -63,6 +69,7 @@ impl<T> Builder<'static, T> {
             callback: AsyncCallback::none(),
             state: State::none(),
             spawner: None,
+            dispatch: None,
         }
     }
 }
@@ -130,6 +137,7 @@ impl<'a, T> Builder<'a, T> {
             callback: self.callback,
             state: self.state,
             spawner: Some(spawner),
+            dispatch: self.dispatch,
         }
     }
 
@@ -154,9 +162,10 @@ impl<'a, T> Builder<'a, T> {
         F: Future<Output = T> + Send + 'static,
         T: Send + 'static,
     {
-        match self.spawner {
-            Some(spawner) => to_apm::start(spawner, future, self.callback, self.state, false),
-            None => to_apm::start_here(future, self.callback, self.state, false),
+        let (callback, state, spawner) = self.into_parts();
+        match spawner {
+            Some(spawner) => to_apm::start(spawner, future, callback, state, false),
+            None => to_apm::start_here(future, callback, state, false),
         }
     }
 
@@ -188,9 +197,10 @@ impl<'a, T> Builder<'a, T> {
         F: Future<Output = T> + Send + 'static,
         T: Send + 'static,
     {
-        let handle = match self.spawner {
-            Some(spawner) => to_apm::start(spawner, future, self.callback, self.state, true),
-            None => to_apm::start_here(future, self.callback, self.state, true),
+        let (callback, state, spawner) = self.into_parts();
+        let handle = match spawner {
+            Some(spawner) => to_apm::start(spawner, future, callback, state, true),
+            None => to_apm::start_here(future, callback, state, true),
         };
         AnyAsyncResult::assume_raw(handle)
     }
@@ -213,7 +223,26 @@ impl<'a, T> Builder<'a, T> {
     /// assert_eq!(handle.state().downcast_ref::<&str>(), Some(&"mine"));
     /// ```
     pub fn completer(self) -> (Completer<T>, AsyncResult<T>) {
-        Completer::with(self.callback, self.state)
+        let (callback, state, _) = self.into_parts();
+        Completer::with(callback, state)
+    }
+
+    /// The callback (redirected as [`dispatch`](Builder::dispatch) said), the state and
+    /// the spawner.
+    fn into_parts(self) -> (AsyncCallback<T>, State, Option<&'a dyn Spawner>) {
+        let callback = match self.dispatch {
+            Some(redirect) => redirect(self.callback),
+            None => self.callback,
+        };
+        (callback, self.state, self.spawner)
+    }
+
+    /// Stores what [`dispatch`](Builder::dispatch) does to the callback.
+    pub(crate) fn with_dispatch(self, redirect: Redirect<T>) -> Self {
+        Builder {
+            dispatch: Some(redirect),
+            ..self
+        }
     }
 }
 

@@ -159,6 +159,12 @@
 //!     returns, in order. Such a loop runs 10^6 iterations on a 128 KiB stack, and so
 //!     does `request` inside [`Subscriber::on_next`](stream::Subscriber::on_next).
 //!
+//! 29. A Begin-side callback runs where [`Builder::dispatch`] says ([`Dispatch`]): by
+//!     default inline, on the thread that completes the operation (rules 9 and 10); else
+//!     posted to a tokio runtime, a [`Spawner`], the blocking pool or a
+//!     [`CallbackThread`], after the result is stored and never inside `begin`. A posted
+//!     callback may end, cancel or begin on its own handle's operation.
+//!
 //! # Blocking and deadlocks
 //!
 //! [`AsyncResult::end`], [`wait`](AsyncResult::wait) and
@@ -277,6 +283,7 @@
 mod apm;
 mod builder;
 mod cell;
+mod dispatch;
 mod error;
 #[cfg(feature = "ffi")]
 pub mod ffi;
@@ -294,6 +301,7 @@ mod unwind;
 
 pub use apm::{AnyAsyncResult, AsyncCallback, AsyncHandle, AsyncResult, Completer, PollHandle};
 pub use builder::Builder;
+pub use dispatch::{CallbackThread, Dispatch};
 pub use error::{flatten, Abandonment, Error, Panic};
 pub use from_apm::{
     from_apm, from_async_result, try_from_apm, ApmCallback, FromApm, FromAsyncResult, TryFromApm,
