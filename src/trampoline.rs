@@ -6,11 +6,12 @@
 //! that callback begins the next operation, which also completes at once, its callback
 //! runs one frame deeper, and so on: 10^6 iterations would overflow any stack. So a
 //! thread runs callbacks nested in one another only up to [`MAX_DEPTH`]; a callback that
-//! would start deeper is queued, and the outermost callback's frame runs the queue, in
-//! order, once that callback returns: same thread, bounded depth (asio's "defer",
-//! Kotlin's Unconfined event loop). Shallow nesting stays inline, so a callback that
-//! completes another operation and then waits for that one's callback (on this thread)
-//! still works, unless it is itself 16 callbacks deep.
+//! would start deeper is queued, and the frame just below the limit runs the queue, in
+//! order, once its own callback returns: same thread, bounded depth (asio's "defer",
+//! Kotlin's Unconfined event loop). The chain finishes before control goes back to
+//! shallower frames, so a callback that begins a chain of synchronous completions and
+//! waits for its end (on this thread) still works, unless it is itself 15 callbacks
+//! deep.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -37,8 +38,8 @@ loom::thread_local! {
     static QUEUE: RefCell<VecDeque<Deferred>> = RefCell::new(VecDeque::new());
 }
 
-/// Runs `callback` now, or, at [`MAX_DEPTH`], queues it for the outermost `run` on this
-/// thread, which runs every queued callback in turn after its own.
+/// Runs `callback` now, or, at [`MAX_DEPTH`], queues it for the `run` just below the
+/// limit on this thread, which runs every queued callback in turn after its own.
 ///
 /// Returns the first panic among the callbacks this call ran, for the caller to
 /// re-raise or discard as its place in the panic table says; a panic never keeps the
@@ -62,13 +63,20 @@ pub(crate) fn run(callback: impl FnOnce() + 'static) -> Result<(), Payload> {
         });
         callback.map_or(Ok(()), catch)
     };
-    let outcome = if depth == 0 { drain(outcome) } else { outcome };
+    // The frame just below the limit runs what was queued above it, before it returns
+    // to shallower frames: the stack stays bounded, and a callback that waits (on this
+    // thread) for a long chain of synchronous completions sees the chain finish.
+    let outcome = if depth == MAX_DEPTH - 1 {
+        drain(outcome)
+    } else {
+        outcome
+    };
     let _ = DEPTH.try_with(|d| d.set(depth));
     outcome
 }
 
-/// Runs the queued callbacks, each at depth 1 (so that they too may nest up to the
-/// limit); keeps the first panic.
+/// Runs the queued callbacks, each at the limit (a callback they complete at once is
+/// queued in turn, and run by this loop); keeps the first panic.
 fn drain(mut outcome: Result<(), Payload>) -> Result<(), Payload> {
     while let Some(next) = QUEUE
         .try_with(|queue| queue.borrow_mut().pop_front())

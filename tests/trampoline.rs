@@ -190,3 +190,34 @@ fn a_panic_in_a_queued_callback_surfaces_in_the_outermost_begin_after_the_rest_r
     assert_eq!(panic.downcast_ref::<&str>(), Some(&"callback 30 failed"));
     assert_eq!(ran.load(SeqCst), 40, "every callback ran");
 }
+
+/// A legacy Begin's "read all" helper: each read completes at once; its callback begins
+/// the next; the helper blocks until the last one called back.
+fn read_all(last: u64) -> u64 {
+    fn read_step(i: u64, last: u64, done: mpsc::Sender<u64>) {
+        let callback = AsyncCallback::new(move |handle: AsyncResult<u64>| {
+            let value = handle.end().unwrap();
+            if value < last {
+                read_step(value + 1, last, done);
+            } else {
+                done.send(value).unwrap();
+            }
+        });
+        drop(legacy_begin(i, callback, State::none()));
+    }
+    let (done, finished) = mpsc::channel();
+    read_step(0, last, done);
+    finished
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the chain never finished")
+}
+
+#[test]
+fn a_callback_that_waits_for_a_long_synchronous_chain_sees_it_finish() {
+    // The review's deadlock: the chain's 17th callback was queued for the outermost
+    // frame, the very one blocked in `read_all`.
+    let (tx, rx) = mpsc::channel();
+    let outer = AsyncCallback::new(move |_: AsyncResult<u64>| tx.send(read_all(40)).unwrap());
+    drop(legacy_begin(0, outer, State::none()));
+    assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(10)), Ok(40));
+}
