@@ -155,8 +155,8 @@
 //! 28. No stack dives: a thread runs at most 16 of the crate's callbacks nested in one
 //!     another; a callback that would start deeper (a legacy loop "Begin -> callback ->
 //!     Begin" whose operations complete at once, in `begin` or in
-//!     [`Completer::complete`]) runs on the same thread once the outermost callback
-//!     returns, in order. Such a loop runs 10^6 iterations on a 128 KiB stack, and so
+//!     [`Completer::complete`]) runs on the same thread, in order, once the callback
+//!     15 deep returns, before control goes back to shallower callbacks. Such a loop runs 10^6 iterations on a 128 KiB stack, and so
 //!     does `request` inside [`Subscriber::on_next`](stream::Subscriber::on_next).
 //!
 //! 29. A Begin-side callback runs where [`Builder::dispatch`] says ([`Dispatch`]): by
@@ -229,7 +229,7 @@
 //! | the future given to [`begin`]: its `poll` | the caller of `begin`, then the executor | caught: the operation completes with [`Error::Panicked`], the callback still runs |
 //! | the future's `Drop` | the caller of `begin` or the executor | discarded; the result is delivered |
 //! | the callback, when the operation completes inside `begin` | the caller of `begin` | propagates out of `begin`, after the result is stored |
-//! | a callback queued by rule 28 (nested 16 deep) | the thread of the outermost callback, after it returns | as that outermost callback's panic: propagates out of its `begin`, else discarded; the other queued callbacks still run |
+//! | a callback queued by rule 28 (nested 16 deep) | the same thread, after the callback 15 deep returns | as that callback's panic would: out of the `begin` that ran it inline, else discarded; the other queued callbacks still run |
 //! | the callback, anywhere else: [`Completer::complete`] or its drop, [`ApmCallback::call`], [`AsyncResult::cancel`], the executor | the completing thread | discarded; the result is stored first |
 //! | `Waker::wake`, and `Drop` of a waker, when the operation completes | the completing thread | discarded; every other waiter, blocked thread and the callback still run |
 //! | `Waker::clone` | the polling thread | propagates out of `poll`; the handle stays usable (no lock is held, so the clone may call back into the operation) |
