@@ -387,3 +387,55 @@ fn a_panic_in_on_complete_is_reported_once_by_the_subscription() {
     }
     assert_eq!(nexts.load(SeqCst), 2);
 }
+
+#[test]
+fn no_signal_follows_a_cancel_that_returned_while_the_stream_was_polled() {
+    // The review's case: the cancel completes (on another thread) during the stream's
+    // `poll_next`, which then yields an item: the item is not delivered.
+    let demand_slot: Arc<Mutex<Option<Demand>>> = Arc::new(Mutex::new(None));
+    let slot = Arc::clone(&demand_slot);
+    let mut n = 0_u64;
+    let stream = futures::stream::poll_fn(move |_| {
+        n += 1;
+        if n == 2 {
+            let demand = slot.lock().unwrap().clone().unwrap();
+            thread::spawn(move || demand.cancel()).join().unwrap();
+        }
+        std::task::Poll::Ready(Some(Ok::<u64, Error>(n)))
+    });
+    let (recorder, signals) = Recorder::new();
+    let runtime = common::multi_thread(1, "subscribe-cancel");
+    let subscription = subscribe_on(&runtime, stream, recorder);
+    *demand_slot.lock().unwrap() = Some(subscription.demand());
+    subscription.request(5);
+    assert_eq!(subscription.end(), Err(Error::Cancelled));
+    assert_eq!(*signals.lock().unwrap(), [Signal::Next(1)]);
+}
+
+#[test]
+fn a_panicking_stream_tells_the_subscriber_and_ends_the_subscription() {
+    let mut n = 0_u64;
+    let stream = futures::stream::poll_fn(move |_| {
+        n += 1;
+        if n == 3 {
+            panic!("stream exploded");
+        }
+        std::task::Poll::Ready(Some(Ok::<u64, Error>(n)))
+    });
+    let (recorder, signals) = Recorder::new();
+    let subscription = subscribe(stream, recorder);
+    subscription.request(10);
+    let ended = subscription.end();
+    assert_eq!(
+        common::panic_message(ended),
+        Ok(Some("stream exploded".to_owned()))
+    );
+    let signals = signals.lock().unwrap();
+    assert_eq!(signals[..2], [Signal::Next(1), Signal::Next(2)]);
+    match &signals[2..] {
+        [Signal::Error(Error::Panicked(panic))] => {
+            assert_eq!(panic.message(), Some("stream exploded"))
+        }
+        other => panic!("not one on_error: {other:?}"),
+    }
+}

@@ -12,13 +12,16 @@ use pin_project::pin_project;
 
 use crate::runtime::Spawner;
 use crate::sync::{Mutex, MutexGuard, PoisonError};
+use crate::unwind::catch;
 use crate::{AsyncResult, Builder, Error};
 
 /// The callbacks a [`subscribe`]d stream calls: `on_next` for each item, up to the
-/// demand requested, then exactly one of `on_error` and `on_complete`.
+/// demand requested, then exactly one of `on_error` and `on_complete`, unless the
+/// subscription was cancelled or a method panicked first.
 ///
 /// Calls are serial (never two at once, each one finished before the next begins) and
-/// none comes after `on_error` or `on_complete`, or after a method panicked.
+/// none comes after `on_error` or `on_complete`, after a `cancel` returned (but the one
+/// running then), or after a method panicked.
 ///
 /// # Examples
 ///
@@ -50,8 +53,8 @@ pub trait Subscriber<T, E>: Send + 'static {
     /// The next item. `demand` requests more ([`Demand::request`]) or cancels; a
     /// request made here returns at once and never calls `on_next` recursively.
     fn on_next(&mut self, item: T, demand: &Demand);
-    /// The stream's error, or [`Error::ZeroDemand`] converted after a request of zero
-    /// items: the last call.
+    /// The stream's error; [`Error::ZeroDemand`] converted after a request of zero
+    /// items; or [`Error::Panicked`] converted when the stream panicked: the last call.
     fn on_error(&mut self, error: E);
     /// The stream ended: the last call.
     fn on_complete(&mut self);
@@ -289,10 +292,13 @@ where
         }
         let result = match this.ahead.take() {
             Some(result) => result,
-            None => match this.stream.poll_next(cx) {
-                Poll::Ready(Some(result)) => result,
-                Poll::Ready(None) => return Poll::Ready(Step::Complete),
-                Poll::Pending => {
+            None => match catch(|| this.stream.poll_next(cx)) {
+                // A panicking stream fails the subscription: the subscriber is told
+                // (`on_error`), and the subscription ends with the same panic.
+                Err(payload) => return Poll::Ready(Step::Stop(Error::from_panic(payload))),
+                Ok(Poll::Ready(Some(result))) => result,
+                Ok(Poll::Ready(None)) => return Poll::Ready(Step::Complete),
+                Ok(Poll::Pending) => {
                     // The stream wakes the task for an item; the demand must wake it
                     // for a cancel.
                     this.demand.register(cx);
@@ -342,6 +348,11 @@ where
                 Poll::Ready(step) => step,
             };
             let this = self.as_mut().project();
+            // A cancel that returned before this point wins: the subscriber hears
+            // nothing more (the item, if any, is dropped with the task).
+            if this.demand.is_cancelled() {
+                return Poll::Ready(Err(Error::Cancelled));
+            }
             match step {
                 Step::Deliver(item) => this.subscriber.on_next(item, this.demand),
                 Step::Fail(error) => {
@@ -352,9 +363,9 @@ where
                     this.subscriber.on_complete();
                     return Poll::Ready(Ok(()));
                 }
-                Step::Stop(Error::ZeroDemand) => {
-                    this.subscriber.on_error(Error::ZeroDemand.into());
-                    return Poll::Ready(Err(Error::ZeroDemand));
+                Step::Stop(stop @ (Error::ZeroDemand | Error::Panicked(_))) => {
+                    this.subscriber.on_error(stop.clone().into());
+                    return Poll::Ready(Err(stop));
                 }
                 Step::Stop(stop) => return Poll::Ready(Err(stop)),
             }
@@ -378,9 +389,11 @@ where
 ///
 /// The subscription ends when the stream does (`on_complete`, or `on_error` with the
 /// stream's error: [`end`](Subscription::end) returns `Ok(())`), when it is cancelled
-/// ([`Error::Cancelled`]), after a request of zero items ([`Error::ZeroDemand`]), or
-/// when a subscriber method panics ([`Error::Panicked`]: no call follows, the stream is
-/// dropped, the panic is reported once, there).
+/// ([`Error::Cancelled`]: no call follows once `cancel` returned, but the one running
+/// then), after a request of zero items ([`Error::ZeroDemand`], also given to
+/// `on_error`), when the stream panics ([`Error::Panicked`], also given to `on_error`),
+/// or when a subscriber method panics ([`Error::Panicked`]: no call follows, the stream
+/// is dropped, the panic is reported once, there).
 ///
 /// # Panics
 ///
