@@ -12,7 +12,7 @@ use std::time::Instant;
 pub(crate) use std::{
     sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering},
     sync::{Mutex, MutexGuard, PoisonError},
-    thread::{current, park, Thread},
+    thread::{current, park, Thread, ThreadId},
     thread_local,
 };
 
@@ -21,7 +21,7 @@ pub(crate) use loom::{
     cell::UnsafeCell,
     sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering},
     sync::{Mutex, MutexGuard},
-    thread::{current, park, Thread},
+    thread::{current, park, Thread, ThreadId},
     thread_local,
 };
 #[cfg(apm_tap_loom)]

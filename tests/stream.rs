@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::mpsc;
 use std::sync::{Arc, Barrier, Mutex};
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Wake, Waker};
@@ -386,9 +386,14 @@ fn a_panicking_waker_never_reaches_the_producer() {
 
 /// A waker whose clone emits into the stream it is polled by (it would deadlock if the
 /// clone ran under the stream's lock: rule 18), or panics when it has no emitter.
-struct EmittingWaker(Mutex<Option<Emitter<u32>>>);
+struct EmittingWaker(Mutex<Option<Emitter<u32>>>, AtomicBool);
 
 fn emitting_waker(emitter: Option<Emitter<u32>>) -> Waker {
+    emitting_waker_panicking_on_drop(emitter, false)
+}
+
+/// [`emitting_waker`], whose first dropped clone panics if `panic_on_drop`.
+fn emitting_waker_panicking_on_drop(emitter: Option<Emitter<u32>>, panic_on_drop: bool) -> Waker {
     // A hand-made vtable, so that `clone` runs user code.
     unsafe fn clone(data: *const ()) -> RawWaker {
         // SAFETY: `data` is the `Arc<EmittingWaker>` made in `emitting_waker`.
@@ -402,8 +407,15 @@ fn emitting_waker(emitter: Option<Emitter<u32>>) -> Waker {
         RawWaker::new(data, &VTABLE)
     }
     unsafe fn drop_waker(data: *const ()) {
+        // SAFETY: `data` is alive: this waker owns one count of the `Arc`.
+        let panics = unsafe { &*(data as *const EmittingWaker) }
+            .1
+            .swap(false, SeqCst);
         // SAFETY: each waker owns one count of the `Arc`.
         unsafe { Arc::decrement_strong_count(data as *const EmittingWaker) };
+        if panics {
+            panic!("waker drop exploded");
+        }
     }
     unsafe fn wake(data: *const ()) {
         // SAFETY: as in `drop_waker`.
@@ -411,7 +423,10 @@ fn emitting_waker(emitter: Option<Emitter<u32>>) -> Waker {
     }
     unsafe fn wake_by_ref(_: *const ()) {}
     static VTABLE: RawWakerVTable = RawWakerVTable::new(clone, wake, wake_by_ref, drop_waker);
-    let data = Arc::into_raw(Arc::new(EmittingWaker(Mutex::new(emitter))));
+    let data = Arc::into_raw(Arc::new(EmittingWaker(
+        Mutex::new(emitter),
+        AtomicBool::new(panic_on_drop),
+    )));
     // SAFETY: the vtable's functions keep the `Arc` counts balanced.
     unsafe { Waker::from_raw(RawWaker::new(data.cast(), &VTABLE)) }
 }
@@ -590,4 +605,82 @@ fn a_callback_stream_composes_with_timeouts_and_select() {
         };
         assert_eq!(got, Some(Ok(3)));
     });
+}
+
+#[test]
+fn a_panicking_waker_drop_loses_no_item_the_poll_took() {
+    // The review's case: the clone emits (another thread could, between the poll's two
+    // looks), the poll takes that item, then the clone it no longer needs is dropped,
+    // and that drop panics: the item must still come.
+    let (mut stream, emitter, _) = registered::<u32>(Buffer::unbounded());
+    let _keep = emitter.clone();
+    let waker = std::mem::ManuallyDrop::new(emitting_waker_panicking_on_drop(Some(emitter), true));
+    // The poll returns the item; the drop's panic was discarded.
+    assert_eq!(poll(&mut stream, &waker), Poll::Ready(Some(Ok(7))));
+}
+
+#[test]
+fn drop_newest_and_fail_accept_items_while_there_is_room() {
+    for overflow in [Overflow::DropNewest, Overflow::Fail] {
+        let (mut stream, emitter, _) = registered::<u32>(Buffer::bounded(8, overflow));
+        for i in 0..8 {
+            assert_eq!(emitter.emit(i), Emit::Queued);
+        }
+        assert_eq!(poll(&mut stream, Waker::noop()), Poll::Ready(Some(Ok(0))));
+        assert_eq!(poll(&mut stream, Waker::noop()), Poll::Ready(Some(Ok(1))));
+        // Six held: two more fit, the third does not.
+        assert_eq!(emitter.emit(8), Emit::Queued);
+        assert_eq!(emitter.emit(9), Emit::Queued);
+        assert_eq!(emitter.emit(10), Emit::Rejected(10));
+    }
+}
+
+/// A stream whose register closure emits into a full `Suspend` buffer with
+/// `emit_blocking`, inside the consumer's own poll.
+fn blocking_inside_register() -> EventStream<u32> {
+    from_events(
+        Buffer::bounded(1, Overflow::Suspend),
+        |emitter: Emitter<u32>| {
+            assert_eq!(emitter.emit_blocking(1), Emit::Queued);
+            // Nobody could make room: this poll is the consumer.
+            assert_eq!(emitter.emit_blocking(2), Emit::WouldDeadlock(2));
+            emitter.finish();
+            Ok::<_, Error>(|| {})
+        },
+    )
+}
+
+#[test]
+fn emit_blocking_inside_the_consumers_poll_refuses_on_any_executor() {
+    let items: Vec<_> = block_on(blocking_inside_register().collect());
+    assert_eq!(items, [Ok(1)]);
+    let runtime = common::multi_thread(1, "stream-inside");
+    let items = runtime.block_on(async {
+        tokio::spawn(async { blocking_inside_register().collect::<Vec<_>>().await })
+            .await
+            .unwrap()
+    });
+    assert_eq!(items, [Ok(1)]);
+}
+
+#[test]
+fn a_panicking_unregister_loses_not_the_producers_error() {
+    let (give, take) = mpsc::channel();
+    let mut stream = from_events(Buffer::unbounded(), move |emitter| {
+        give.send(emitter).unwrap();
+        Ok::<_, Error>(|| panic!("unregister failed"))
+    });
+    assert!(poll(&mut stream, Waker::noop()).is_pending());
+    let emitter: Emitter<u32> = take.recv().unwrap();
+    emitter.fail(Error::Cancelled).unwrap();
+    let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        poll(&mut stream, Waker::noop())
+    }))
+    .unwrap_err();
+    assert_eq!(panic.downcast_ref::<&str>(), Some(&"unregister failed"));
+    assert_eq!(
+        poll(&mut stream, Waker::noop()),
+        Poll::Ready(Some(Err(Error::Cancelled)))
+    );
+    assert_eq!(poll(&mut stream, Waker::noop()), Poll::Ready(None));
 }

@@ -61,7 +61,10 @@ enum Kind {
 pub enum Overflow {
     /// Refuse the item with [`Emit::Full`] and let the producer wait for room: the
     /// backpressure of a producer that can pause (as libcurl's write callback returns
-    /// `CURL_WRITEFUNC_PAUSE`).
+    /// `CURL_WRITEFUNC_PAUSE`). The consumer reads a full buffer in batches and gives
+    /// the room back a quarter of the capacity at a time, so an emit may find the
+    /// buffer full while up to a quarter of it was read but not yet given back; the
+    /// capacity always bounds the items emitted and not yet yielded.
     Suspend,
     /// Make room by evicting the oldest buffered item, handed back in [`Emit::Evicted`].
     DropOldest,
@@ -365,13 +368,16 @@ fn empty<T>(buffer: Buffer) -> VecDeque<T> {
 }
 
 /// Whether the consumer may take batches of items into its hand: only when the policy
-/// never evicts, since an item in the hand cannot be.
+/// never evicts (an item in the hand cannot be) and a full buffer only makes the
+/// producer wait. The room of the items the consumer yields from its hand is given back
+/// a few at a time, so a `DropNewest` or `Fail` buffer would refuse items it has room
+/// for.
 fn batches(buffer: Buffer) -> bool {
-    !matches!(
+    matches!(
         buffer.kind,
-        Kind::Latest
+        Kind::Unbounded
             | Kind::Bounded {
-                overflow: Overflow::DropOldest,
+                overflow: Overflow::Suspend,
                 ..
             }
     )

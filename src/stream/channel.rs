@@ -17,7 +17,9 @@ use crate::sync::Ordering::Relaxed;
 use super::buffer::{credit_batch, hand, Pushed, Queue};
 use super::{Buffer, Emit, Overflow};
 use crate::runtime::blocking;
-use crate::sync::{current, park, spin_until, AtomicUsize, Mutex, MutexGuard, PoisonError, Thread};
+use crate::sync::{
+    current, park, spin_until, AtomicUsize, Mutex, MutexGuard, PoisonError, Thread, ThreadId,
+};
 use crate::unwind::{drop_quietly, drop_quietly_if_some, quietly};
 
 /// The producers' and the consumer's shared state.
@@ -48,6 +50,10 @@ struct Inner<T, E> {
     /// The current-thread runtime the consumer runs on, if it does: a blocking emit on
     /// the thread that drives it would wait forever (rule 12).
     consumer_runtime: Option<Id>,
+    /// The thread running user code inside the consumer's poll (the register closure,
+    /// a waker clone, `when_ready` callbacks), if any: a blocking emit there would wait
+    /// for the very poll it runs in.
+    inside_consumer: Option<ThreadId>,
 }
 
 /// Whether and how the stream ended. Every state but `Open` refuses new items.
@@ -186,6 +192,7 @@ impl<T, E> Channel<T, E> {
                 spinning: false,
                 emitters: 0,
                 consumer_runtime: None,
+                inside_consumer: None,
             }),
             overflow: buffer.overflow(),
             pops: AtomicUsize::new(0),
@@ -214,7 +221,13 @@ impl<T, E> Channel<T, E> {
             Emit::Full(item) => item,
             done => return done,
         };
-        let consumer_runtime = self.lock().consumer_runtime;
+        let (consumer_runtime, inside_consumer) = {
+            let inner = self.lock();
+            (inner.consumer_runtime, inner.inside_consumer)
+        };
+        if inside_consumer == Some(current().id()) {
+            return Emit::WouldDeadlock(item);
+        }
         let mut slot = Some(item);
         let waited = blocking(consumer_runtime, || {
             let thread = current();
@@ -313,6 +326,20 @@ impl<T, E> Channel<T, E> {
         wakeups.run();
     }
 
+    /// Runs `f`, user code called from inside the consumer's poll, with this thread
+    /// marked as the consumer's (see `Inner::inside_consumer`).
+    pub(crate) fn as_consumer<R>(&self, f: impl FnOnce() -> R) -> R {
+        struct Unmark<'a, T, E>(&'a Channel<T, E>);
+        impl<T, E> Drop for Unmark<'_, T, E> {
+            fn drop(&mut self) {
+                self.0.lock().inside_consumer = None;
+            }
+        }
+        self.lock().inside_consumer = Some(current().id());
+        let _unmark = Unmark(self);
+        f()
+    }
+
     /// Records the current-thread runtime the consumer runs on, if any.
     pub(crate) fn set_consumer_runtime(&self, runtime: Option<Id>) {
         self.lock().consumer_runtime = runtime;
@@ -335,7 +362,7 @@ impl<T, E> Channel<T, E> {
         let mut inner = self.lock();
         if let Some(ready) = self.take_next(&mut inner, hand) {
             drop(inner);
-            notify(hand.spare.drain(..));
+            self.notify_from_consumer(&mut hand.spare);
             return Poll::Ready(ready);
         }
         if inner
@@ -348,12 +375,13 @@ impl<T, E> Channel<T, E> {
         // Rule 18: the clone is user code, so it runs with the lock released, and the
         // state is read again after.
         drop(inner);
-        let waker = cx.waker().clone();
+        let waker = self.as_consumer(|| cx.waker().clone());
         let mut inner = self.lock();
         if let Some(ready) = self.take_next(&mut inner, hand) {
             drop(inner);
-            notify(hand.spare.drain(..));
-            drop(waker);
+            self.notify_from_consumer(&mut hand.spare);
+            // The item is taken: a panicking waker drop must not lose it (rule 17).
+            drop_quietly(waker);
             return Poll::Ready(ready);
         }
         let replaced = inner.consumer.replace(waker);
@@ -368,7 +396,23 @@ impl<T, E> Channel<T, E> {
         inner.queue.yielded(mem::take(&mut hand.yielded));
         self.made_room(&mut inner, &mut hand.spare);
         drop(inner);
-        notify(hand.spare.drain(..));
+        self.notify_from_consumer(&mut hand.spare);
+    }
+
+    /// Notifies the producers moved to `spare`, on the consumer's thread: a
+    /// `when_ready` callback runs here, marked as inside the consumer's poll.
+    fn notify_from_consumer(&self, spare: &mut Vec<Ready>) {
+        if spare.is_empty() {
+            return;
+        }
+        if spare
+            .iter()
+            .any(|ready| matches!(ready, Ready::Callback(_)))
+        {
+            self.as_consumer(|| notify(spare.drain(..)));
+        } else {
+            notify(spare.drain(..));
+        }
     }
 
     /// The next item or the end, for a consumer whose hand is empty; moves the producers

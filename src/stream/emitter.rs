@@ -89,8 +89,10 @@ impl<T, E> Emitter<T, E> {
     /// multi-thread tokio worker it blocks inside `block_in_place`. On the thread that
     /// drives the current-thread runtime the consumer was first polled on, it returns
     /// [`Emit::WouldDeadlock`] at once with the item, since that consumer could never
-    /// make room (rule 12). Meant for a plain producer thread; a callback that must not
-    /// block uses [`when_ready`](Emitter::when_ready).
+    /// make room (rule 12), and so it does inside the consumer's own poll (in the
+    /// register closure, a `when_ready` callback or a waker the consumer's poll clones).
+    /// Meant for a plain producer thread; a callback that must not block uses
+    /// [`when_ready`](Emitter::when_ready).
     ///
     /// # Examples
     ///

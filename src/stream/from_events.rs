@@ -82,7 +82,8 @@ type Register<T, E> = Box<dyn FnOnce(Emitter<T, E>) -> Result<Unregister, E> + S
 ///
 /// A panic in `register` propagates out of the poll that ran it, and the stream ends
 /// (later polls return `None`). A panic in the unregister call propagates out of the poll
-/// that ran it; in the stream's drop it is caught and discarded.
+/// that ran it, and the next poll yields the end it found (the producer's error, if
+/// any); in the stream's drop it is caught and discarded.
 ///
 /// # Cancel safety
 ///
@@ -173,6 +174,9 @@ enum Stage<T, E> {
     Unregistered(Register<T, E>),
     /// Registered: the unregister call is still to run.
     Registered(Unregister),
+    /// The unregister call panicked out of the poll that found the stream's end: the
+    /// next poll yields this error (if the end was one), then the end.
+    Ending(Option<E>),
     /// The end was yielded (or the registration failed or panicked): nothing is left
     /// to undo.
     Done,
@@ -183,7 +187,10 @@ impl<T, E: From<Error>> EventStream<T, E> {
     fn register(&mut self, register: Register<T, E>) -> Option<E> {
         self.channel.set_consumer_runtime(current_thread_runtime());
         let emitter = Emitter::new(Arc::clone(&self.channel));
-        match catch(move || register(emitter)) {
+        // Marked as the consumer's thread: a blocking emit inside `register` would wait
+        // for this very poll.
+        let channel = Arc::clone(&self.channel);
+        match channel.as_consumer(|| catch(move || register(emitter))) {
             Ok(Ok(unregister)) => {
                 self.stage = Stage::Registered(unregister);
                 None
@@ -212,6 +219,7 @@ impl<T, E: From<Error>> Stream for EventStream<T, E> {
                 }
             }
             Stage::Done => return Poll::Ready(None),
+            Stage::Ending(error) => return Poll::Ready(error.map(Err)),
             registered @ Stage::Registered(_) => this.stage = registered,
         }
         let ended = match this.channel.poll_next(cx, &mut this.hand) {
@@ -219,15 +227,21 @@ impl<T, E: From<Error>> Stream for EventStream<T, E> {
             Poll::Ready(Ok(item)) => return Poll::Ready(Some(Ok(item))),
             Poll::Ready(Err(ended)) => ended,
         };
-        if let Stage::Registered(unregister) = mem::replace(&mut this.stage, Stage::Done) {
-            unregister();
-        }
-        Poll::Ready(match ended {
+        let error = match ended {
             Ended::Finished => None,
-            Ended::Failed(error) => Some(Err(error)),
-            Ended::Overflowed => Some(Err(Error::Overflow.into())),
-            Ended::Abandoned => Some(Err(Error::Abandoned(Abandonment::EmittersDropped).into())),
-        })
+            Ended::Failed(error) => Some(error),
+            Ended::Overflowed => Some(Error::Overflow.into()),
+            Ended::Abandoned => Some(Error::Abandoned(Abandonment::EmittersDropped).into()),
+        };
+        if let Stage::Registered(unregister) = mem::replace(&mut this.stage, Stage::Done) {
+            if let Err(payload) = catch(unregister) {
+                // The panic goes out of this poll; the end is not lost: the next poll
+                // yields it (rule 17).
+                this.stage = Stage::Ending(error);
+                resume_unwind(payload);
+            }
+        }
+        Poll::Ready(error.map(Err))
     }
 }
 
@@ -249,6 +263,7 @@ impl<T, E> Drop for EventStream<T, E> {
         match mem::replace(&mut self.stage, Stage::Done) {
             Stage::Unregistered(register) => drop_quietly(register),
             Stage::Registered(unregister) => quietly(unregister),
+            Stage::Ending(error) => drop_quietly(error),
             Stage::Done => {}
         }
     }
@@ -259,7 +274,7 @@ impl<T, E> fmt::Debug for EventStream<T, E> {
         let stage = match self.stage {
             Stage::Unregistered(_) => "unregistered",
             Stage::Registered(_) => "registered",
-            Stage::Done => "done",
+            Stage::Ending(_) | Stage::Done => "done",
         };
         f.debug_struct("EventStream")
             .field("stage", &stage)
