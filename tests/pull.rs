@@ -3,7 +3,9 @@
 mod common;
 
 use std::sync::{mpsc, Arc, Mutex};
+use std::task::{Poll, Waker};
 use std::thread;
+use std::time::Duration;
 
 use apm_tap::stream::{from_events, Buffer, Emitter, EventStream, Puller};
 use apm_tap::{AsyncCallback, AsyncResult, Error, State};
@@ -170,4 +172,62 @@ fn a_begin_next_loop_over_a_million_buffered_items_on_a_small_stack() {
         .join()
         .unwrap();
     assert!(finished, "every pull completed inside the first begin_next");
+}
+
+#[test]
+fn a_cancelled_waiting_pull_keeps_the_order_and_sees_no_false_end() {
+    // The review's case: b, waiting behind a, is cancelled; c must wait its turn
+    // behind a, not find the stream "gone".
+    let (pull, emitters) = puller();
+    let a = pull.begin_next(AsyncCallback::none(), State::none());
+    let emitter = emitters.recv().unwrap();
+    let b = pull.begin_next(AsyncCallback::none(), State::none());
+    let c = pull.begin_next(AsyncCallback::none(), State::none());
+    b.cancel();
+    // Only proving that c does not end early.
+    assert_eq!(c.wait_timeout(Duration::from_millis(50)), Ok(false));
+    let _ = emitter.emit(1);
+    let _ = emitter.emit(2);
+    assert_eq!(a.end(), Ok(Some(Ok(1))));
+    assert_eq!(b.end(), Err(Error::Cancelled));
+    assert_eq!(c.end(), Ok(Some(Ok(2))));
+}
+
+#[test]
+fn a_pull_cancelled_while_its_item_is_read_hands_the_item_to_the_next() {
+    type Handle = AsyncResult<Option<u32>>;
+    let slot: Arc<Mutex<Option<Handle>>> = Arc::new(Mutex::new(None));
+    let waker_slot: Arc<Mutex<Option<Waker>>> = Arc::new(Mutex::new(None));
+    let stream = {
+        let (slot, waker_slot) = (slot.clone(), waker_slot.clone());
+        let mut next = 1_u32;
+        futures::stream::poll_fn(move |cx| {
+            // The legacy side cancels the pull (a timeout, say) just as the item comes.
+            let Some(handle) = slot.lock().unwrap().take() else {
+                *waker_slot.lock().unwrap() = Some(cx.waker().clone());
+                return Poll::Pending;
+            };
+            handle.cancel();
+            let item = next;
+            next += 1;
+            Poll::Ready(Some(item))
+        })
+    };
+    let pull = Puller::new(stream);
+    let first = pull.begin_next(AsyncCallback::none(), State::none());
+    *slot.lock().unwrap() = Some(first.clone());
+    // Wake the pull (the inline poll stored a no-op waker; the spawned pull its own).
+    while !first.is_completed() {
+        if let Some(waker) = waker_slot.lock().unwrap().take() {
+            waker.wake();
+        }
+        thread::yield_now();
+    }
+    assert_eq!(first.end(), Err(Error::Cancelled));
+    let second = pull.begin_next(AsyncCallback::none(), State::none());
+    assert_eq!(
+        second.end(),
+        Ok(Some(1)),
+        "the cancelled pull's item goes to the next"
+    );
 }

@@ -136,10 +136,13 @@ impl<T> Completer<T> {
     /// Finishes the operation with `Abandoned(why)`: for a callback that will never come.
     #[cfg(feature = "ffi")]
     pub(crate) fn abandon(self, why: crate::Abandonment) {
+        self.fail(crate::Error::Abandoned(why), false);
+    }
+
+    /// Finishes the operation with the bridge's `error`.
+    pub(crate) fn fail(self, error: crate::Error, synchronous: bool) {
         // Only a cancel can refuse it, and then nobody waits for the error.
-        let _ = self
-            .writer
-            .complete_quietly(Err(crate::Error::Abandoned(why)), false);
+        let _ = self.writer.complete_quietly(Err(error), synchronous);
     }
 
     #[inline]
