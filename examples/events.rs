@@ -1,6 +1,10 @@
-//! A multi-shot legacy callback API awaited as a `Stream`: a chunked transfer in the
-//! style of libcurl's write callback, which can pause when the reader falls behind and
-//! be resumed later, and a sensor that fires faster than anyone reads it.
+//! Multi-shot callbacks and progress, both directions.
+//!
+//! - Legacy to async: a chunked transfer in the style of libcurl's write callback,
+//!   which pauses when the reader falls behind and is resumed later; a sensor that
+//!   fires faster than anyone reads it; a copy routine with a progress callback.
+//! - Async to legacy: a stream pushed to a legacy subscriber with demand, and an async
+//!   operation's progress and result delivered to a plain thread's callbacks.
 //!
 //! Run with `cargo run --example events`.
 
@@ -9,7 +13,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use apm_tap::stream::{from_events, Buffer, Emit, Overflow};
+use apm_tap::progress;
+use apm_tap::stream::{from_events, subscribe, Buffer, Demand, Emit, Overflow, Subscriber};
 use futures::StreamExt;
 
 // ---------------------------------------------------------------------------------------
@@ -64,6 +69,34 @@ fn start_transfer(
         on_done(Ok(()));
     });
     transfer
+}
+
+/// A copy routine that reports the percentage done to `on_progress`.
+fn copy_files(count: u32, on_progress: impl Fn(u32)) -> u32 {
+    for i in 1..=count {
+        on_progress(i * 100 / count);
+    }
+    count
+}
+
+/// A legacy consumer that wants to be called, and asks for two items at a time.
+struct Printer {
+    items: Vec<u32>,
+}
+
+impl Subscriber<u32, io::Error> for Printer {
+    fn on_next(&mut self, item: u32, demand: &Demand) {
+        self.items.push(item);
+        if self.items.len() % 2 == 0 {
+            demand.request(2);
+        }
+    }
+    fn on_error(&mut self, error: io::Error) {
+        println!("subscriber: failed: {error}");
+    }
+    fn on_complete(&mut self) {
+        println!("subscriber: got {:?}, two per request", self.items);
+    }
 }
 
 /// A sensor that calls `on_reading` 1,000 times, as fast as it can.
@@ -139,5 +172,38 @@ async fn main() -> io::Result<()> {
         seen.len(),
         seen.last()
     );
+
+    // A legacy progress callback, awaited: every report comes before the result.
+    let mut reports = Vec::new();
+    let copied = progress::reporting_with(Buffer::unbounded(), |progress| async move {
+        copy_files(4, |percent| {
+            let _ = progress.report(percent);
+        })
+    })
+    .on_progress(|percent| reports.push(percent))
+    .await;
+    println!("copy: {copied} files, progress {reports:?}");
+
+    // Async to legacy: a stream pushed to a subscriber that asks for two at a time...
+    let numbers = futures::stream::iter(1..=10).map(Ok::<u32, io::Error>);
+    let subscription = subscribe(numbers, Printer { items: Vec::new() });
+    subscription.request(2);
+    subscription.await.map_err(io::Error::other)?;
+
+    // ...and an async operation with progress, begun and ended by a plain thread.
+    let legacy = std::thread::spawn(|| {
+        let handle = progress::begin(
+            |progress| async move {
+                for step in 1..=3 {
+                    let _ = progress.report(step);
+                    tokio::task::yield_now().await;
+                }
+                "report written"
+            },
+            |step: u32| println!("plain thread: step {step} of 3"),
+        );
+        handle.end()
+    });
+    println!("plain thread: {:?}", legacy.join().unwrap());
     Ok(())
 }
