@@ -237,10 +237,11 @@ impl<'a, T> Builder<'a, T> {
         (callback, self.state, self.spawner)
     }
 
-    /// Stores what [`dispatch`](Builder::dispatch) does to the callback.
-    pub(crate) fn with_dispatch(self, redirect: Redirect<T>) -> Self {
+    /// Stores what [`dispatch`](Builder::dispatch) does to the callback (`None`:
+    /// nothing, the callback runs inline).
+    pub(crate) fn with_dispatch(self, redirect: Option<Redirect<T>>) -> Self {
         Builder {
-            dispatch: Some(redirect),
+            dispatch: redirect,
             ..self
         }
     }

@@ -346,6 +346,10 @@ impl<T> Builder<'_, T> {
     where
         T: Send + 'static,
     {
-        self.with_dispatch(Box::new(move |callback| dispatch.wrap(callback)))
+        if dispatch.is_inline() {
+            // The default: nothing to wrap, nothing to allocate.
+            return self.with_dispatch(None);
+        }
+        self.with_dispatch(Some(Box::new(move |callback| dispatch.wrap(callback))))
     }
 }

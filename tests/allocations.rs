@@ -397,3 +397,18 @@ fn a_million_conflated_progress_reports_allocate_nothing() {
         assert_eq!(count, 0);
     });
 }
+
+#[test]
+fn inline_dispatch_adds_no_allocation() {
+    on_a_fresh_thread(|| {
+        let never_used = |_: Task| unreachable!("a ready future is not spawned");
+        let (count, handle) = allocations(|| {
+            apm_tap::Builder::new()
+                .dispatch(apm_tap::Dispatch::inline())
+                .spawner(&never_used)
+                .begin(async { 1_u64 })
+        });
+        assert!(handle.completed_synchronously());
+        assert_eq!((count, handle.end()), (1, Ok(1)), "only the cell");
+    });
+}

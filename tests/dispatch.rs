@@ -177,3 +177,18 @@ fn jobs_posted_before_the_last_handle_went_still_run() {
     // The thread runs what was posted, then ends (the channel closes with it).
     assert_eq!(rx.iter().collect::<Vec<_>>(), [0, 1, 2]);
 }
+
+#[test]
+fn the_last_dispatch_given_wins_and_inline_resets() {
+    let ui = CallbackThread::spawn("dispatch-reset").unwrap();
+    let here = thread::current().id();
+    let (tx, rx) = mpsc::channel();
+    drop(
+        Builder::new()
+            .dispatch(Dispatch::thread(&ui))
+            .dispatch(Dispatch::inline())
+            .callback(move |_: AsyncResult<()>| tx.send(thread::current().id()).unwrap())
+            .begin(async {}),
+    );
+    assert_eq!(rx.try_recv(), Ok(here), "inline again: ran inside begin");
+}
