@@ -277,7 +277,9 @@ impl fmt::Debug for Dispatch {
 /// thread, a libuv loop). Post to it with [`Dispatch::thread`].
 ///
 /// The thread ends once this handle and every `Dispatch` of it are dropped and it has
-/// run what was posted.
+/// run what was posted. For a thread you already have (a UI loop), use
+/// [`Dispatch::spawner`] with a closure that sends each [`Task`](crate::Task) to that
+/// loop, which runs it (`futures::executor::block_on(task)`).
 ///
 /// # Examples
 ///

@@ -61,10 +61,15 @@ enum Kind {
 pub enum Overflow {
     /// Refuse the item with [`Emit::Full`] and let the producer wait for room: the
     /// backpressure of a producer that can pause (as libcurl's write callback returns
-    /// `CURL_WRITEFUNC_PAUSE`). The consumer reads a full buffer in batches and gives
-    /// the room back a quarter of the capacity at a time, so an emit may find the
-    /// buffer full while up to a quarter of it was read but not yet given back; the
-    /// capacity always bounds the items emitted and not yet yielded.
+    /// `CURL_WRITEFUNC_PAUSE`). A waiting producer ([`Emitter::when_ready`],
+    /// [`Emitter::emit_blocking`]) is told once the buffer is down to half its capacity.
+    /// The consumer reads a full buffer in batches and gives the room back a quarter of
+    /// the capacity at a time, so an emit may find the buffer full while up to a quarter
+    /// of it was read but not yet given back; the capacity always bounds the items
+    /// emitted and not yet yielded.
+    ///
+    /// [`Emitter::when_ready`]: super::Emitter::when_ready
+    /// [`Emitter::emit_blocking`]: super::Emitter::emit_blocking
     Suspend,
     /// Make room by evicting the oldest buffered item, handed back in [`Emit::Evicted`].
     DropOldest,

@@ -67,14 +67,19 @@ pub trait Subscriber<T, E>: Send + 'static {
 /// # Examples
 ///
 /// ```
-/// # use apm_tap::stream::{Demand, Subscriber};
-/// # struct Count(u32);
-/// # impl Subscriber<u32, apm_tap::Error> for Count {
-/// #     fn on_next(&mut self, _: u32, _: &Demand) { self.0 += 1 }
-/// #     fn on_error(&mut self, _: apm_tap::Error) {}
-/// #     fn on_complete(&mut self) {}
-/// # }
+/// use apm_tap::stream::{Demand, Subscriber};
 /// use futures::StreamExt;
+///
+/// struct Count(u32);
+///
+/// impl Subscriber<u32, apm_tap::Error> for Count {
+///     fn on_next(&mut self, _: u32, _: &Demand) {
+///         self.0 += 1;
+///     }
+///     fn on_error(&mut self, _: apm_tap::Error) {}
+///     fn on_complete(&mut self) {}
+/// }
+///
 ///
 /// let subscription = apm_tap::stream::subscribe(futures::stream::repeat(1).map(Ok), Count(0));
 /// let demand = subscription.demand();
@@ -162,13 +167,16 @@ impl Demand {
     /// # Examples
     ///
     /// ```
-    /// # use apm_tap::stream::{Demand, Subscriber};
-    /// # struct Ignore;
-    /// # impl Subscriber<u8, apm_tap::Error> for Ignore {
-    /// #     fn on_next(&mut self, _: u8, _: &Demand) {}
-    /// #     fn on_error(&mut self, _: apm_tap::Error) {}
-    /// #     fn on_complete(&mut self) {}
-    /// # }
+    /// use apm_tap::stream::{Demand, Subscriber};
+    ///
+    /// struct Ignore;
+    ///
+    /// impl Subscriber<u8, apm_tap::Error> for Ignore {
+    ///     fn on_next(&mut self, _: u8, _: &Demand) {}
+    ///     fn on_error(&mut self, _: apm_tap::Error) {}
+    ///     fn on_complete(&mut self) {}
+    /// }
+    ///
     /// let subscription = apm_tap::stream::subscribe(futures::stream::pending::<Result<u8, apm_tap::Error>>(), Ignore);
     /// assert!(!subscription.demand().is_cancelled());
     /// subscription.cancel();
@@ -447,14 +455,21 @@ where
 /// # Examples
 ///
 /// ```
-/// # use apm_tap::stream::{Demand, Subscriber};
-/// # struct Sum(u64);
-/// # impl Subscriber<u64, apm_tap::Error> for Sum {
-/// #     fn on_next(&mut self, item: u64, _: &Demand) { self.0 += item }
-/// #     fn on_error(&mut self, _: apm_tap::Error) {}
-/// #     fn on_complete(&mut self) { assert_eq!(self.0, 6) }
-/// # }
+/// use apm_tap::stream::{Demand, Subscriber};
 /// use futures::StreamExt;
+///
+/// struct Sum(u64);
+///
+/// impl Subscriber<u64, apm_tap::Error> for Sum {
+///     fn on_next(&mut self, item: u64, _: &Demand) {
+///         self.0 += item;
+///     }
+///     fn on_error(&mut self, _: apm_tap::Error) {}
+///     fn on_complete(&mut self) {
+///         assert_eq!(self.0, 6);
+///     }
+/// }
+///
 ///
 /// let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
 /// let items = futures::stream::iter([1, 2, 3]).map(Ok);
@@ -539,13 +554,16 @@ impl Subscription {
     /// # Examples
     ///
     /// ```
-    /// # use apm_tap::stream::{Demand, Subscriber};
-    /// # struct Ignore;
-    /// # impl Subscriber<u8, apm_tap::Error> for Ignore {
-    /// #     fn on_next(&mut self, _: u8, _: &Demand) {}
-    /// #     fn on_error(&mut self, _: apm_tap::Error) {}
-    /// #     fn on_complete(&mut self) {}
-    /// # }
+    /// use apm_tap::stream::{Demand, Subscriber};
+    ///
+    /// struct Ignore;
+    ///
+    /// impl Subscriber<u8, apm_tap::Error> for Ignore {
+    ///     fn on_next(&mut self, _: u8, _: &Demand) {}
+    ///     fn on_error(&mut self, _: apm_tap::Error) {}
+    ///     fn on_complete(&mut self) {}
+    /// }
+    ///
     /// let subscription = apm_tap::stream::subscribe(futures::stream::pending::<Result<u8, apm_tap::Error>>(), Ignore);
     /// assert!(!subscription.is_completed());
     /// subscription.cancel();
