@@ -27,9 +27,11 @@ type Job = Box<dyn FnOnce() + Send>;
 /// | [`Dispatch::thread`] | on one [`CallbackThread`], in the order posted | thread-affine legacy code (a COM STA, a UI thread, a libuv loop) |
 ///
 /// A posted callback runs after its operation's result is stored (rule 10), never
-/// inside `begin`; `completed_synchronously` still reports where the operation
-/// completed. Its panic is caught there and discarded (that thread only ran the
-/// crate's job).
+/// inside `begin` (unless a [`Spawner`] runs its tasks inside `spawn`);
+/// `completed_synchronously` still reports where the operation completed. Its panic is
+/// caught there and discarded (that thread only ran the crate's job). It runs exactly
+/// once: a target that drops it unrun (a runtime shutting down, a spawner refusing it)
+/// runs it where it drops it.
 ///
 /// # Examples
 ///
@@ -177,7 +179,9 @@ impl Dispatch {
     /// Runs `job` as this policy says: now, on this thread, for [`Dispatch::inline`];
     /// else posted, with its panic caught and discarded where it runs.
     ///
-    /// A job that a [`Spawner`] refuses is dropped there, without running.
+    /// A posted job runs exactly once: one that its target drops unrun (a runtime that
+    /// shuts down, a spawner that refuses the task or panics) runs on the thread that
+    /// drops it. A spawner that runs its tasks inside `spawn` runs the job there.
     ///
     /// # Panics
     ///
@@ -193,20 +197,27 @@ impl Dispatch {
     /// assert_eq!(rx.recv().unwrap(), ui.id());
     /// ```
     pub fn run(&self, job: impl FnOnce() + Send + 'static) {
+        if let Kind::Inline = self.0 {
+            return job();
+        }
+        // Posted jobs run exactly once: one the target drops unrun (a runtime shutting
+        // down, a spawner that refuses or panics) runs where it is dropped.
+        let job = Once(Some(Box::new(job)));
         match &self.0 {
-            Kind::Inline => job(),
-            Kind::Tokio(handle) => drop(handle.spawn(async move { quietly(job) })),
+            Kind::Inline => unreachable!("returned above"),
+            Kind::Tokio(handle) => drop(handle.spawn(async move { job.run() })),
             Kind::Spawner(spawner) => {
                 let spawner = Arc::clone(spawner);
                 // `begin_on` polls inline first: the job waits for one yield, so that
-                // it runs on the spawner's executor, not here.
+                // it runs on the spawner's executor, not here (unless the spawner runs
+                // its tasks inside `spawn`).
                 drop(crate::begin_on(&*spawner, async move {
                     YieldOnce(false).await;
-                    quietly(job);
+                    job.run();
                 }));
             }
             Kind::Blocking => {
-                let job = move || quietly(job);
+                let job = move || job.run();
                 match Handle::try_current() {
                     Ok(handle) => drop(handle.spawn_blocking(job)),
                     Err(_) => drop(default_handle().spawn_blocking(job)),
@@ -214,9 +225,9 @@ impl Dispatch {
             }
             Kind::Thread(jobs) => {
                 // The thread runs until every sender is gone, and this is one: the send
-                // cannot fail. Were it to, the job would come back and be dropped here.
-                if let Err(refused) = jobs.send(Box::new(job)) {
-                    crate::unwind::drop_quietly(refused);
+                // cannot fail. Were it to, the job would come back and run here.
+                if let Err(refused) = jobs.send(Box::new(move || job.run())) {
+                    quietly(refused.0);
                 }
             }
         }
@@ -237,6 +248,26 @@ impl Dispatch {
                     dispatch.run(move || inner(handle));
                 })
             }
+        }
+    }
+}
+
+/// A posted job that runs exactly once: by [`Once::run`], or, if the target drops it
+/// unrun, by its drop on the dropping thread. Its panic is discarded either way.
+struct Once(Option<Job>);
+
+impl Once {
+    fn run(mut self) {
+        if let Some(job) = self.0.take() {
+            quietly(job);
+        }
+    }
+}
+
+impl Drop for Once {
+    fn drop(&mut self) {
+        if let Some(job) = self.0.take() {
+            quietly(job);
         }
     }
 }

@@ -162,8 +162,10 @@
 //! 29. A Begin-side callback runs where [`Builder::dispatch`] says ([`Dispatch`]): by
 //!     default inline, on the thread that completes the operation (rules 9 and 10); else
 //!     posted to a tokio runtime, a [`Spawner`], the blocking pool or a
-//!     [`CallbackThread`], after the result is stored and never inside `begin`. A posted
-//!     callback may end, cancel or begin on its own handle's operation.
+//!     [`CallbackThread`], after the result is stored and never inside `begin` (unless
+//!     a spawner runs its tasks inside `spawn`), exactly once (a target that drops it
+//!     unrun runs it where it drops it). A posted callback may end, cancel or begin on
+//!     its own handle's operation.
 //!
 //! # Blocking and deadlocks
 //!

@@ -15,6 +15,7 @@ use pin_project::{pin_project, pinned_drop};
 
 use crate::stream::channel::{Channel, Hand};
 use crate::stream::{Buffer, Emit};
+use crate::unwind::drop_quietly;
 use crate::{AsyncResult, Error};
 
 /// What an operation reports progress through: cheap to clone, `Send` and `Sync` when
@@ -277,11 +278,14 @@ impl<Fut: Future, P> Stream for Reporting<Fut, P> {
         }
         match this.channel.poll_next(cx, this.hand) {
             Poll::Ready(Ok(report)) => Poll::Ready(Some(Update::Progress(report))),
-            // Only `finish` ends the channel: the result is there.
-            Poll::Ready(Err(_)) => {
+            // `finish` ended the channel: the result is there.
+            Poll::Ready(Err(_)) if *this.completed => {
                 *this.ended = true;
                 Poll::Ready(this.output.take().map(Update::Done))
             }
+            // An overflowed `Fail` buffer refuses later reports, but the operation runs
+            // on: its poll above registered the waker for its result.
+            Poll::Ready(Err(_)) => Poll::Pending,
             Poll::Pending => Poll::Pending,
         }
     }
@@ -293,13 +297,16 @@ impl<Fut: Future, P> FusedStream for Reporting<Fut, P> {
     }
 }
 
-/// Refuses later reports and drops the unread ones (each panic caught).
+/// Refuses later reports and drops the unread ones and a result nobody took (each
+/// panic caught).
 #[pinned_drop]
 impl<Fut: Future, P> PinnedDrop for Reporting<Fut, P> {
     fn drop(self: Pin<&mut Self>) {
         let this = self.project();
         this.channel.close();
         this.hand.drop_items_quietly();
+        // A result nobody took: its drop's panic is discarded (rule 17).
+        drop_quietly(this.output.take());
     }
 }
 

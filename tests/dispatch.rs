@@ -7,7 +7,8 @@ mod common;
 use std::sync::mpsc;
 use std::thread::{self, ThreadId};
 
-use apm_tap::{AsyncResult, Builder, CallbackThread, Dispatch, Error};
+use apm_tap::{AsyncResult, Builder, CallbackThread, Dispatch, Error, Task};
+use std::time::Duration;
 
 /// What a callback saw: its thread's id and name, `end`'s result, and the result of a
 /// nested operation begun inside it with the same policy.
@@ -191,4 +192,39 @@ fn the_last_dispatch_given_wins_and_inline_resets() {
             .begin(async {}),
     );
     assert_eq!(rx.try_recv(), Ok(here), "inline again: ran inside begin");
+}
+
+#[test]
+fn a_callback_posted_to_a_runtime_that_shuts_down_still_runs_once() {
+    let runtime = common::multi_thread(1, "dispatch-shutdown");
+    let (tx, rx) = mpsc::channel();
+    let _handle = Builder::new()
+        .dispatch(Dispatch::tokio(runtime.handle().clone()))
+        .callback(move |h: AsyncResult<u32>| tx.send(h.end()).unwrap())
+        .spawner(&runtime)
+        .begin(std::future::pending::<u32>());
+    drop(runtime);
+    assert!(matches!(
+        rx.recv_timeout(Duration::from_secs(10)),
+        Ok(Err(Error::Abandoned(_)))
+    ));
+    assert!(rx.try_recv().is_err(), "once");
+}
+
+#[test]
+fn a_callback_posted_where_it_cannot_run_runs_where_it_is_dropped() {
+    let gone = common::multi_thread(1, "dispatch-gone");
+    let dead = gone.handle().clone();
+    drop(gone);
+    let refuses = Dispatch::spawner(|task: Task| drop(task));
+    let panics = Dispatch::spawner(|_: Task| panic!("spawner failed"));
+    for dispatch in [Dispatch::tokio(dead), refuses, panics] {
+        let (tx, rx) = mpsc::channel();
+        let (completer, _handle) = Builder::new()
+            .dispatch(dispatch)
+            .callback(move |h: AsyncResult<u32>| tx.send(h.end()).unwrap())
+            .completer();
+        completer.complete(4).unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(Ok(4)));
+    }
 }

@@ -8,7 +8,7 @@ use std::sync::{mpsc, Arc, Barrier, Mutex};
 use std::thread;
 
 use apm_tap::progress::{self, Progress, Update};
-use apm_tap::stream::{Buffer, Emit};
+use apm_tap::stream::{Buffer, Emit, Overflow};
 use apm_tap::{AsyncResult, Builder, Error};
 use common::DropCounter;
 use futures::StreamExt;
@@ -221,4 +221,53 @@ fn a_panicking_progress_handler_ends_the_operation_as_panicked() {
         common::panic_message(handle.end()),
         Ok(Some("handler failed".to_owned()))
     );
+}
+
+#[test]
+fn an_overflowed_fail_buffer_refuses_reports_but_keeps_the_result() {
+    let (go, wait) = futures::channel::oneshot::channel::<()>();
+    let job = progress::reporting_with(
+        Buffer::bounded(1, Overflow::Fail),
+        move |progress| async move {
+            assert_eq!(progress.report(1), Emit::Queued);
+            assert_eq!(progress.report(2), Emit::Rejected(2));
+            assert_eq!(progress.report(3), Emit::Closed(3));
+            let _ = wait.await;
+            "done"
+        },
+    );
+    let mut job = Box::pin(job);
+    futures::executor::block_on(async {
+        assert_eq!(job.next().await, Some(Update::Progress(1)));
+        assert!(
+            futures::poll!(job.next()).is_pending(),
+            "the operation still runs"
+        );
+        drop(go);
+        assert_eq!(job.next().await, Some(Update::Done("done")));
+        assert_eq!(job.next().await, None);
+    });
+}
+
+/// A result whose drop panics.
+struct PanicsOnDrop;
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        panic!("result drop failed");
+    }
+}
+
+#[test]
+fn a_result_nobody_took_is_dropped_quietly_with_the_reader() {
+    let mut job = Box::pin(progress::reporting(|progress| async move {
+        let _ = progress.report(1_u8);
+        PanicsOnDrop
+    }));
+    assert!(matches!(
+        futures::executor::block_on(job.next()),
+        Some(Update::Progress(1))
+    ));
+    // The result is held until the report before it is read: the drop drops it.
+    assert!(std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(job))).is_ok());
 }

@@ -2,8 +2,9 @@
 
 mod common;
 
+use std::pin::Pin;
 use std::sync::{mpsc, Arc, Mutex};
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 use std::thread;
 use std::time::Duration;
 
@@ -230,4 +231,86 @@ fn a_pull_cancelled_while_its_item_is_read_hands_the_item_to_the_next() {
         Ok(Some(1)),
         "the cancelled pull's item goes to the next"
     );
+}
+
+/// A stream that is pending once (waking itself at once), then counts.
+struct YieldFirst(bool, u32);
+
+impl futures::Stream for YieldFirst {
+    type Item = u32;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<u32>> {
+        if !self.0 {
+            self.0 = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        self.1 += 1;
+        Poll::Ready(Some(self.1))
+    }
+}
+
+#[test]
+fn a_callback_runs_inside_begin_next_only_for_a_synchronous_completion() {
+    for _ in 0..if cfg!(miri) { 2 } else { 100 } {
+        // The review's case: the stream is pending once, then ready at once.
+        let pull = Puller::new(YieldFirst(false, 0));
+        let (tx, rx) = mpsc::channel();
+        let handle = pull.begin_next(
+            move |h: AsyncResult<Option<u32>>| {
+                tx.send((thread::current().id(), h.completed_synchronously()))
+                    .unwrap()
+            },
+            State::none(),
+        );
+        let (ran_on, synchronous) = rx.recv().unwrap();
+        assert_eq!(synchronous, handle.completed_synchronously());
+        // Rule 9: on this thread (inside `begin_next`) only when synchronous.
+        assert_eq!(ran_on == thread::current().id(), synchronous);
+        assert_eq!(handle.end(), Ok(Some(1)));
+    }
+}
+
+#[test]
+fn a_pull_callback_may_begin_the_next_pull_and_wait_for_it() {
+    let (pull, emitters) = puller();
+    let again = pull.clone();
+    let (tx, rx) = mpsc::channel();
+    let _first = pull.begin_next(
+        move |h: AsyncResult<Item>| {
+            let first = h.end();
+            let next = again.begin_next(AsyncCallback::none(), State::none());
+            tx.send((first, next.end())).unwrap();
+        },
+        State::none(),
+    );
+    let emitter = emitters.recv().unwrap();
+    let _ = emitter.emit(1);
+    let _ = emitter.emit(2);
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(10)),
+        Ok((Ok(Some(Ok(1))), Ok(Some(Ok(2))))),
+        "the next pull was served while the callback waited"
+    );
+}
+
+/// A stream whose drop panics.
+struct PanicsOnDrop;
+
+impl futures::Stream for PanicsOnDrop {
+    type Item = u8;
+    fn poll_next(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<u8>> {
+        Poll::Ready(None)
+    }
+}
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        panic!("stream drop failed");
+    }
+}
+
+#[test]
+fn a_panicking_stream_drop_never_unwinds_out_of_the_pullers_drop() {
+    let pull = Puller::new(PanicsOnDrop);
+    assert!(std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(pull))).is_ok());
 }

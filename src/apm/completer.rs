@@ -139,6 +139,18 @@ impl<T> Completer<T> {
         self.fail(crate::Error::Abandoned(why), false);
     }
 
+    /// Stores `value` without waking anyone or running the callback: the caller runs
+    /// the returned wake-ups once it is ready (after giving up what the callback might
+    /// wait for). Hands `value` back if the operation was cancelled.
+    pub(crate) fn complete_deferred(self, value: T) -> Result<Option<cell::Wake<T>>, T> {
+        self.writer
+            .complete(Ok(value), false)
+            .map_err(|back| match back {
+                Ok(value) => value,
+                Err(_) => unreachable!("the completer only stores values"),
+            })
+    }
+
     /// Finishes the operation with the bridge's `error`.
     pub(crate) fn fail(self, error: crate::Error, synchronous: bool) {
         // Only a cancel can refuse it, and then nobody waits for the error.

@@ -23,7 +23,9 @@ use crate::{AsyncCallback, AsyncResult, Builder, Completer, Error, State};
 /// [`begin`](crate::begin) (so a legacy loop checks the flag, or relies on rule 28).
 /// Pulls are served one at a time, in the order they were begun. A cancelled pull
 /// ([`AsyncResult::cancel`]) loses no item: an item it read after its cancel goes to
-/// the next pull.
+/// the next pull. A pull cancelled while it waits for the stream keeps its turn until
+/// the stream's next item or end (which then goes to the next pull): the stream has
+/// no way to be told.
 ///
 /// Clones share the stream. A pull that must wait runs on the ambient tokio runtime, or
 /// the crate's default one.
@@ -74,6 +76,15 @@ impl<S: Stream> Turns<S> {
         let serving = self.serving;
         let at = self.waiting.iter().position(|(t, _)| *t == serving)?;
         Some(self.waiting.swap_remove(at).1)
+    }
+}
+
+/// The last owner drops the stream and any returned item; a panic there is discarded
+/// (rule 17).
+impl<S: Stream> Drop for Turns<S> {
+    fn drop(&mut self) {
+        drop_quietly(self.stream.take());
+        drop_quietly(self.returned.take());
     }
 }
 
@@ -165,8 +176,11 @@ where
             stream: None,
             polling: false,
             released: false,
+            first: true,
         };
-        // Served at once, with the item there: the pull completes inside this call.
+        // Served at once, with the item there: the pull completes inside this call,
+        // synchronously. Otherwise a task finishes it, which `begin`'s own inline poll
+        // does not touch (a completion there would not be synchronous any more).
         let waker = futures::task::noop_waker();
         if pull
             .poll_pull(&mut Context::from_waker(&waker), true)
@@ -208,6 +222,9 @@ struct Pull<S: Stream> {
     polling: bool,
     /// The stream and the turn were given on.
     released: bool,
+    /// The next poll as a future is `begin`'s inline one, inside `begin_next`, right
+    /// after `begin_next`'s own: it does nothing (tokio polls a spawned task anyway).
+    first: bool,
 }
 
 impl<S: Stream> Pull<S> {
@@ -298,11 +315,23 @@ impl<S: Stream> Pull<S> {
                 drop_quietly(item);
             }
         } else {
-            // An item a cancel refused is the next pull's: it goes back before the turn.
-            if let Err(Some(item)) = completer.complete(item) {
-                lock(&self.shared).returned = Some(item);
+            // The item is stored first; an item a cancel refused is the next pull's and
+            // goes back before the turn. Then the turn passes, and only then does the
+            // callback run: it may begin the next pull and wait for it.
+            match completer.complete_deferred(item) {
+                Ok(wake) => {
+                    self.release();
+                    if let Some(wake) = wake {
+                        wake.run_quietly();
+                    }
+                }
+                Err(refused) => {
+                    if let Some(item) = refused {
+                        lock(&self.shared).returned = Some(item);
+                    }
+                    self.release();
+                }
             }
-            self.release();
         }
         Poll::Ready(())
     }
@@ -344,7 +373,11 @@ impl<S: Stream> Future for Pull<S> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         // `Pull` is `Unpin`: the stream is boxed.
-        self.get_mut().poll_pull(cx, false)
+        let this = self.get_mut();
+        if std::mem::replace(&mut this.first, false) {
+            return Poll::Pending;
+        }
+        this.poll_pull(cx, false)
     }
 }
 
