@@ -10,34 +10,17 @@
 // The counting global allocator needs `unsafe impl GlobalAlloc`; it forwards to `System`.
 #![allow(unsafe_code)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 use apm_tap::{AsyncResult, Builder, Dispatch};
 
-struct Counting;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: both methods forward to `System` with the caller's arguments; the counter is
-// an atomic that never allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Relaxed);
-        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, passed on as is.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` was allocated by `System` with `layout` (see `alloc`).
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+#[path = "counting.rs"]
+mod counting;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: counting::Counting = counting::Counting;
 
 const OPS: u64 = 20_000;
 const ROUNDS: usize = 31;
@@ -120,11 +103,11 @@ fn main() {
     for _ in 0..ROUNDS {
         let mut round = Vec::new();
         for (i, (_, run)) in rows.iter().enumerate() {
-            let before = ALLOCATIONS.load(Relaxed);
+            let before = counting::allocations();
             let start = Instant::now();
             assert_eq!(run(&handle), expected);
             let per_op = start.elapsed().as_nanos() as f64 / OPS as f64;
-            allocations[i] += ALLOCATIONS.load(Relaxed) - before;
+            allocations[i] += counting::allocations() - before;
             times[i].push(per_op);
             round.push(per_op);
         }

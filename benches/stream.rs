@@ -12,8 +12,6 @@
 // The counting global allocator needs `unsafe impl GlobalAlloc`; it forwards to `System`.
 #![allow(unsafe_code)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -21,27 +19,11 @@ use apm_tap::stream::{Buffer, Emit, Overflow};
 use criterion::Criterion;
 use futures::{SinkExt, StreamExt};
 
-struct Counting;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: both methods forward to `System` with the caller's arguments; the counter is
-// an atomic that never allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Relaxed);
-        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, passed on as is.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` was allocated by `System` with `layout` (see `alloc`).
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+#[path = "counting.rs"]
+mod counting;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: counting::Counting = counting::Counting;
 
 /// Items per run, and the buffer's capacity.
 const ITEMS: u64 = 20_000;
@@ -136,11 +118,11 @@ fn main() {
     for _ in 0..ROUNDS {
         let mut round = Vec::new();
         for (i, (_, run)) in VARIANTS.iter().enumerate() {
-            let before = ALLOCATIONS.load(Relaxed);
+            let before = counting::allocations();
             let start = Instant::now();
             assert_eq!(run(&runtime), SUM);
             let per_item = start.elapsed().as_nanos() as f64 / ITEMS as f64;
-            allocations[i] += ALLOCATIONS.load(Relaxed) - before;
+            allocations[i] += counting::allocations() - before;
             times[i].push(per_item);
             round.push(per_item);
         }
