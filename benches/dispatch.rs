@@ -1,7 +1,8 @@
 //! Posted dispatch against what a user writes without it: a Begin-side callback posted
 //! to a tokio runtime by `Builder::dispatch(Dispatch::tokio(..))`, for an operation that
 //! completes inside `begin`, against `tokio::spawn` of a task that calls the same
-//! callback with the same value.
+//! callback with the same value, and against the same operation with an inline callback
+//! that spawns the real one (what a user writes without `Dispatch`).
 //!
 //! `cargo bench -p apm-tap-benches --bench dispatch` prints, over interleaved rounds
 //! (each round times both rows in turn), the median time per operation, the median of
@@ -61,6 +62,24 @@ fn tokio_spawn(handle: &tokio::runtime::Handle) -> u64 {
     finished.recv().unwrap()
 }
 
+/// What a user writes to post a callback without `Dispatch`: an inline callback that
+/// spawns the real one.
+fn hand_posted(handle: &tokio::runtime::Handle) -> u64 {
+    let (done, finished) = Done::new();
+    for i in 0..OPS {
+        let done = Arc::clone(&done);
+        let runtime = handle.clone();
+        drop(
+            Builder::new()
+                .callback(move |h: AsyncResult<u64>| {
+                    drop(runtime.spawn(async move { done.callback(h.end().unwrap()) }));
+                })
+                .begin(async move { i }),
+        );
+    }
+    finished.recv().unwrap()
+}
+
 fn apm_tap_posted(handle: &tokio::runtime::Handle) -> u64 {
     let (done, finished) = Done::new();
     let dispatch = Dispatch::tokio(handle.clone());
@@ -88,8 +107,9 @@ fn main() {
         .unwrap();
     let handle = runtime.handle().clone();
     type Row = (&'static str, fn(&tokio::runtime::Handle) -> u64);
-    let rows: [Row; 2] = [
+    let rows: [Row; 3] = [
         ("tokio_spawn_callback", tokio_spawn),
+        ("hand_posted", hand_posted),
         ("apm_tap_posted", apm_tap_posted),
     ];
     let expected = OPS * (OPS - 1) / 2;
@@ -100,6 +120,7 @@ fn main() {
     let mut times = vec![Vec::new(); rows.len()];
     let mut allocations = vec![0_usize; rows.len()];
     let mut ratios = Vec::new();
+    let mut hand_ratios = Vec::new();
     for _ in 0..ROUNDS {
         let mut round = Vec::new();
         for (i, (_, run)) in rows.iter().enumerate() {
@@ -111,7 +132,8 @@ fn main() {
             times[i].push(per_op);
             round.push(per_op);
         }
-        ratios.push(round[1] / round[0]);
+        ratios.push(round[2] / round[0]);
+        hand_ratios.push(round[2] / round[1]);
     }
     println!("\n## Posted dispatch: {OPS} operations per run, {ROUNDS} interleaved rounds\n");
     println!("| variant | median per operation | allocations per operation |");
@@ -126,5 +148,9 @@ fn main() {
     println!(
         "\napm_tap_posted / tokio_spawn_callback, median of the rounds' ratios: **{:.2}**",
         median(ratios)
+    );
+    println!(
+        "apm_tap_posted / hand_posted, median of the rounds' ratios: **{:.2}**",
+        median(hand_ratios)
     );
 }

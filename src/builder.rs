@@ -6,7 +6,7 @@ use std::future::Future;
 use std::ptr::NonNull;
 
 use crate::runtime::Spawner;
-use crate::{to_apm, AnyAsyncResult, AsyncCallback, AsyncResult, Completer, State};
+use crate::{to_apm, AnyAsyncResult, AsyncCallback, AsyncResult, Completer, Dispatch, State};
 
 /// Starts an operation with a callback, a state or a chosen executor: the options that
 /// [`begin`](crate::begin) and [`Completer::new`] leave out, the way
@@ -52,8 +52,9 @@ pub struct Builder<'a, T> {
     dispatch: Option<Redirect<T>>,
 }
 
-/// What [`Builder::dispatch`] does to the callback.
-type Redirect<T> = Box<dyn FnOnce(AsyncCallback<T>) -> AsyncCallback<T>>;
+/// What [`Builder::dispatch`] does to the callback: the policy, and the function that
+/// applies it (made where `T: Send + 'static` is known).
+type Redirect<T> = (Dispatch, fn(Dispatch, AsyncCallback<T>) -> AsyncCallback<T>);
 
 impl<T> Builder<'static, T> {
     /// No callback, no state, the ambient or default executor.
@@ -231,7 +232,7 @@ impl<'a, T> Builder<'a, T> {
     /// the spawner.
     fn into_parts(self) -> (AsyncCallback<T>, State, Option<&'a dyn Spawner>) {
         let callback = match self.dispatch {
-            Some(redirect) => redirect(self.callback),
+            Some((dispatch, wrap)) => wrap(dispatch, self.callback),
             None => self.callback,
         };
         (callback, self.state, self.spawner)

@@ -201,8 +201,9 @@ impl Dispatch {
             return job();
         }
         // Posted jobs run exactly once: one the target drops unrun (a runtime shutting
-        // down, a spawner that refuses or panics) runs where it is dropped.
-        let job = Once(Some(Box::new(job)));
+        // down, a spawner that refuses or panics) runs where it is dropped. The job
+        // goes into the target's task as it is: only the thread's queue boxes it.
+        let job = Once(Some(job));
         match &self.0 {
             Kind::Inline => unreachable!("returned above"),
             Kind::Tokio(handle) => drop(handle.spawn(async move { job.run() })),
@@ -233,30 +234,30 @@ impl Dispatch {
         }
     }
 
-    /// `callback`, made to run as this policy says.
-    pub(crate) fn wrap<T: Send + 'static>(&self, callback: AsyncCallback<T>) -> AsyncCallback<T> {
-        if self.is_inline() {
+    /// `callback`, made to run as `dispatch` says.
+    pub(crate) fn wrap<T: Send + 'static>(
+        dispatch: Dispatch,
+        callback: AsyncCallback<T>,
+    ) -> AsyncCallback<T> {
+        if dispatch.is_inline() {
             return callback;
         }
         match callback.into_inner() {
             None => AsyncCallback::none(),
-            Some(inner) => {
-                let dispatch = self.clone();
-                // `inner` went through the trampoline when it was made; posting it
-                // starts a new stack anyway.
-                AsyncCallback::internal(move |handle: AsyncResult<T>| {
-                    dispatch.run(move || inner(handle));
-                })
-            }
+            // `inner` went through the trampoline when it was made; posting it starts a
+            // new stack anyway.
+            Some(inner) => AsyncCallback::internal(move |handle: AsyncResult<T>| {
+                dispatch.run(move || inner(handle));
+            }),
         }
     }
 }
 
 /// A posted job that runs exactly once: by [`Once::run`], or, if the target drops it
 /// unrun, by its drop on the dropping thread. Its panic is discarded either way.
-struct Once(Option<Job>);
+struct Once<F: FnOnce()>(Option<F>);
 
-impl Once {
+impl<F: FnOnce()> Once<F> {
     fn run(mut self) {
         if let Some(job) = self.0.take() {
             quietly(job);
@@ -264,7 +265,7 @@ impl Once {
     }
 }
 
-impl Drop for Once {
+impl<F: FnOnce()> Drop for Once<F> {
     fn drop(&mut self) {
         if let Some(job) = self.0.take() {
             quietly(job);
@@ -383,6 +384,8 @@ impl<T> Builder<'_, T> {
             // The default: nothing to wrap, nothing to allocate.
             return self.with_dispatch(None);
         }
-        self.with_dispatch(Some(Box::new(move |callback| dispatch.wrap(callback))))
+        // A function pointer, made here where `T: Send + 'static` is known: storing it
+        // allocates nothing.
+        self.with_dispatch(Some((dispatch, Dispatch::wrap::<T>)))
     }
 }

@@ -412,3 +412,39 @@ fn inline_dispatch_adds_no_allocation() {
         assert_eq!((count, handle.end()), (1, Ok(1)), "only the cell");
     });
 }
+
+#[test]
+fn posted_dispatch_allocates_only_the_posting() {
+    on_a_fresh_thread(|| {
+        let tasks = std::sync::Arc::new(std::sync::Mutex::new(Vec::with_capacity(1)));
+        let posted = std::sync::Arc::clone(&tasks);
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let callback = apm_tap::AsyncCallback::new(move |h: apm_tap::AsyncResult<u64>| {
+            tx.send(h.end()).unwrap()
+        });
+        std::thread::scope(|scope| {
+            let spawner = move |task: Task| posted.lock().unwrap().push(task);
+            let dispatch = apm_tap::Dispatch::spawner(spawner);
+            let never_used = |_: Task| unreachable!("a ready future is not spawned");
+            let (count, handle) = allocations(|| {
+                apm_tap::Builder::new()
+                    .dispatch(dispatch)
+                    .spawner(&never_used)
+                    .callback(callback)
+                    .begin(async { 3_u64 })
+            });
+            assert!(handle.completed_synchronously());
+            assert_eq!(
+                count, 3,
+                "the cell, the callback's posting wrapper and the posted task's cell"
+            );
+            let task = tasks
+                .lock()
+                .unwrap()
+                .pop()
+                .expect("the callback was posted");
+            scope.spawn(move || futures::executor::block_on(task));
+            assert_eq!(rx.recv().unwrap(), Ok(3));
+        });
+    });
+}
