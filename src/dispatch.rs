@@ -2,16 +2,19 @@
 //! of its own for thread-affine legacy code.
 
 use std::fmt;
+use std::future::Future;
 use std::io;
-use std::sync::mpsc;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Wake, Waker};
 use std::thread::{self, ThreadId};
 
 use tokio::runtime::Handle;
+use tokio::sync::mpsc;
 
 use crate::runtime::{default_handle, Spawner};
 use crate::unwind::quietly;
-use crate::{AsyncCallback, AsyncResult, Builder};
+use crate::{AsyncCallback, AsyncResult, Builder, Task};
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -60,7 +63,7 @@ enum Kind {
     Tokio(Handle),
     Spawner(Arc<dyn Spawner + Send + Sync>),
     Blocking,
-    Thread(mpsc::Sender<Job>),
+    Thread(mpsc::UnboundedSender<Job>, Handle),
 }
 
 impl Dispatch {
@@ -161,7 +164,7 @@ impl Dispatch {
     ///
     /// See [`Dispatch`].
     pub fn thread(thread: &CallbackThread) -> Dispatch {
-        Dispatch(Kind::Thread(thread.jobs.clone()))
+        Dispatch(Kind::Thread(thread.jobs.clone(), thread.runtime.clone()))
     }
 
     /// Whether this is [`Dispatch::inline`].
@@ -224,7 +227,7 @@ impl Dispatch {
                     Err(_) => drop(default_handle().spawn_blocking(job)),
                 }
             }
-            Kind::Thread(jobs) => {
+            Kind::Thread(jobs, _) => {
                 // The thread runs until every sender is gone, and this is one: the send
                 // cannot fail. Were it to, the job would come back and run here.
                 if let Err(refused) = jobs.send(Box::new(move || job.run())) {
@@ -299,7 +302,7 @@ impl fmt::Debug for Dispatch {
             Kind::Tokio(_) => "Dispatch::Tokio",
             Kind::Spawner(_) => "Dispatch::Spawner",
             Kind::Blocking => "Dispatch::Blocking",
-            Kind::Thread(_) => "Dispatch::Thread",
+            Kind::Thread(..) => "Dispatch::Thread",
         })
     }
 }
@@ -308,16 +311,25 @@ impl fmt::Debug for Dispatch {
 /// code that must be called on one thread (a COM single-threaded apartment, a UI
 /// thread, a libuv loop). Post to it with [`Dispatch::thread`].
 ///
+/// The thread drives a current-thread tokio runtime: as a [`Spawner`] (through
+/// [`Dispatch::thread`]) it also runs tasks, such as a
+/// [subscription](crate::stream::subscribe_on) or an operation with progress, all
+/// on this one thread, interleaved with the posted callbacks. A blocking `end` or `wait`
+/// on this thread for an operation whose task runs here returns
+/// [`Error::WouldDeadlock`](crate::Error::WouldDeadlock) (rule 12).
+///
 /// The thread ends once this handle and every `Dispatch` of it are dropped and it has
-/// run what was posted. For a thread you already have (a UI loop), use
-/// [`Dispatch::spawner`] with a closure that sends each [`Task`](crate::Task) to that
-/// loop, which runs it (`futures::executor::block_on(task)`).
+/// run the callbacks posted; tasks still pending then are dropped, and their operations
+/// end with [`Error::Abandoned`](crate::Error::Abandoned). For a thread you already
+/// have (a UI loop), use [`Dispatch::spawner`] with a closure that sends each
+/// [`Task`] to that loop, which runs it (`futures::executor::block_on(task)`).
 ///
 /// # Examples
 ///
 /// See [`Dispatch`].
 pub struct CallbackThread {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::UnboundedSender<Job>,
+    runtime: Handle,
     id: ThreadId,
 }
 
@@ -326,7 +338,7 @@ impl CallbackThread {
     ///
     /// # Errors
     ///
-    /// The operating system's error, if it could not start a thread.
+    /// The operating system's error, if it could not start a thread or its runtime.
     ///
     /// # Examples
     ///
@@ -339,14 +351,21 @@ impl CallbackThread {
     /// assert_eq!(rx.recv().unwrap().as_deref(), Some("ui"));
     /// ```
     pub fn spawn(name: impl Into<String>) -> io::Result<CallbackThread> {
-        let (jobs, posted) = mpsc::channel::<Job>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (jobs, mut posted) = mpsc::unbounded_channel::<Job>();
         let thread = thread::Builder::new().name(name.into()).spawn(move || {
-            for job in posted {
-                quietly(job);
-            }
+            runtime.block_on(async move {
+                while let Some(job) = posted.recv().await {
+                    quietly(job);
+                }
+            });
         })?;
         Ok(CallbackThread {
             jobs,
+            runtime: handle,
             id: thread.thread().id(),
         })
     }
@@ -387,5 +406,146 @@ impl<T> Builder<'_, T> {
         // A function pointer, made here where `T: Send + 'static` is known: storing it
         // allocates nothing.
         self.with_dispatch(Some((dispatch, Dispatch::wrap::<T>)))
+    }
+}
+
+/// A policy is an executor too, so that the crate's other callbacks (a
+/// [subscriber](crate::stream::subscribe_on), a progress handler) run where it says:
+/// give it where a [`Spawner`] is asked for. The task's every poll, the first one
+/// included, runs there; it is never polled inside `begin`, except under
+/// [`Dispatch::inline`].
+///
+/// | policy | the task is polled |
+/// |---|---|
+/// | [`Dispatch::inline`] | on the thread that wakes it, inside the wake (the first time inside `begin`), one poll at a time: a wake during a poll makes that poll's thread poll again, so nothing recurses |
+/// | [`Dispatch::tokio`] | as a task of that runtime |
+/// | [`Dispatch::spawner`] | as a task of that spawner |
+/// | [`Dispatch::blocking`] | on a blocking-pool thread, each poll a job of its own (a pending task holds no thread) |
+/// | [`Dispatch::thread`] | on the [`CallbackThread`], between its posted callbacks |
+///
+/// One task is polled by one thread at a time, so a subscriber's or a progress
+/// handler's calls never overlap, whatever the policy.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+///
+/// let ui = apm_tap::CallbackThread::spawn("ui").unwrap();
+/// let seen = Arc::new(Mutex::new(Vec::new()));
+/// let log = Arc::clone(&seen);
+/// let handle = apm_tap::Builder::new()
+///     .spawner(&apm_tap::Dispatch::thread(&ui))
+///     .begin(apm_tap::progress::reporting(|progress| async move {
+///         let _ = progress.report(1);
+///         2
+///     })
+///     .on_progress(move |p: u8| log.lock().unwrap().push((p, std::thread::current().id()))));
+/// assert_eq!(handle.end(), Ok(2));
+/// assert_eq!(*seen.lock().unwrap(), [(1, ui.id())]);
+/// ```
+impl Spawner for Dispatch {
+    fn spawn(&self, task: Task) {
+        match &self.0 {
+            Kind::Tokio(handle) | Kind::Thread(_, handle) => drop(handle.spawn(task)),
+            Kind::Spawner(spawner) => spawner.spawn(task),
+            Kind::Inline | Kind::Blocking => Woken::start(task, self.clone()),
+        }
+    }
+
+    /// Only [`Dispatch::inline`] polls the task here first; every other policy leaves
+    /// every poll to its target.
+    fn enter(&self, f: &mut dyn FnMut()) {
+        if self.is_inline() {
+            f();
+        }
+    }
+
+    fn tokio_handle(&self) -> Option<&Handle> {
+        match &self.0 {
+            Kind::Tokio(handle) | Kind::Thread(_, handle) => Some(handle),
+            Kind::Spawner(spawner) => spawner.tokio_handle(),
+            Kind::Inline | Kind::Blocking => None,
+        }
+    }
+}
+
+/// A task that [`Dispatch::inline`] or [`Dispatch::blocking`] runs: each wake of an
+/// idle task runs a poll as the policy runs a callback (inline: inside the wake, on the
+/// waking thread, as Kotlin's `Dispatchers.Unconfined` does, without its stack dive).
+/// A wake while a poll runs (on any thread, the polling one included) only asks that
+/// poll's thread to poll again when it is done: one poll at a time, no recursion.
+struct Woken {
+    slot: Mutex<Slot>,
+    dispatch: Dispatch,
+}
+
+enum Slot {
+    /// Nobody polls it; the next wake does.
+    Idle(Task),
+    /// A poll runs or is posted.
+    Running,
+    /// A poll runs, and it was woken since: that poll's thread polls again.
+    Notified,
+    /// It finished.
+    Done,
+}
+
+impl Woken {
+    /// Polls `task` as `dispatch` says, now and whenever it is woken.
+    fn start(task: Task, dispatch: Dispatch) {
+        let this = Arc::new(Woken {
+            slot: Mutex::new(Slot::Running),
+            dispatch,
+        });
+        this.post(task);
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
+        // Only this file's code runs under the lock, and it cannot panic there.
+        self.slot.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs [`Woken::run`] as the policy says.
+    fn post(self: Arc<Self>, task: Task) {
+        let dispatch = self.dispatch.clone();
+        dispatch.run(move || self.run(task));
+    }
+
+    /// Polls `task` (taken out of the slot) until it finishes or is left idle.
+    fn run(self: Arc<Self>, mut task: Task) {
+        let waker = Waker::from(Arc::clone(&self));
+        let mut cx = Context::from_waker(&waker);
+        loop {
+            // `Task::poll` catches the future's panic itself: it never unwinds here.
+            if Pin::new(&mut task).poll(&mut cx).is_ready() {
+                *self.slot() = Slot::Done;
+                // Its result is stored; dropping it runs no user code.
+                return drop(task);
+            }
+            let mut slot = self.slot();
+            match *slot {
+                Slot::Notified => *slot = Slot::Running,
+                _ => {
+                    *slot = Slot::Idle(task);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Wake for Woken {
+    fn wake(self: Arc<Self>) {
+        let mut slot = self.slot();
+        match std::mem::replace(&mut *slot, Slot::Done) {
+            Slot::Idle(task) => {
+                *slot = Slot::Running;
+                drop(slot);
+                self.post(task);
+            }
+            Slot::Running | Slot::Notified => *slot = Slot::Notified,
+            Slot::Done => {}
+        }
     }
 }
