@@ -165,7 +165,11 @@
 //!     [`CallbackThread`], after the result is stored and never inside `begin` (unless
 //!     a spawner runs its tasks inside `spawn`), exactly once (a target that drops it
 //!     unrun runs it where it drops it). A posted callback may end, cancel or begin on
-//!     its own handle's operation.
+//!     its own handle's operation. A [`Dispatch`] is also a [`Spawner`]: given to
+//!     [`stream::subscribe_on`] or [`Builder::spawner`] (for a progress handler), it
+//!     polls the task where it says, never inside `begin` unless inline, one poll at a
+//!     time, so a subscriber's or progress handler's calls stay in order and never
+//!     overlap under every policy; inline polls on the waking thread without recursing.
 //!
 //! # Blocking and deadlocks
 //!

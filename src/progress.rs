@@ -370,7 +370,9 @@ impl<Fut: Future, P, H> fmt::Debug for OnProgress<Fut, P, H> {
 /// `Builder::new().callback(..).begin(progress::reporting(start).on_progress(handler))`.
 ///
 /// `on_progress` runs where the operation's task runs (inline in `begin`'s first poll,
-/// then on the executor), one call at a time.
+/// then on the executor), one call at a time. To choose where, give a
+/// [`Dispatch`](crate::Dispatch) as the spawner:
+/// `Builder::new().spawner(&Dispatch::thread(&ui)).begin(progress::reporting(start).on_progress(handler))`.
 ///
 /// # Panics
 ///

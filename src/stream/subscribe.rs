@@ -445,8 +445,10 @@ where
     start(Builder::new(), stream, subscriber)
 }
 
-/// [`subscribe`] on a chosen executor: a tokio `Handle` or `Runtime`, or any
-/// [`Spawner`].
+/// [`subscribe`] on a chosen executor: a tokio `Handle` or `Runtime`, any
+/// [`Spawner`], or a [`Dispatch`](crate::Dispatch) policy (the subscriber's calls then
+/// run where it says: on a [`CallbackThread`](crate::CallbackThread), on the thread
+/// that emits for [`Dispatch::inline`](crate::Dispatch::inline)), one at a time.
 ///
 /// # Panics
 ///
