@@ -260,6 +260,71 @@ impl<Fut: Future, P> Reporting<Fut, P> {
     }
 }
 
+impl<Fut: Future, P: Copy> Reporting<Fut, P> {
+    /// A handle that reads the newest report, from any thread, without taking it: for a
+    /// caller that shows the current progress (a UI refreshed on a timer) while the
+    /// operation runs elsewhere. The stream still yields every report as before.
+    ///
+    /// For `Copy` reports only: the copy is made under the reports' lock, where no user
+    /// code may run (rule 18), and a `Copy` type has no `Clone` code to run. Keeping it
+    /// costs one copy per report accepted from this call on.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use apm_tap::progress;
+    ///
+    /// let job = progress::reporting(|progress| async move {
+    ///     let _ = progress.report(25);
+    ///     let _ = progress.report(50);
+    ///     "copied"
+    /// });
+    /// let latest = job.latest();
+    /// assert_eq!(latest.get(), None); // nothing reported yet
+    /// let handle = apm_tap::begin(job.on_progress(|_: u32| {}));
+    /// assert_eq!(handle.end(), Ok("copied"));
+    /// assert_eq!(latest.get(), Some(50));
+    /// ```
+    pub fn latest(&self) -> Latest<P> {
+        self.channel.keep_newest(&self.hand);
+        Latest {
+            channel: Arc::clone(&self.channel),
+        }
+    }
+}
+
+/// Reads the newest report of an operation: see [`Reporting::latest`].
+pub struct Latest<P> {
+    channel: Arc<Channel<P, Error>>,
+}
+
+impl<P: Copy> Latest<P> {
+    /// The newest report accepted (queued for the reader, read or not), or `None` if
+    /// none was. Reports refused (after completion, by a full bounded queue) do not
+    /// count. Never blocks for longer than the reports' lock is held by a report.
+    ///
+    /// # Examples
+    ///
+    /// See [`Reporting::latest`].
+    pub fn get(&self) -> Option<P> {
+        self.channel.newest()
+    }
+}
+
+impl<P> Clone for Latest<P> {
+    fn clone(&self) -> Self {
+        Latest {
+            channel: Arc::clone(&self.channel),
+        }
+    }
+}
+
+impl<P> fmt::Debug for Latest<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Latest").finish_non_exhaustive()
+    }
+}
+
 impl<Fut: Future, P> Stream for Reporting<Fut, P> {
     type Item = Update<P, Fut::Output>;
 

@@ -271,3 +271,66 @@ fn a_result_nobody_took_is_dropped_quietly_with_the_reader() {
     // The result is held until the report before it is read: the drop drops it.
     assert!(std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(job))).is_ok());
 }
+
+#[test]
+fn latest_starts_from_an_unread_report_and_follows_every_accepted_one() {
+    let job = progress::reporting_with(Buffer::bounded(1, Overflow::DropNewest), |progress| {
+        // Made before anyone asked for the latest: still unread, so it counts.
+        assert_eq!(progress.report(7_u32), Emit::Queued);
+        assert_eq!(progress.report(8), Emit::Rejected(8), "full: refused");
+        async move { progress }
+    });
+    let latest = job.latest();
+    assert_eq!(latest.get(), Some(7), "a refused report does not count");
+    let mut job = Box::pin(job);
+    let first = futures::executor::block_on(job.next());
+    assert!(matches!(first, Some(Update::Progress(7))));
+    assert_eq!(latest.get(), Some(7), "read, and still the newest");
+    let Some(Update::Done(progress)) = futures::executor::block_on(job.next()) else {
+        panic!("the result comes last");
+    };
+    assert_eq!(progress.report(9), Emit::Closed(9));
+    assert_eq!(
+        latest.get(),
+        Some(7),
+        "refused after completion: does not count"
+    );
+    assert_eq!(latest.clone().get(), Some(7));
+}
+
+#[test]
+fn latest_read_from_another_thread_never_goes_back() {
+    const REPORTS: u32 = if cfg!(miri) { 50 } else { 100_000 };
+    let (give, take) = mpsc::channel::<Progress<u32>>();
+    let (finish, finished) = futures::channel::oneshot::channel::<()>();
+    let job = progress::reporting(move |progress| {
+        give.send(progress).unwrap();
+        async move { finished.await.unwrap() }
+    });
+    let latest = job.latest();
+    let handle = apm_tap::begin(job.on_progress(|_| {}));
+    let progress = take.recv().unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (latest, done) = (latest.clone(), Arc::clone(&done));
+        thread::spawn(move || {
+            let mut last = None;
+            while !done.load(SeqCst) {
+                let now = latest.get();
+                assert!(now >= last, "went back from {last:?} to {now:?}");
+                last = now;
+            }
+        })
+    };
+    for i in 1..=REPORTS {
+        assert!(matches!(
+            progress.report(i),
+            Emit::Queued | Emit::Evicted(_)
+        ));
+    }
+    done.store(true, SeqCst);
+    reader.join().unwrap();
+    assert_eq!(latest.get(), Some(REPORTS));
+    finish.send(()).unwrap();
+    assert_eq!(handle.end(), Ok(()));
+}

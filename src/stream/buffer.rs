@@ -344,6 +344,11 @@ impl<T> Queue<T> {
     }
 
     /// Whether the buffer is full of items: a [`Overflow::Suspend`] emit would wait.
+    /// The newest item in the buffer, if any.
+    pub(crate) fn newest(&self) -> Option<&T> {
+        self.items.back()
+    }
+
     pub(crate) fn is_full(&self) -> bool {
         self.buffer
             .capacity()

@@ -54,7 +54,13 @@ struct Inner<T, E> {
     /// a waker clone, `when_ready` callbacks), if any: a blocking emit there would wait
     /// for the very poll it runs in.
     inside_consumer: Option<ThreadId>,
+    /// Set by [`Channel::keep_newest`]: a copy of the newest item accepted, made by a
+    /// function that only exists for `T: Copy` (a bitwise copy, no user code).
+    newest: Option<Newest<T>>,
 }
+
+/// How to copy an item (made where `T: Copy`), and the copy of the newest one.
+type Newest<T> = (fn(&T) -> T, Option<T>);
 
 /// Whether and how the stream ended. Every state but `Open` refuses new items.
 enum End<E> {
@@ -193,6 +199,7 @@ impl<T, E> Channel<T, E> {
                 emitters: 0,
                 consumer_runtime: None,
                 inside_consumer: None,
+                newest: None,
             }),
             overflow: buffer.overflow(),
             pops: AtomicUsize::new(0),
@@ -204,6 +211,27 @@ impl<T, E> Channel<T, E> {
     /// (every update is a single assignment).
     fn lock(&self) -> MutexGuard<'_, Inner<T, E>> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// From now on, keeps a copy of the newest item accepted; starts from the newest
+    /// one not yet read (in the buffer, else in `hand`).
+    pub(crate) fn keep_newest(&self, hand: &Hand<T>)
+    where
+        T: Copy,
+    {
+        let mut inner = self.lock();
+        if inner.newest.is_none() {
+            let seed = inner.queue.newest().or(hand.items.back()).copied();
+            inner.newest = Some((|item: &T| *item, seed));
+        }
+    }
+
+    /// The copy [`Channel::keep_newest`] keeps, if any item was accepted since.
+    pub(crate) fn newest(&self) -> Option<T>
+    where
+        T: Copy,
+    {
+        self.lock().newest.as_ref().and_then(|(_, newest)| *newest)
     }
 
     pub(crate) fn emit(&self, item: T) -> Emit<T> {
@@ -484,12 +512,28 @@ impl<T, E> Inner<T, E> {
         if !self.is_open() {
             return (Emit::Closed(item), Wakeups::NONE);
         }
+        // A copy only for `T: Copy` (see `newest`): no user code under the lock. The
+        // copy it replaces has no drop glue either.
+        let copy = self.newest.as_ref().map(|(copy, _)| copy(&item));
         match self.queue.push(item) {
-            Pushed::Queued => (Emit::Queued, self.wake_consumer()),
-            Pushed::Evicted(oldest) => (Emit::Evicted(oldest), self.wake_consumer()),
+            Pushed::Queued => {
+                self.keep(copy);
+                (Emit::Queued, self.wake_consumer())
+            }
+            Pushed::Evicted(oldest) => {
+                self.keep(copy);
+                (Emit::Evicted(oldest), self.wake_consumer())
+            }
             Pushed::Rejected(item) => (Emit::Rejected(item), Wakeups::NONE),
             Pushed::Full(item) => (Emit::Full(item), Wakeups::NONE),
             Pushed::Overflowed(item) => (Emit::Rejected(item), self.end(End::Overflowed)),
+        }
+    }
+
+    /// Keeps `copy` (of an accepted item) as the newest, if newest items are kept.
+    fn keep(&mut self, copy: Option<T>) {
+        if let (Some((_, newest)), Some(copy)) = (self.newest.as_mut(), copy) {
+            *newest = Some(copy);
         }
     }
 
