@@ -5,7 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Wake, Waker};
 use std::thread::{self, ThreadId};
 
@@ -13,6 +13,7 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
 use crate::runtime::{default_handle, Spawner};
+use crate::sync::{Mutex, MutexGuard, PoisonError};
 use crate::unwind::quietly;
 use crate::{AsyncCallback, AsyncResult, Builder, Task};
 
@@ -501,7 +502,7 @@ impl Woken {
         this.post(task);
     }
 
-    fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
+    fn slot(&self) -> MutexGuard<'_, Slot> {
         // Only this file's code runs under the lock, and it cannot panic there.
         self.slot.lock().unwrap_or_else(PoisonError::into_inner)
     }

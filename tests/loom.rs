@@ -990,3 +990,60 @@ fn model_24_progress_report_races_completion() {
         },
     );
 }
+
+/// A task run by `Dispatch::inline` is woken by two threads while its first poll may
+/// still run: no wake-up is lost (it completes), and no two polls overlap.
+#[test]
+fn model_25_inline_dispatch_task_woken_from_two_threads() {
+    model(
+        "25 an inline-dispatched task woken from two threads",
+        || {
+            use apm_tap::{Builder, Dispatch};
+            use loom::sync::atomic::AtomicBool;
+            use loom::sync::Mutex;
+            use std::task::Waker;
+
+            /// Events seen (one bit per thread) and the waker to wake for the next one.
+            type Shared = Arc<Mutex<(u8, Option<Waker>)>>;
+            let shared: Shared = Arc::new(Mutex::new((0, None)));
+            let polling = Arc::new(AtomicBool::new(false));
+            let (events, busy) = (Arc::clone(&shared), Arc::clone(&polling));
+            let handle =
+                Builder::new()
+                    .spawner(&Dispatch::inline())
+                    .begin(futures::future::poll_fn(move |cx| {
+                        assert!(!busy.swap(true, SeqCst), "two polls at once");
+                        let mut state = events.lock().unwrap();
+                        let outcome = if state.0 == 0b11 {
+                            Poll::Ready(7)
+                        } else {
+                            state.1 = Some(cx.waker().clone());
+                            Poll::Pending
+                        };
+                        drop(state);
+                        busy.store(false, SeqCst);
+                        outcome
+                    }));
+            let wakers: Vec<_> = [0b01_u8, 0b10]
+                .into_iter()
+                .map(|bit| {
+                    let shared = Arc::clone(&shared);
+                    thread::spawn(move || {
+                        let mut state = shared.lock().unwrap();
+                        state.0 |= bit;
+                        let waker = state.1.take();
+                        drop(state);
+                        if let Some(waker) = waker {
+                            waker.wake();
+                        }
+                    })
+                })
+                .collect();
+            for waker in wakers {
+                waker.join().unwrap();
+            }
+            assert!(handle.is_completed(), "a wake-up was lost");
+            assert_eq!(handle.end(), Ok(7));
+        },
+    );
+}
