@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use crate::runtime::{default_handle, Spawner};
 use crate::sync::{Mutex, MutexGuard, PoisonError};
-use crate::unwind::quietly;
+use crate::unwind::{discard, quietly};
 use crate::{AsyncCallback, AsyncResult, Builder, Task};
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -315,15 +315,19 @@ impl fmt::Debug for Dispatch {
 /// The thread drives a current-thread tokio runtime: as a [`Spawner`] (through
 /// [`Dispatch::thread`]) it also runs tasks, such as a
 /// [subscription](crate::stream::subscribe_on) or an operation with progress, all
-/// on this one thread, interleaved with the posted callbacks. A blocking `end` or `wait`
-/// on this thread for an operation whose task runs here returns
+/// on this one thread, between the posted callbacks. A posted callback runs outside
+/// that runtime's context, as on a plain thread. A blocking `end` or `wait` on this
+/// thread for an operation whose task runs here returns
 /// [`Error::WouldDeadlock`](crate::Error::WouldDeadlock) (rule 12).
 ///
 /// The thread ends once this handle and every `Dispatch` of it are dropped and it has
 /// run the callbacks posted; tasks still pending then are dropped, and their operations
-/// end with [`Error::Abandoned`](crate::Error::Abandoned). For a thread you already
-/// have (a UI loop), use [`Dispatch::spawner`] with a closure that sends each
-/// [`Task`] to that loop, which runs it (`futures::executor::block_on(task)`).
+/// end with [`Error::Abandoned`](crate::Error::Abandoned). A pending task that holds a
+/// `Dispatch` of this thread (an operation whose callback, subscriber or progress
+/// handler is posted here too) keeps it alive until that task ends: cancel it to let
+/// the thread go. For a thread you already have (a UI loop), use
+/// [`Dispatch::spawner`] with a closure that sends each [`Task`] to that loop, which
+/// runs it (`futures::executor::block_on(task)`).
 ///
 /// # Examples
 ///
@@ -358,11 +362,13 @@ impl CallbackThread {
         let handle = runtime.handle().clone();
         let (jobs, mut posted) = mpsc::unbounded_channel::<Job>();
         let thread = thread::Builder::new().name(name.into()).spawn(move || {
-            runtime.block_on(async move {
-                while let Some(job) = posted.recv().await {
-                    quietly(job);
-                }
-            });
+            crate::runtime::drives(runtime.handle().id());
+            // Tasks run while the thread waits for the next callback; each callback
+            // runs outside the runtime's context, as on any plain thread (it may start
+            // a runtime of its own, or begin on the default one and block on it).
+            while let Some(job) = runtime.block_on(posted.recv()) {
+                quietly(job);
+            }
         })?;
         Ok(CallbackThread {
             jobs,
@@ -418,7 +424,7 @@ impl<T> Builder<'_, T> {
 ///
 /// | policy | the task is polled |
 /// |---|---|
-/// | [`Dispatch::inline`] | on the thread that wakes it, inside the wake (the first time inside `begin`), one poll at a time: a wake during a poll makes that poll's thread poll again, so nothing recurses |
+/// | [`Dispatch::inline`] | on the thread that wakes it, inside the wake (the first time inside `begin`), outside any runtime's context (a future that needs tokio's timers or I/O belongs on [`Dispatch::tokio`]); a wake during a poll makes that poll's thread poll again, and a poll that wakes another inline task runs it through the per-thread trampoline (rule 28), so nothing dives down the stack |
 /// | [`Dispatch::tokio`] | as a task of that runtime |
 /// | [`Dispatch::spawner`] | as a task of that spawner |
 /// | [`Dispatch::blocking`] | on a blocking-pool thread, each poll a job of its own (a pending task holds no thread) |
@@ -454,13 +460,9 @@ impl Spawner for Dispatch {
         }
     }
 
-    /// Only [`Dispatch::inline`] polls the task here first; every other policy leaves
-    /// every poll to its target.
-    fn enter(&self, f: &mut dyn FnMut()) {
-        if self.is_inline() {
-            f();
-        }
-    }
+    /// Polls nothing here: [`spawn`](Spawner::spawn) polls an inline task itself, and
+    /// every other policy leaves every poll to its target.
+    fn enter(&self, _: &mut dyn FnMut()) {}
 
     fn tokio_handle(&self) -> Option<&Handle> {
         match &self.0 {
@@ -507,8 +509,17 @@ impl Woken {
         self.slot.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs [`Woken::run`] as the policy says.
+    /// Runs [`Woken::run`] as the policy says; inline, through the per-thread
+    /// trampoline, so that a poll that wakes another idle inline task (which wakes a
+    /// third...) does not poll it ever deeper down the stack (rule 28).
     fn post(self: Arc<Self>, task: Task) {
+        if self.dispatch.is_inline() {
+            // `Task::poll` catches the future's panic: nothing to re-raise.
+            if let Err(payload) = crate::trampoline::run(move || self.run(task)) {
+                discard(payload);
+            }
+            return;
+        }
         let dispatch = self.dispatch.clone();
         dispatch.run(move || self.run(task));
     }

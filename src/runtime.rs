@@ -226,6 +226,18 @@ pub(crate) fn current_thread_runtime() -> Option<Id> {
         .map(|handle| handle.id())
 }
 
+std::thread_local! {
+    /// The current-thread runtime this thread drives between other work (a
+    /// [`CallbackThread`](crate::CallbackThread)'s), even outside its context.
+    static DRIVES: std::cell::Cell<Option<Id>> = const { std::cell::Cell::new(None) };
+}
+
+/// Marks this thread as the one that drives `runtime`, for [`blocking`] to refuse
+/// waiting here for its tasks.
+pub(crate) fn drives(runtime: Id) {
+    DRIVES.with(|drives| drives.set(Some(runtime)));
+}
+
 /// Runs the blocking wait `f`, unless this thread is the one that must run the
 /// operation's task: then blocking would deadlock, and it refuses (rule 12).
 ///
@@ -233,6 +245,8 @@ pub(crate) fn current_thread_runtime() -> Option<Id> {
 /// has one (see `Spawner::tokio_handle`). tokio tells which scheduler, if any, this
 /// thread drives (`worker_index`), and which runtime's context is entered; from those:
 ///
+/// - A [`CallbackThread`](crate::CallbackThread) between its callbacks, outside its
+///   runtime's context: it refuses for that runtime's tasks (only it runs them).
 /// - No scheduler runs on this thread (a plain thread, a `spawn_blocking` thread, the
 ///   thread in a multi-thread runtime's `block_on`, one that only entered a handle):
 ///   it parks. Nothing it stops can be needed by the operation.
@@ -248,6 +262,12 @@ pub(crate) fn current_thread_runtime() -> Option<Id> {
 /// tokio cannot tell a multi-thread worker from a task of a current-thread runtime that
 /// entered a multi-thread runtime's handle; the second is taken for the first.
 pub(crate) fn blocking<R>(task_runtime: Option<Id>, f: impl FnOnce() -> R) -> Result<R, Error> {
+    // A callback thread waiting, outside its runtime's context, for one of its tasks.
+    if task_runtime.is_some()
+        && DRIVES.try_with(|drives| drives.get()).ok().flatten() == task_runtime
+    {
+        return Err(Error::WouldDeadlock);
+    }
     if tokio::runtime::worker_index().is_none() {
         return Ok(f());
     }

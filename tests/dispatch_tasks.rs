@@ -357,3 +357,58 @@ fn an_inline_task_is_polled_by_the_thread_that_wakes_it() {
     assert_eq!(rx.recv().unwrap(), waker);
     assert_eq!(handle.end(), Ok(()));
 }
+
+#[test]
+fn a_callback_on_the_callback_thread_runs_outside_its_runtime() {
+    let ui = CallbackThread::spawn("tasks-plain").unwrap();
+    let (tx, rx) = mpsc::channel();
+    Dispatch::thread(&ui).run(move || {
+        // A plain thread's `begin`: the default runtime, which this thread may wait for.
+        let handle = apm_tap::begin(async {
+            futures::future::ready(()).await;
+            42
+        });
+        let ended = handle.end();
+        // Legacy code may run a runtime of its own here.
+        let own = std::panic::catch_unwind(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+                .block_on(async { 1 })
+        });
+        tx.send((ended, own.ok())).unwrap();
+    });
+    assert_eq!(rx.recv().unwrap(), (Ok(42), Some(1)));
+}
+
+#[test]
+fn inline_tasks_waking_one_another_in_a_chain_do_not_dive() {
+    const TASKS: usize = 10_000;
+    thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(|| {
+            let (first, mut next) = futures::channel::oneshot::channel::<()>();
+            let mut handles = Vec::with_capacity(TASKS);
+            for _ in 0..TASKS {
+                let (tx, rx) = futures::channel::oneshot::channel::<()>();
+                let mine = std::mem::replace(&mut next, rx);
+                handles.push(
+                    Builder::new()
+                        .spawner(&Dispatch::inline())
+                        .begin(async move {
+                            mine.await.unwrap();
+                            let _ = tx.send(());
+                        }),
+                );
+            }
+            // Each task's poll wakes the next one, on this thread.
+            first.send(()).unwrap();
+            assert!(handles.iter().all(AsyncResult::is_completed));
+            for handle in handles {
+                assert_eq!(handle.end(), Ok(()));
+            }
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
