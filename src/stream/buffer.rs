@@ -343,12 +343,12 @@ impl<T> Queue<T> {
         self.in_hand = self.in_hand.saturating_sub(yielded);
     }
 
-    /// Whether the buffer is full of items: a [`Overflow::Suspend`] emit would wait.
     /// The newest item in the buffer, if any.
     pub(crate) fn newest(&self) -> Option<&T> {
         self.items.back()
     }
 
+    /// Whether the buffer is full of items: a [`Overflow::Suspend`] emit would wait.
     pub(crate) fn is_full(&self) -> bool {
         self.buffer
             .capacity()
