@@ -248,11 +248,13 @@ impl Dispatch {
         }
         match callback.into_inner() {
             None => AsyncCallback::none(),
-            // `inner` went through the trampoline when it was made; posting it starts a
-            // new stack anyway.
-            Some(inner) => AsyncCallback::internal(move |handle: AsyncResult<T>| {
-                dispatch.run(move || inner(handle));
-            }),
+            // A user's callback takes the policy into its own box: no wrapper.
+            Some(mut inner) => match inner.post_to(dispatch) {
+                Ok(()) => AsyncCallback::from_inner(Some(inner)),
+                Err(dispatch) => AsyncCallback::internal(move |handle: AsyncResult<T>| {
+                    dispatch.run(move || inner.call(handle));
+                }),
+            },
         }
     }
 }

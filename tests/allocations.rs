@@ -438,8 +438,9 @@ fn posted_dispatch_allocates_only_the_posting() {
             });
             assert!(handle.completed_synchronously());
             assert_eq!(
-                count, 3,
-                "the cell, the callback's posting wrapper and the posted task's cell"
+                count, 2,
+                "the cell and the posted task's cell: the callback takes the policy into \
+                 its own box"
             );
             let task = tasks
                 .lock()

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use futures::future::FusedFuture;
 use tokio::runtime::Id;
 
-use crate::cell::{Callback, Entry, Shared};
+use crate::cell::{Callback, CallbackFn, Entry, Shared};
 use crate::runtime::blocking;
-use crate::{AsyncHandle, Error, PollHandle, State};
+use crate::{AsyncHandle, Dispatch, Error, PollHandle, State};
 
 /// The handle of an operation in flight: the crate's `IAsyncResult`.
 ///
@@ -428,16 +428,9 @@ impl<T> AsyncCallback<T> {
     pub fn new<F>(f: F) -> Self
     where
         F: FnOnce(AsyncResult<T>) + Send + 'static,
-        T: 'static,
+        T: Send + 'static,
     {
-        // Through the per-thread trampoline (`crate::trampoline`): a callback that
-        // begins an operation completing at once does not run that one's callback ever
-        // deeper down the stack.
-        AsyncCallback(Some(Box::new(move |handle| {
-            if let Err(payload) = crate::trampoline::run(move || f(handle)) {
-                std::panic::resume_unwind(payload);
-            }
-        })))
+        AsyncCallback(Some(Box::new(UserCallback { f, post: None })))
     }
 
     /// A callback of the crate's own that runs no user code (so needs no trampoline),
@@ -474,6 +467,45 @@ impl<T> AsyncCallback<T> {
     pub(crate) fn into_inner(self) -> Option<Callback<T>> {
         self.0
     }
+
+    pub(crate) fn from_inner(callback: Option<Callback<T>>) -> Self {
+        AsyncCallback(callback)
+    }
+}
+
+/// A user's callback, and where to post it (set by `Builder::dispatch`): in one box, so
+/// that posting allocates no wrapper.
+struct UserCallback<F> {
+    f: F,
+    post: Option<Dispatch>,
+}
+
+impl<T: Send + 'static, F> CallbackFn<T> for UserCallback<F>
+where
+    F: FnOnce(AsyncResult<T>) + Send + 'static,
+{
+    fn call(self: Box<Self>, handle: AsyncResult<T>) {
+        let UserCallback { f, post } = *self;
+        match post {
+            None => run_user(f, handle),
+            // `Dispatch::run` discards the panic where the job runs.
+            Some(dispatch) => dispatch.run(move || run_user(f, handle)),
+        }
+    }
+
+    fn post_to(&mut self, dispatch: Dispatch) -> Result<(), Dispatch> {
+        self.post = Some(dispatch);
+        Ok(())
+    }
+}
+
+/// Runs a user's callback through the per-thread trampoline (`crate::trampoline`), so
+/// that a callback that begins an operation completing at once does not run that one's
+/// callback ever deeper down the stack; re-raises its panic.
+fn run_user<T: 'static>(f: impl FnOnce(AsyncResult<T>) + Send + 'static, handle: AsyncResult<T>) {
+    if let Err(payload) = crate::trampoline::run(move || f(handle)) {
+        std::panic::resume_unwind(payload);
+    }
 }
 
 /// Any `FnOnce(AsyncResult<T>)` is a callback, so that
@@ -490,7 +522,7 @@ impl<T> AsyncCallback<T> {
 impl<T, F> From<F> for AsyncCallback<T>
 where
     F: FnOnce(AsyncResult<T>) + Send + 'static,
-    T: 'static,
+    T: Send + 'static,
 {
     fn from(f: F) -> Self {
         AsyncCallback::new(f)

@@ -57,7 +57,7 @@ use crate::sync::{
     PoisonError, Thread, UnsafeCell,
 };
 use crate::unwind::{catch, drop_quietly, drop_quietly_if_some, Payload};
-use crate::{Abandonment, AsyncResult, Error, State};
+use crate::{Abandonment, AsyncResult, Dispatch, Error, State};
 
 mod shared;
 pub(crate) mod signal;
@@ -74,7 +74,26 @@ use word::{Snapshot, Word, CALLBACK, SYNC, TASK, TASK_WAKER, WAITERS, WAKER};
 pub(crate) use writer::{Completion, Writer};
 
 /// The boxed callback stored in a cell, run once with a clone of the handle.
-pub(crate) type Callback<T> = Box<dyn FnOnce(AsyncResult<T>) + Send>;
+pub(crate) type Callback<T> = Box<dyn CallbackFn<T>>;
+
+/// What a cell's callback is: any `FnOnce(AsyncResult<T>)`, or a user's callback that
+/// can also take a [`Dispatch`] into its own box (see `AsyncCallback::new`).
+pub(crate) trait CallbackFn<T>: Send {
+    /// Runs the callback.
+    fn call(self: Box<Self>, handle: AsyncResult<T>);
+
+    /// Makes the callback run as `dispatch` says, inside its own box; gives `dispatch`
+    /// back if it cannot (the caller then wraps it).
+    fn post_to(&mut self, dispatch: Dispatch) -> Result<(), Dispatch> {
+        Err(dispatch)
+    }
+}
+
+impl<T, F: FnOnce(AsyncResult<T>) + Send> CallbackFn<T> for F {
+    fn call(self: Box<Self>, handle: AsyncResult<T>) {
+        (*self)(handle);
+    }
+}
 
 /// What the writer stores. Errors are boxed (the cold path), so that the slot stays as
 /// small as `T` plus a word; `Abandoned`, what every dropped `Completer` stores, needs
@@ -481,7 +500,7 @@ impl<T> Wake<T> {
             }
         }
         if let Some((callback, handle)) = callback {
-            let called = catch(move || callback(AsyncResult::from_shared(handle)));
+            let called = catch(move || callback.call(AsyncResult::from_shared(handle)));
             keep_first(&mut first_panic, called);
         }
         first_panic

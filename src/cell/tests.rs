@@ -105,7 +105,7 @@ fn released_entries_are_reused_and_not_woken() {
 fn callback_runs_once_after_the_result_is_stored() {
     let calls = std::sync::Arc::new(AtomicUsize::new(0));
     let c = std::sync::Arc::clone(&calls);
-    let callback: Callback<u8> = Box::new(move |handle| {
+    let callback: Callback<u8> = Box::new(move |handle: crate::AsyncResult<u8>| {
         assert!(handle.is_completed());
         c.fetch_add(1, SeqCst);
     });
