@@ -55,7 +55,8 @@ fn main() -> Result<(), Error> {
         let handle = Builder::new()
             .callback(move |h: AsyncResult<String>| {
                 let state = *h.state().downcast_ref::<&str>().expect("a &str state");
-                told.send((state, h.is_completed())).unwrap();
+                let thread = std::thread::current().name().map(str::to_owned);
+                told.send((state, h.is_completed(), thread)).unwrap();
             })
             .state(State::new("request 1"))
             .begin(forecast("Oslo"));
@@ -65,11 +66,11 @@ fn main() -> Result<(), Error> {
         );
         let forecast = handle.end()?;
         println!("   end blocked until the forecast was ready: {forecast:?}");
-        let (state, completed) = heard.recv().expect("the callback runs once");
+        let (state, completed, thread) = heard.recv().expect("the callback runs once");
         println!(
-            "   the callback ran on the runtime's thread, for state {state:?}; is_completed = \
-             {completed} inside it (the result is stored before the callback runs, so end \
-             may return first)"
+            "   the callback ran on thread {thread:?} (the runtime's), for state {state:?}; \
+             is_completed = {completed} inside it: the result is stored before the callback \
+             runs, and end did not wait for the callback"
         );
         Ok(())
     })

@@ -329,7 +329,9 @@ impl fmt::Debug for Dispatch {
 /// handler is posted here too) keeps it alive until that task ends: cancel it to let
 /// the thread go. For a thread you already have (a UI loop), use
 /// [`Dispatch::spawner`] with a closure that sends each [`Task`] to that loop, which
-/// runs it (`futures::executor::block_on(task)`).
+/// runs it: `futures::executor::block_on(task)` for a posted callback (its task is
+/// ready at once), but a task that waits (a subscription, an operation with progress)
+/// must be polled each time it is woken, as an executor does, or it holds the loop.
 ///
 /// # Examples
 ///
