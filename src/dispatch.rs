@@ -1,6 +1,8 @@
 //! Where user callbacks run: [`Dispatch`], a policy, and [`CallbackThread`], a thread
 //! of its own for thread-affine legacy code.
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::io;
@@ -14,7 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::runtime::{default_handle, Spawner};
 use crate::sync::{Mutex, MutexGuard, PoisonError};
-use crate::unwind::{discard, quietly};
+use crate::unwind::quietly;
 use crate::{AsyncCallback, AsyncResult, Builder, Task};
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -370,7 +372,12 @@ impl CallbackThread {
             // Tasks run while the thread waits for the next callback; each callback
             // runs outside the runtime's context, as on any plain thread (it may start
             // a runtime of its own, or begin on the default one and block on it).
-            while let Some(job) = runtime.block_on(posted.recv()) {
+            // The yield first lets the tasks run (up to a scheduler tick's worth) even
+            // while callbacks keep coming: `block_on` returns as soon as one is there.
+            while let Some(job) = runtime.block_on(async {
+                tokio::task::yield_now().await;
+                posted.recv().await
+            }) {
                 quietly(job);
             }
         })?;
@@ -428,7 +435,7 @@ impl<T> Builder<'_, T> {
 ///
 /// | policy | the task is polled |
 /// |---|---|
-/// | [`Dispatch::inline`] | on the thread that wakes it, inside the wake (the first time inside `begin`), outside any runtime's context (a future that needs tokio's timers or I/O belongs on [`Dispatch::tokio`]); a wake during a poll makes that poll's thread poll again, and a poll that wakes another inline task runs it through the per-thread trampoline (rule 28), so nothing dives down the stack |
+/// | [`Dispatch::inline`] | on the thread that wakes it, inside the wake (the first time inside `begin`), outside any runtime's context (a future that needs tokio's timers or I/O belongs on [`Dispatch::tokio`]); a wake during a poll makes that poll's thread poll again, and a poll that wakes another inline task has that one polled after it, on the same thread, so nothing dives down the stack (and a poll must not block waiting for a task it woke) |
 /// | [`Dispatch::tokio`] | as a task of that runtime |
 /// | [`Dispatch::spawner`] | as a task of that spawner |
 /// | [`Dispatch::blocking`] | on a blocking-pool thread, each poll a job of its own (a pending task holds no thread) |
@@ -487,6 +494,23 @@ struct Woken {
     dispatch: Dispatch,
 }
 
+/// This thread's inline polls: whether one runs, and the ones woken inside it.
+#[derive(Default)]
+struct Inline {
+    polling: bool,
+    queued: VecDeque<(Arc<Woken>, Task)>,
+}
+
+// Loom's `thread_local!` under loom; it takes no `const` initialiser.
+#[cfg(not(apm_tap_loom))]
+std::thread_local! {
+    static INLINE: RefCell<Inline> = RefCell::default();
+}
+#[cfg(apm_tap_loom)]
+loom::thread_local! {
+    static INLINE: RefCell<Inline> = RefCell::default();
+}
+
 enum Slot {
     /// Nobody polls it; the next wake does.
     Idle(Task),
@@ -513,19 +537,41 @@ impl Woken {
         self.slot.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs [`Woken::run`] as the policy says; inline, through the per-thread
-    /// trampoline, so that a poll that wakes another idle inline task (which wakes a
-    /// third...) does not poll it ever deeper down the stack (rule 28).
+    /// Runs [`Woken::run`] as the policy says. Inline, a poll woken from inside another
+    /// inline task's poll on this thread (which may wake a third...) is queued for the
+    /// outermost one to run when its own poll is done: the stack stays flat (rule 28),
+    /// and a poll woken anywhere else runs at once.
     fn post(self: Arc<Self>, task: Task) {
-        if self.dispatch.is_inline() {
-            // `Task::poll` catches the future's panic: nothing to re-raise.
-            if let Err(payload) = crate::trampoline::run(move || self.run(task)) {
-                discard(payload);
-            }
-            return;
+        if !self.dispatch.is_inline() {
+            let dispatch = self.dispatch.clone();
+            return dispatch.run(move || self.run(task));
         }
-        let dispatch = self.dispatch.clone();
-        dispatch.run(move || self.run(task));
+        let mut polled = Some((self, task));
+        let _ = INLINE.try_with(|inline| {
+            let mut inline = inline.borrow_mut();
+            if inline.polling {
+                inline.queued.extend(polled.take());
+            } else {
+                inline.polling = true;
+            }
+        });
+        let Some((this, task)) = polled else {
+            return; // queued
+        };
+        this.run(task);
+        // Run what this poll (and those it ran) queued, then stand down.
+        while let Some((next, task)) = INLINE
+            .try_with(|inline| {
+                let mut inline = inline.borrow_mut();
+                let next = inline.queued.pop_front();
+                inline.polling = next.is_some();
+                next
+            })
+            .ok()
+            .flatten()
+        {
+            next.run(task);
+        }
     }
 
     /// Polls `task` (taken out of the slot) until it finishes or is left idle.

@@ -239,6 +239,7 @@
 //! | the callback, anywhere else: [`Completer::complete`] or its drop, [`ApmCallback::call`], [`AsyncResult::cancel`], the executor | the completing thread | discarded; the result is stored first |
 //! | `Waker::wake`, and `Drop` of a waker, when the operation completes | the completing thread | discarded; every other waiter, blocked thread and the callback still run |
 //! | `Waker::clone` | the polling thread | propagates out of `poll`; the handle stays usable (no lock is held, so the clone may call back into the operation) |
+//! | the spawner of a [`Dispatch::spawner`], posting a callback | the completing thread | as the callback's own panic would: out of `begin` when the operation completes there, else discarded; the callback still runs, once, where the spawner dropped it |
 //! | [`Spawner::spawn`], [`Spawner::enter`], [`Spawner::tokio_handle`] | the caller of `begin` | propagates out of `begin`. If the task was lost (never handed over, or dropped within `spawn`), the operation first completes inside Begin with [`Abandonment::TaskDropped`] and its callback runs; a task the spawner kept runs on |
 //! | [`stream::from_events`]' register closure, and the unregister call when the stream ends | the thread polling the stream | propagates out of `poll`; a stream whose register panicked has ended |
 //! | the unregister call in the stream's drop, `Drop` of the items it still holds | the dropping thread | discarded |

@@ -267,7 +267,8 @@ impl<Fut: Future, P: Copy> Reporting<Fut, P> {
     ///
     /// For `Copy` reports only: the copy is made under the reports' lock, where no user
     /// code may run (rule 18), and a `Copy` type has no `Clone` code to run. Keeping it
-    /// costs one copy per report accepted from this call on.
+    /// costs one copy per report accepted from this call on. Call it before the
+    /// operation starts: a report read before the call is not known to it.
     ///
     /// # Examples
     ///
@@ -299,9 +300,11 @@ pub struct Latest<P> {
 }
 
 impl<P: Copy> Latest<P> {
-    /// The newest report accepted (queued for the reader, read or not), or `None` if
-    /// none was. Reports refused (after completion, by a full bounded queue) do not
-    /// count. Never blocks for longer than the reports' lock is held by a report.
+    /// The newest report accepted since [`Reporting::latest`] was called (read by the
+    /// stream's reader or not), else the newest one still unread at that call, else
+    /// `None`: a report already read before that call is not known. Reports refused
+    /// (after completion, by a full bounded queue) do not count. Never blocks for
+    /// longer than the reports' lock is held by a report.
     ///
     /// # Examples
     ///

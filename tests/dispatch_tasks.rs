@@ -412,3 +412,51 @@ fn inline_tasks_waking_one_another_in_a_chain_do_not_dive() {
         .join()
         .unwrap();
 }
+
+#[test]
+fn tasks_on_a_callback_thread_run_while_callbacks_keep_coming() {
+    const LIMIT: u32 = 100_000;
+    let ui = CallbackThread::spawn("tasks-busy").unwrap();
+    let dispatch = Dispatch::thread(&ui);
+    let handle = Builder::new().spawner(&dispatch).begin(async { 5_u8 });
+    // Each callback posts the next until the task has run: the queue is never empty.
+    fn again(dispatch: Dispatch, handle: AsyncResult<u8>, n: u32, tx: mpsc::Sender<u32>) {
+        if handle.is_completed() || n >= LIMIT {
+            return tx.send(n).unwrap();
+        }
+        let next = dispatch.clone();
+        dispatch.run(move || again(next, handle, n + 1, tx));
+    }
+    let (tx, rx) = mpsc::channel();
+    let first = dispatch.clone();
+    dispatch.run(move || again(first, handle, 0, tx));
+    assert!(rx.recv().unwrap() < LIMIT, "the task starved");
+}
+
+#[test]
+fn a_callback_deep_in_a_chain_can_wait_for_an_inline_task() {
+    // A Begin -> callback -> Begin chain 20 deep: past the trampoline's limit (16),
+    // where callbacks run queued; the inline task's poll must not queue behind them.
+    fn step(n: u32, tx: mpsc::Sender<Result<u8, Error>>) {
+        drop(
+            Builder::new()
+                .callback(move |_: AsyncResult<()>| {
+                    if n == 20 {
+                        let task = Builder::new()
+                            .spawner(&Dispatch::inline())
+                            .begin(async { 6_u8 });
+                        tx.send(task.end()).unwrap();
+                    } else {
+                        step(n + 1, tx);
+                    }
+                })
+                .begin(async {}),
+        );
+    }
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || step(0, tx));
+    assert_eq!(
+        rx.recv_timeout(std::time::Duration::from_secs(30)),
+        Ok(Ok(6))
+    );
+}

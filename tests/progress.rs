@@ -334,3 +334,25 @@ fn latest_read_from_another_thread_never_goes_back() {
     finish.send(()).unwrap();
     assert_eq!(handle.end(), Ok(()));
 }
+
+#[test]
+fn latest_does_not_know_a_report_read_before_it_was_asked_for() {
+    let (go, went) = futures::channel::oneshot::channel::<()>();
+    let mut job = Box::pin(progress::reporting(|progress| async move {
+        let _ = progress.report(1_u32);
+        went.await.unwrap();
+        let _ = progress.report(2);
+        "done"
+    }));
+    let first = futures::executor::block_on(job.next());
+    assert!(matches!(first, Some(Update::Progress(1))));
+    let latest = job.latest();
+    assert_eq!(latest.get(), None, "1 was read before `latest`");
+    go.send(()).unwrap();
+    let rest: Vec<_> = futures::executor::block_on(job.collect());
+    assert!(matches!(
+        rest[..],
+        [Update::Progress(2), Update::Done("done")]
+    ));
+    assert_eq!(latest.get(), Some(2));
+}
