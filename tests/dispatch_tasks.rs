@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{mpsc, Arc, Barrier, Mutex};
 use std::thread::{self, ThreadId};
 
-use apm_tap::progress::{self, Progress};
+use apm_tap::progress;
 use apm_tap::stream::{self, Buffer, Demand, Emit, Emitter, Subscriber};
 use apm_tap::{AsyncResult, Builder, CallbackThread, Completer, Dispatch, Error, Task};
 
@@ -98,16 +98,17 @@ impl Serial {
     }
 }
 
-/// Reports from `THREADS` threads, `EACH` each, tagged (thread, sequence number).
-fn report_from_threads(progress: Progress<(usize, u32)>) {
+/// Sends (thread, sequence number) from `THREADS` threads started together, `EACH`
+/// each, through `send`, which must queue every one; returns once all are sent.
+fn from_threads<S: Clone + Send + 'static>(sender: &S, send: fn(&S, (usize, u32)) -> bool) {
     let start = Arc::new(Barrier::new(THREADS));
     let threads: Vec<_> = (0..THREADS)
         .map(|t| {
-            let (progress, start) = (progress.clone(), Arc::clone(&start));
+            let (sender, start) = (sender.clone(), Arc::clone(&start));
             thread::spawn(move || {
                 start.wait();
                 for seq in 0..EACH {
-                    assert!(matches!(progress.report((t, seq)), Emit::Queued));
+                    assert!(send(&sender, (t, seq)), "not queued");
                 }
             })
         })
@@ -149,7 +150,9 @@ fn progress_handlers_run_in_order_one_at_a_time_under_every_policy() {
             }),
         );
         // `reporting_with` ran `start` at once: the reporter is out.
-        report_from_threads(progress_rx.recv().unwrap());
+        from_threads(&progress_rx.recv().unwrap(), |progress, item| {
+            matches!(progress.report(item), Emit::Queued)
+        });
         finish.complete(()).unwrap();
         assert_eq!(handle.end(), Ok("done"), "{policy}");
         // `end` returned: every report was handled before the result was stored.
@@ -215,21 +218,9 @@ fn subscribers_run_in_order_one_at_a_time_under_every_policy() {
         let subscription = stream::subscribe_on(&dispatch, events, subscriber);
         subscription.request(1);
         let emitter = emitter_rx.recv().expect("registered on the first poll");
-        let start = Arc::new(Barrier::new(THREADS));
-        let producers: Vec<_> = (0..THREADS)
-            .map(|t| {
-                let (emitter, start) = (emitter.clone(), Arc::clone(&start));
-                thread::spawn(move || {
-                    start.wait();
-                    for seq in 0..EACH {
-                        assert!(matches!(emitter.emit_blocking((t, seq)), Emit::Queued));
-                    }
-                })
-            })
-            .collect();
-        for producer in producers {
-            producer.join().unwrap();
-        }
+        from_threads(&emitter, |emitter, item| {
+            matches!(emitter.emit_blocking(item), Emit::Queued)
+        });
         emitter.finish();
         drop(emitter);
         assert_eq!(subscription.end(), Ok(()), "{policy}");
