@@ -435,7 +435,7 @@ impl<T> Builder<'_, T> {
 ///
 /// | policy | the task is polled |
 /// |---|---|
-/// | [`Dispatch::inline`] | on the thread that wakes it, inside the wake (the first time inside `begin`), outside any runtime's context (a future that needs tokio's timers or I/O belongs on [`Dispatch::tokio`]); a wake during a poll makes that poll's thread poll again, and a poll that wakes another inline task has that one polled after it, on the same thread, so nothing dives down the stack (and a poll must not block waiting for a task it woke) |
+/// | [`Dispatch::inline`] | on the thread that wakes it, inside the wake (the first time inside `begin`), outside any runtime's context (a future that needs tokio's timers or I/O belongs on [`Dispatch::tokio`]); a wake during a poll makes that poll's thread poll again, and a poll that wakes another inline task has that one polled after it, on the same thread, so nothing dives down the stack (a poll that blocks first runs the polls queued behind it) |
 /// | [`Dispatch::tokio`] | as a task of that runtime |
 /// | [`Dispatch::spawner`] | as a task of that spawner |
 /// | [`Dispatch::blocking`] | on a blocking-pool thread, each poll a job of its own (a pending task holds no thread) |
@@ -494,6 +494,25 @@ struct Woken {
     dispatch: Dispatch,
 }
 
+/// Runs the inline polls queued on this thread, if it is inside one: a poll about to
+/// block may be waiting for a task it woke, which would otherwise run only after it.
+pub(crate) fn run_queued_inline() {
+    while let Some((next, task)) = INLINE
+        .try_with(|inline| {
+            let mut inline = inline.borrow_mut();
+            if inline.polling {
+                inline.queued.pop_front()
+            } else {
+                None
+            }
+        })
+        .ok()
+        .flatten()
+    {
+        next.run(task);
+    }
+}
+
 /// This thread's inline polls: whether one runs, and the ones woken inside it.
 #[derive(Default)]
 struct Inline {
@@ -529,7 +548,7 @@ impl Woken {
             slot: Mutex::new(Slot::Running),
             dispatch,
         });
-        this.post(task);
+        this.post(task, true);
     }
 
     fn slot(&self) -> MutexGuard<'_, Slot> {
@@ -540,25 +559,32 @@ impl Woken {
     /// Runs [`Woken::run`] as the policy says. Inline, a poll woken from inside another
     /// inline task's poll on this thread (which may wake a third...) is queued for the
     /// outermost one to run when its own poll is done: the stack stays flat (rule 28),
-    /// and a poll woken anywhere else runs at once.
-    fn post(self: Arc<Self>, task: Task) {
+    /// and a poll woken anywhere else runs at once. A `first` poll (inside `begin`)
+    /// always runs at once: a task begun inside a poll is polled inside its `begin`.
+    fn post(self: Arc<Self>, task: Task, first: bool) {
         if !self.dispatch.is_inline() {
             let dispatch = self.dispatch.clone();
             return dispatch.run(move || self.run(task));
         }
         let mut polled = Some((self, task));
+        let mut nested = false;
         let _ = INLINE.try_with(|inline| {
             let mut inline = inline.borrow_mut();
-            if inline.polling {
-                inline.queued.extend(polled.take());
-            } else {
+            if !inline.polling {
                 inline.polling = true;
+            } else if first {
+                nested = true;
+            } else {
+                inline.queued.extend(polled.take());
             }
         });
         let Some((this, task)) = polled else {
             return; // queued
         };
         this.run(task);
+        if nested {
+            return; // the outer poll's thread runs what this one queued
+        }
         // Run what this poll (and those it ran) queued, then stand down.
         while let Some((next, task)) = INLINE
             .try_with(|inline| {
@@ -604,7 +630,7 @@ impl Wake for Woken {
             Slot::Idle(task) => {
                 *slot = Slot::Running;
                 drop(slot);
-                self.post(task);
+                self.post(task, false);
             }
             Slot::Running | Slot::Notified => *slot = Slot::Notified,
             Slot::Done => {}

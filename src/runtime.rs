@@ -262,6 +262,8 @@ pub(crate) fn drives(runtime: Id) {
 /// tokio cannot tell a multi-thread worker from a task of a current-thread runtime that
 /// entered a multi-thread runtime's handle; the second is taken for the first.
 pub(crate) fn blocking<R>(task_runtime: Option<Id>, f: impl FnOnce() -> R) -> Result<R, Error> {
+    // Inside an inline task's poll, the operation may need a poll queued behind it.
+    crate::dispatch::run_queued_inline();
     // A callback thread waiting, outside its runtime's context, for one of its tasks.
     if task_runtime.is_some()
         && DRIVES.try_with(|drives| drives.get()).ok().flatten() == task_runtime

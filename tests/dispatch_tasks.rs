@@ -451,3 +451,88 @@ fn a_callback_deep_in_a_chain_can_wait_for_an_inline_task() {
         Ok(Ok(6))
     );
 }
+
+#[test]
+fn a_subscriber_cancelling_from_on_next_ends_it_under_every_policy() {
+    struct CancelAtThree {
+        seen: Vec<u32>,
+        done: mpsc::Sender<Vec<u32>>,
+    }
+    impl Subscriber<u32, Error> for CancelAtThree {
+        fn on_next(&mut self, item: u32, demand: &Demand) {
+            self.seen.push(item);
+            if self.seen.len() == 3 {
+                demand.cancel();
+                demand.cancel(); // idempotent
+                self.done.send(self.seen.clone()).unwrap();
+            } else {
+                demand.request(1);
+            }
+        }
+        fn on_error(&mut self, error: Error) {
+            panic!("no call after cancel: on_error({error:?})");
+        }
+        fn on_complete(&mut self) {
+            panic!("no call after cancel: on_complete");
+        }
+    }
+    for (policy, dispatch, _, _keep) in policies() {
+        let (done, seen) = mpsc::channel();
+        let items = futures::stream::StreamExt::map(futures::stream::iter(0..100_u32), Ok);
+        let subscriber = CancelAtThree {
+            seen: Vec::new(),
+            done,
+        };
+        let subscription = stream::subscribe_on(&dispatch, items, subscriber);
+        subscription.request(1);
+        assert_eq!(seen.recv().unwrap(), [0, 1, 2], "{policy}");
+        assert_eq!(subscription.end(), Err(Error::Cancelled), "{policy}");
+    }
+}
+
+#[test]
+fn a_progress_handler_beginning_on_its_own_policy_completes_or_is_refused() {
+    for (policy, dispatch, _, _keep) in policies() {
+        let (tx, rx) = mpsc::channel();
+        let again = dispatch.clone();
+        let handle = Builder::new().spawner(&dispatch).begin(
+            progress::reporting(|progress| async move {
+                let _ = progress.report(1_u8);
+                "done"
+            })
+            .on_progress(move |_| {
+                let nested = Builder::new().spawner(&again).begin(async { 7_u8 });
+                tx.send(nested.end()).unwrap();
+            }),
+        );
+        assert_eq!(handle.end(), Ok("done"), "{policy}");
+        // Only the callback thread would have to run the nested task itself, and it is
+        // busy running this handler: refused rather than a deadlock (rule 12).
+        let expected = if policy == "thread" {
+            Err(Error::WouldDeadlock)
+        } else {
+            Ok(7)
+        };
+        assert_eq!(rx.recv().unwrap(), expected, "{policy}");
+    }
+}
+
+#[test]
+fn an_inline_poll_blocking_on_a_task_it_woke_runs_that_task_first() {
+    let inline = Dispatch::inline();
+    let (wake_b, b_woken) = futures::channel::oneshot::channel::<()>();
+    let b = Builder::new().spawner(&inline).begin(async move {
+        b_woken.await.unwrap();
+        8_u8
+    });
+    let (wake_a, a_woken) = futures::channel::oneshot::channel::<()>();
+    let a = Builder::new().spawner(&inline).begin(async move {
+        a_woken.await.unwrap();
+        // Wakes B from inside this poll (B's poll is queued behind this one), then
+        // blocks for it.
+        wake_b.send(()).unwrap();
+        b.end()
+    });
+    wake_a.send(()).unwrap();
+    assert_eq!(a.end(), Ok(Ok(8)));
+}
