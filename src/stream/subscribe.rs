@@ -80,7 +80,6 @@ pub trait Subscriber<T, E>: Send + 'static {
 ///     fn on_complete(&mut self) {}
 /// }
 ///
-///
 /// let subscription = apm_tap::stream::subscribe(futures::stream::repeat(1).map(Ok), Count(0));
 /// let demand = subscription.demand();
 /// std::thread::spawn(move || demand.cancel()).join().unwrap();
@@ -471,7 +470,6 @@ where
 ///         assert_eq!(self.0, 6);
 ///     }
 /// }
-///
 ///
 /// let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
 /// let items = futures::stream::iter([1, 2, 3]).map(Ok);
