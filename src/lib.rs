@@ -318,6 +318,13 @@ pub use runtime::{Spawner, Task};
 pub use state::State;
 pub use to_apm::{begin, begin_on, callbackify};
 
+#[cfg(feature = "macros")]
+pub use apm_tap_macros::{apm, from_apm};
+
+#[cfg(feature = "macros")]
+#[doc(hidden)]
+pub mod __private;
+
 /// The README's code blocks, run as doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

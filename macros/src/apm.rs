@@ -1,0 +1,370 @@
+//! `#[apm]`: an `async fn` exposed as a Begin/End pair, plus the blocking call.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, quote_spanned};
+use syn::meta::ParseNestedMeta;
+use syn::spanned::Spanned;
+use syn::{Error, Expr, FnArg, Ident, ItemFn, LitBool, Pat, ReturnType, Type};
+
+use crate::types::{is_named, only_type_argument, unowned, Unowned};
+
+/// The attribute's options: `#[apm(dispatch = expr, progress = name, flatten = bool)]`.
+#[derive(Default)]
+pub(crate) struct Options {
+    dispatch: Option<Expr>,
+    progress: Option<Ident>,
+    flatten: Option<LitBool>,
+}
+
+impl Options {
+    pub(crate) fn parse(&mut self, meta: ParseNestedMeta<'_>) -> syn::Result<()> {
+        if meta.path.is_ident("dispatch") {
+            self.dispatch = Some(meta.value()?.parse()?);
+        } else if meta.path.is_ident("progress") {
+            self.progress = Some(meta.value()?.parse()?);
+        } else if meta.path.is_ident("flatten") {
+            self.flatten = Some(meta.value()?.parse()?);
+        } else {
+            return Err(meta.error(
+                "unknown `#[apm]` option: expected `dispatch = <Dispatch>`, \
+                 `progress = <argument>` or `flatten = <bool>`",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Names Begin gives its own parameters: an argument of the same name would clash.
+const RESERVED: [&str; 3] = ["callback", "state", "on_progress"];
+
+/// One argument of the async fn, as Begin forwards it.
+struct Argument {
+    name: Ident,
+    ty: Type,
+}
+
+pub(crate) fn expand(options: Options, function: ItemFn) -> syn::Result<TokenStream> {
+    let signature = &function.sig;
+    if signature.asyncness.is_none() {
+        return Err(Error::new(
+            signature.fn_token.span,
+            "`#[apm]` goes on an `async fn`: it exposes the future the fn returns as a \
+             Begin/End pair",
+        ));
+    }
+    if let Some(token) = signature.constness {
+        return Err(Error::new(
+            token.span,
+            "`#[apm]` does not take a `const fn`",
+        ));
+    }
+    if let Some(token) = signature.unsafety {
+        return Err(Error::new(
+            token.span,
+            "`#[apm]` does not take an `unsafe fn`: Begin would have to be unsafe too",
+        ));
+    }
+    if let Some(abi) = &signature.abi {
+        return Err(Error::new(
+            abi.span(),
+            "`#[apm]` does not take an `extern fn`",
+        ));
+    }
+    if !signature.generics.params.is_empty() || signature.generics.where_clause.is_some() {
+        return Err(Error::new(
+            signature.generics.span(),
+            "`#[apm]` does not take generic parameters: a Begin/End pair has one concrete \
+             output type; write a non-generic `async fn` that calls the generic one",
+        ));
+    }
+
+    let mut receiver = None;
+    let mut arguments = Vec::new();
+    let mut progress = None;
+    for input in &signature.inputs {
+        match input {
+            FnArg::Receiver(self_) => {
+                let borrowed = self_.reference.is_some() || unowned(&self_.ty).is_some();
+                if borrowed {
+                    return Err(Error::new(
+                        self_.span(),
+                        "`#[apm]` needs an owned receiver: the operation outlives the call \
+                         to Begin, so it cannot borrow `self`; take `self: Arc<Self>` (or \
+                         `self` on a `Clone` type)",
+                    ));
+                }
+                receiver = Some(if self_.colon_token.is_some() {
+                    let ty = &self_.ty;
+                    quote!(self: &#ty)
+                } else {
+                    quote!(&self)
+                });
+            }
+            FnArg::Typed(typed) => {
+                let Pat::Ident(pattern) = &*typed.pat else {
+                    return Err(Error::new(
+                        typed.pat.span(),
+                        "`#[apm]` needs a plain name for each argument: Begin forwards \
+                         it by name",
+                    ));
+                };
+                if pattern.by_ref.is_some() || pattern.subpat.is_some() {
+                    return Err(Error::new(
+                        typed.pat.span(),
+                        "`#[apm]` needs a plain name for each argument: Begin forwards \
+                         it by name",
+                    ));
+                }
+                let name = pattern.ident.clone();
+                if progress.is_none()
+                    && options
+                        .progress
+                        .as_ref()
+                        .is_some_and(|progress| *progress == name)
+                {
+                    let reports = only_type_argument(&typed.ty)
+                        .filter(|_| is_named(&typed.ty, "Progress"))
+                        .ok_or_else(|| {
+                            Error::new(
+                                typed.ty.span(),
+                                "the `progress` argument must be an \
+                                 `apm_tap::progress::Progress<P>`",
+                            )
+                        })?;
+                    progress = Some((name, reports.clone(), arguments.len()));
+                    continue;
+                }
+                if RESERVED.iter().any(|reserved| name == reserved) {
+                    return Err(Error::new(
+                        name.span(),
+                        format!(
+                            "`{name}` is the name of one of Begin's own parameters \
+                             (`callback`, `state`, `on_progress`): rename this argument"
+                        ),
+                    ));
+                }
+                match unowned(&typed.ty) {
+                    Some(Unowned::Borrow(span)) => {
+                        return Err(Error::new(
+                            span,
+                            format!(
+                                "`#[apm]` needs owned arguments: the operation outlives \
+                                 the call to Begin, so `{name}` cannot borrow; take an \
+                                 owned type (`String` for `&str`, `Vec<T>` for `&[T]`, \
+                                 `Arc<T>` for `&T`) or a `'static` reference"
+                            ),
+                        ))
+                    }
+                    Some(Unowned::ImplTrait(span)) => {
+                        return Err(Error::new(
+                            span,
+                            "`#[apm]` does not take `impl Trait` arguments (generic \
+                             parameters): name a concrete type, or a `Box<dyn Trait>`",
+                        ))
+                    }
+                    None => {}
+                }
+                arguments.push(Argument {
+                    name,
+                    ty: (*typed.ty).clone(),
+                });
+            }
+        }
+    }
+    if let (Some(wanted), None) = (&options.progress, &progress) {
+        return Err(Error::new(
+            wanted.span(),
+            format!("`progress = {wanted}` names no argument of this fn"),
+        ));
+    }
+
+    let output = match &signature.output {
+        ReturnType::Default => quote!(()),
+        ReturnType::Type(_, ty) => {
+            match unowned(ty) {
+                Some(Unowned::Borrow(span)) => {
+                    return Err(Error::new(
+                        span,
+                        "`#[apm]` needs an owned output: End hands it over after the call \
+                         to Begin returned",
+                    ))
+                }
+                Some(Unowned::ImplTrait(span)) => {
+                    return Err(Error::new(
+                        span,
+                        "`#[apm]` needs an output type it can name: End returns it",
+                    ))
+                }
+                None => {}
+            }
+            quote!(#ty)
+        }
+    };
+    let flatten = match &options.flatten {
+        Some(flatten) => flatten.value,
+        None => match &signature.output {
+            ReturnType::Type(_, ty) => is_named(ty, "Result"),
+            ReturnType::Default => false,
+        },
+    };
+
+    let vis = &function.vis;
+    let name = &signature.ident;
+    let begin = format_ident!("begin_{}", name);
+    let end = format_ident!("end_{}", name);
+    let blocking = format_ident!("blocking_{}", name);
+    let is_method = receiver.is_some();
+    let (scope, link) = if is_method {
+        (quote!(Self::), format!("Self::{name}"))
+    } else {
+        (quote!(), name.to_string())
+    };
+    let begin_link = format!("{}{begin}", if is_method { "Self::" } else { "" });
+    let end_link = format!("{}{end}", if is_method { "Self::" } else { "" });
+
+    let names: Vec<&Ident> = arguments.iter().map(|argument| &argument.name).collect();
+    let types: Vec<&Type> = arguments.iter().map(|argument| &argument.ty).collect();
+    let receiver_parameter = receiver.iter();
+    let receiver_parameter2 = receiver.iter();
+    let this_binding =
+        is_method.then(|| quote!(let __apm_tap_this = ::core::clone::Clone::clone(self);));
+    let this = is_method.then(|| quote!(__apm_tap_this,));
+    let this_argument = is_method.then(|| quote!(self,));
+
+    // The call that makes the future, arguments in their declared order.
+    let mut call_arguments: Vec<TokenStream> = names.iter().map(|name| quote!(#name)).collect();
+    let (future, on_progress_parameter, on_progress_argument, progress_doc) = match &progress {
+        Some((argument, reports, position)) => {
+            call_arguments.insert(*position, quote!(#argument));
+            (
+                quote! {
+                    ::apm_tap::progress::reporting(move |#argument| {
+                        #scope #name(#this #(#call_arguments),*)
+                    })
+                    .on_progress(on_progress)
+                },
+                quote!(on_progress: impl ::core::ops::FnMut(#reports) + ::core::marker::Send + 'static,),
+                quote!(on_progress,),
+                format!(
+                    "\n\n`on_progress` is called with each report the operation makes \
+                     through its `{argument}`, in order, one call at a time, before the \
+                     callback."
+                ),
+            )
+        }
+        None => (
+            quote!(#scope #name(#this #(#call_arguments),*)),
+            quote!(),
+            quote!(),
+            String::new(),
+        ),
+    };
+
+    let dispatch = options
+        .dispatch
+        .as_ref()
+        .map(|dispatch| quote_spanned!(dispatch.span()=> .dispatch(#dispatch)));
+    let dispatch_doc = match &options.dispatch {
+        Some(dispatch) => format!(" (the callback is dispatched by `{}`)", quote!(#dispatch)),
+        None => String::new(),
+    };
+
+    let (end_output, end_body, end_errors) = if flatten {
+        (
+            quote!(#output),
+            quote!(::apm_tap::__private::flatten_end(handle.end())),
+            "The operation's own error, or the bridge's converted into it with \
+             `From<apm_tap::Error>`: `Cancelled` if it was cancelled, `Panicked` if it \
+             panicked, `Abandoned` if its future was dropped unfinished, `AlreadyEnded` \
+             if a clone of the handle was ended already, `WouldDeadlock` where blocking \
+             would stop the runtime that must finish it.",
+        )
+    } else {
+        (
+            quote!(::core::result::Result<#output, ::apm_tap::Error>),
+            quote!(handle.end()),
+            "`apm_tap::Error::Cancelled` if the operation was cancelled, `Panicked` if \
+             it panicked, `Abandoned` if its future was dropped unfinished, \
+             `AlreadyEnded` if a clone of the handle was ended already, `WouldDeadlock` \
+             where blocking would stop the runtime that must finish it.",
+        )
+    };
+    let blocking_doc = "Blocks the calling thread until the operation completes, on \
+        an OS wait created only then; returns at once if it has. On a worker of a \
+        multi-thread tokio runtime it blocks in place (`block_in_place`); on the thread \
+        that drives a current-thread runtime the operation runs on, it returns \
+        `WouldDeadlock` instead of blocking.";
+
+    let begin_doc = format!(
+        "Begins [`{name}`]({link}) as an APM operation (.NET's `Begin{name}`): starts it \
+         at once and returns its handle.\n\n\
+         `callback` (a closure, an `AsyncCallback`, or `AsyncCallback::none()`) runs once \
+         when the operation completes{dispatch_doc}: inside this call if it completed here \
+         (then the handle's `completed_synchronously()` is true), otherwise on the thread \
+         that completed, cancelled or abandoned it. `state` is what `state()` returns on \
+         every clone of the handle. The handle can be polled, waited on, awaited, or \
+         ended with [`{end}`]({end_link}).{progress_doc}\n\n\
+         Generated by `#[apm_tap::apm]`.\n\n\
+         # Cancel safety\n\n\
+         `handle.cancel()` stops the operation (its future is dropped where it runs); \
+         the callback still runs once, and End returns `Cancelled` unless the result was \
+         stored first. Dropping every handle does not stop it."
+    );
+    let end_doc = format!(
+        "Ends an operation begun by [`{begin}`]({begin_link}) (.NET's `End{name}`): \
+         returns its output, waiting for it if needed.\n\n\
+         Generated by `#[apm_tap::apm]`.\n\n\
+         # Errors\n\n{end_errors}\n\n# Blocking\n\n{blocking_doc}"
+    );
+    let blocking_doc = format!(
+        "Runs [`{name}`]({link}) to completion from a thread that cannot `.await`: \
+         [`{begin}`]({begin_link}) without callback or state, then \
+         [`{end}`]({end_link}).\n\n\
+         Generated by `#[apm_tap::apm]`.\n\n\
+         # Errors\n\nAs [`{end}`]({end_link}).\n\n# Blocking\n\n{blocking_doc}"
+    );
+
+    let send_check = quote_spanned! {signature.ident.span()=>
+        ::apm_tap::__private::send_future(__apm_tap_future)
+    };
+    Ok(quote! {
+        #function
+
+        #[doc = #begin_doc]
+        #vis fn #begin(
+            #(#receiver_parameter,)*
+            #(#names: #types,)*
+            #on_progress_parameter
+            callback: impl ::core::convert::Into<::apm_tap::AsyncCallback<#output>>,
+            state: ::apm_tap::State,
+        ) -> ::apm_tap::AsyncResult<#output> {
+            #this_binding
+            let __apm_tap_future = #future;
+            ::apm_tap::Builder::new()
+                .callback(callback)
+                .state(state)
+                #dispatch
+                .begin(#send_check)
+        }
+
+        #[doc = #end_doc]
+        #vis fn #end(handle: ::apm_tap::AsyncResult<#output>) -> #end_output {
+            #end_body
+        }
+
+        #[doc = #blocking_doc]
+        #vis fn #blocking(
+            #(#receiver_parameter2,)*
+            #(#names: #types,)*
+            #on_progress_parameter
+        ) -> #end_output {
+            #scope #end(#scope #begin(
+                #this_argument
+                #(#names,)*
+                #on_progress_argument
+                ::apm_tap::AsyncCallback::none(),
+                ::apm_tap::State::none(),
+            ))
+        }
+    })
+}

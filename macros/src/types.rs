@@ -1,0 +1,77 @@
+//! What the attributes check in a signature's types: borrows, `impl Trait`, and the
+//! last segment of a path (`AsyncCallback<T>`, `Progress<P>`, `Result<T, E>`).
+
+use proc_macro2::Span;
+use syn::spanned::Spanned;
+use syn::visit::{self, Visit};
+use syn::{
+    GenericArgument, Lifetime, PathArguments, PathSegment, Type, TypeImplTrait, TypeReference,
+};
+
+/// The first thing in `ty` that keeps it from outliving the call: a reference or a
+/// lifetime other than `'static`, or an `impl Trait` (a generic parameter).
+pub(crate) enum Unowned {
+    Borrow(Span),
+    ImplTrait(Span),
+}
+
+pub(crate) fn unowned(ty: &Type) -> Option<Unowned> {
+    let mut finder = Finder(None);
+    finder.visit_type(ty);
+    finder.0
+}
+
+struct Finder(Option<Unowned>);
+
+impl<'ast> Visit<'ast> for Finder {
+    fn visit_type_reference(&mut self, reference: &'ast TypeReference) {
+        let is_static = reference
+            .lifetime
+            .as_ref()
+            .is_some_and(|lifetime| lifetime.ident == "static");
+        if !is_static && self.0.is_none() {
+            self.0 = Some(Unowned::Borrow(reference.span()));
+        }
+        visit::visit_type_reference(self, reference);
+    }
+
+    fn visit_lifetime(&mut self, lifetime: &'ast Lifetime) {
+        if lifetime.ident != "static" && self.0.is_none() {
+            self.0 = Some(Unowned::Borrow(lifetime.span()));
+        }
+    }
+
+    fn visit_type_impl_trait(&mut self, impl_trait: &'ast TypeImplTrait) {
+        if self.0.is_none() {
+            self.0 = Some(Unowned::ImplTrait(impl_trait.span()));
+        }
+    }
+}
+
+/// The last segment of a path type (`Progress` in `apm_tap::progress::Progress<P>`).
+pub(crate) fn last_segment(ty: &Type) -> Option<&PathSegment> {
+    match ty {
+        Type::Path(path) if path.qself.is_none() => path.path.segments.last(),
+        Type::Group(group) => last_segment(&group.elem),
+        Type::Paren(paren) => last_segment(&paren.elem),
+        _ => None,
+    }
+}
+
+/// Whether `ty` is a path whose last segment is `name`.
+pub(crate) fn is_named(ty: &Type, name: &str) -> bool {
+    last_segment(ty).is_some_and(|segment| segment.ident == name)
+}
+
+/// The one type argument of a path type (`P` in `Progress<P>`).
+pub(crate) fn only_type_argument(ty: &Type) -> Option<&Type> {
+    let PathArguments::AngleBracketed(arguments) = &last_segment(ty)?.arguments else {
+        return None;
+    };
+    let mut types = arguments.args.iter().filter_map(|argument| match argument {
+        GenericArgument::Type(ty) => Some(ty),
+        _ => None,
+    });
+    let first = types.next()?;
+    types.next().is_none().then_some(first)
+}
