@@ -71,8 +71,8 @@ pub(crate) fn expand(options: Options, function: ItemFn) -> syn::Result<TokenStr
         ));
     }
     if !signature.generics.params.is_empty() || signature.generics.where_clause.is_some() {
-        return Err(Error::new(
-            signature.generics.span(),
+        return Err(Error::new_spanned(
+            &signature.generics,
             "`#[apm]` does not take generic parameters: a Begin/End pair has one concrete \
              output type; write a non-generic `async fn` that calls the generic one",
         ));
@@ -86,8 +86,8 @@ pub(crate) fn expand(options: Options, function: ItemFn) -> syn::Result<TokenStr
             FnArg::Receiver(self_) => {
                 let borrowed = self_.reference.is_some() || unowned(&self_.ty).is_some();
                 if borrowed {
-                    return Err(Error::new(
-                        self_.span(),
+                    return Err(Error::new_spanned(
+                        self_,
                         "`#[apm]` needs an owned receiver: the operation outlives the call \
                          to Begin, so it cannot borrow `self`; take `self: Arc<Self>` (or \
                          `self` on a `Clone` type)",
@@ -102,15 +102,15 @@ pub(crate) fn expand(options: Options, function: ItemFn) -> syn::Result<TokenStr
             }
             FnArg::Typed(typed) => {
                 let Pat::Ident(pattern) = &*typed.pat else {
-                    return Err(Error::new(
-                        typed.pat.span(),
+                    return Err(Error::new_spanned(
+                        &typed.pat,
                         "`#[apm]` needs a plain name for each argument: Begin forwards \
                          it by name",
                     ));
                 };
                 if pattern.by_ref.is_some() || pattern.subpat.is_some() {
-                    return Err(Error::new(
-                        typed.pat.span(),
+                    return Err(Error::new_spanned(
+                        &typed.pat,
                         "`#[apm]` needs a plain name for each argument: Begin forwards \
                          it by name",
                     ));
@@ -125,8 +125,8 @@ pub(crate) fn expand(options: Options, function: ItemFn) -> syn::Result<TokenStr
                     let reports = only_type_argument(&typed.ty)
                         .filter(|_| is_named(&typed.ty, "Progress"))
                         .ok_or_else(|| {
-                            Error::new(
-                                typed.ty.span(),
+                            Error::new_spanned(
+                                &typed.ty,
                                 "the `progress` argument must be an \
                                  `apm_tap::progress::Progress<P>`",
                             )
@@ -144,9 +144,9 @@ pub(crate) fn expand(options: Options, function: ItemFn) -> syn::Result<TokenStr
                     ));
                 }
                 match unowned(&typed.ty) {
-                    Some(Unowned::Borrow(span)) => {
-                        return Err(Error::new(
-                            span,
+                    Some(Unowned::Borrow(tokens)) => {
+                        return Err(Error::new_spanned(
+                            tokens,
                             format!(
                                 "`#[apm]` needs owned arguments: the operation outlives \
                                  the call to Begin, so `{name}` cannot borrow; take an \
@@ -155,9 +155,9 @@ pub(crate) fn expand(options: Options, function: ItemFn) -> syn::Result<TokenStr
                             ),
                         ))
                     }
-                    Some(Unowned::ImplTrait(span)) => {
-                        return Err(Error::new(
-                            span,
+                    Some(Unowned::ImplTrait(tokens)) => {
+                        return Err(Error::new_spanned(
+                            tokens,
                             "`#[apm]` does not take `impl Trait` arguments (generic \
                              parameters): name a concrete type, or a `Box<dyn Trait>`",
                         ))
@@ -182,16 +182,16 @@ pub(crate) fn expand(options: Options, function: ItemFn) -> syn::Result<TokenStr
         ReturnType::Default => quote!(()),
         ReturnType::Type(_, ty) => {
             match unowned(ty) {
-                Some(Unowned::Borrow(span)) => {
-                    return Err(Error::new(
-                        span,
+                Some(Unowned::Borrow(tokens)) => {
+                    return Err(Error::new_spanned(
+                        tokens,
                         "`#[apm]` needs an owned output: End hands it over after the call \
                          to Begin returned",
                     ))
                 }
-                Some(Unowned::ImplTrait(span)) => {
-                    return Err(Error::new(
-                        span,
+                Some(Unowned::ImplTrait(tokens)) => {
+                    return Err(Error::new_spanned(
+                        tokens,
                         "`#[apm]` needs an output type it can name: End returns it",
                     ))
                 }

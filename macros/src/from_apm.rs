@@ -50,8 +50,8 @@ pub(crate) fn expand(options: Options, begin: ItemFn) -> syn::Result<TokenStream
         ));
     };
     let Some(output) = &options.output else {
-        return Err(Error::new(
-            end.span(),
+        return Err(Error::new_spanned(
+            end,
             "`#[from_apm]` needs the End's output type, which a macro cannot read from \
              its signature: `#[from_apm(end = end_read, output = T)]`",
         ));
@@ -107,8 +107,8 @@ pub(crate) fn expand(options: Options, begin: ItemFn) -> syn::Result<TokenStream
             FnArg::Typed(typed) => {
                 if is_named(&typed.ty, "AsyncCallback") || is_named(&typed.ty, "ApmCallback") {
                     if callback {
-                        return Err(Error::new(
-                            typed.ty.span(),
+                        return Err(Error::new_spanned(
+                            &typed.ty,
                             "`#[from_apm]`: a Begin takes one callback",
                         ));
                     }
@@ -118,8 +118,8 @@ pub(crate) fn expand(options: Options, begin: ItemFn) -> syn::Result<TokenStream
                     arguments.push(quote!(::apm_tap::State::none()));
                 } else {
                     let Pat::Ident(pattern) = &*typed.pat else {
-                        return Err(Error::new(
-                            typed.pat.span(),
+                        return Err(Error::new_spanned(
+                            &typed.pat,
                             "`#[from_apm]` needs a plain name for each argument: the \
                              async fn forwards it by name",
                         ));

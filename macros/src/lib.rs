@@ -100,8 +100,9 @@ pub fn apm(attribute: TokenStream, item: TokenStream) -> TokenStream {
     let parser = syn::meta::parser(|meta| options.parse(meta));
     parse_macro_input!(attribute with parser);
     let function = parse_macro_input!(item as ItemFn);
+    let kept = function.clone();
     apm::expand(options, function)
-        .unwrap_or_else(syn::Error::into_compile_error)
+        .unwrap_or_else(|error| refused(error, kept))
         .into()
 }
 
@@ -155,7 +156,16 @@ pub fn from_apm(attribute: TokenStream, item: TokenStream) -> TokenStream {
     let parser = syn::meta::parser(|meta| options.parse(meta));
     parse_macro_input!(attribute with parser);
     let begin = parse_macro_input!(item as ItemFn);
+    let kept = begin.clone();
     from_apm::expand(options, begin)
-        .unwrap_or_else(syn::Error::into_compile_error)
+        .unwrap_or_else(|error| refused(error, kept))
         .into()
+}
+
+/// The error, and the function as written, so that the error is the only one: no
+/// "cannot find" for the function itself, no unused imports.
+fn refused(error: syn::Error, function: ItemFn) -> proc_macro2::TokenStream {
+    let mut tokens = error.into_compile_error();
+    quote::ToTokens::to_tokens(&function, &mut tokens);
+    tokens
 }

@@ -1,8 +1,8 @@
 //! What the attributes check in a signature's types: borrows, `impl Trait`, and the
 //! last segment of a path (`AsyncCallback<T>`, `Progress<P>`, `Result<T, E>`).
 
-use proc_macro2::Span;
-use syn::spanned::Spanned;
+use proc_macro2::TokenStream;
+use quote::ToTokens;
 use syn::visit::{self, Visit};
 use syn::{
     GenericArgument, Lifetime, PathArguments, PathSegment, Type, TypeImplTrait, TypeReference,
@@ -10,9 +10,10 @@ use syn::{
 
 /// The first thing in `ty` that keeps it from outliving the call: a reference or a
 /// lifetime other than `'static`, or an `impl Trait` (a generic parameter).
+/// Each holds the offending tokens, for an error that spans them.
 pub(crate) enum Unowned {
-    Borrow(Span),
-    ImplTrait(Span),
+    Borrow(TokenStream),
+    ImplTrait(TokenStream),
 }
 
 pub(crate) fn unowned(ty: &Type) -> Option<Unowned> {
@@ -30,20 +31,20 @@ impl<'ast> Visit<'ast> for Finder {
             .as_ref()
             .is_some_and(|lifetime| lifetime.ident == "static");
         if !is_static && self.0.is_none() {
-            self.0 = Some(Unowned::Borrow(reference.span()));
+            self.0 = Some(Unowned::Borrow(reference.to_token_stream()));
         }
         visit::visit_type_reference(self, reference);
     }
 
     fn visit_lifetime(&mut self, lifetime: &'ast Lifetime) {
         if lifetime.ident != "static" && self.0.is_none() {
-            self.0 = Some(Unowned::Borrow(lifetime.span()));
+            self.0 = Some(Unowned::Borrow(lifetime.to_token_stream()));
         }
     }
 
     fn visit_type_impl_trait(&mut self, impl_trait: &'ast TypeImplTrait) {
         if self.0.is_none() {
-            self.0 = Some(Unowned::ImplTrait(impl_trait.span()));
+            self.0 = Some(Unowned::ImplTrait(impl_trait.to_token_stream()));
         }
     }
 }

@@ -1,0 +1,6 @@
+#[apm_tap::apm]
+async fn count(text: &str) -> usize {
+    text.len()
+}
+
+fn main() {}
