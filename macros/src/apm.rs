@@ -14,6 +14,7 @@ pub(crate) struct Options {
     dispatch: Option<Expr>,
     progress: Option<Ident>,
     flatten: Option<LitBool>,
+    c_abi: bool,
 }
 
 impl Options {
@@ -24,10 +25,12 @@ impl Options {
             self.progress = Some(meta.value()?.parse()?);
         } else if meta.path.is_ident("flatten") {
             self.flatten = Some(meta.value()?.parse()?);
+        } else if meta.path.is_ident("c_abi") {
+            self.c_abi = true;
         } else {
             return Err(meta.error(
                 "unknown `#[apm]` option: expected `dispatch = <Dispatch>`, \
-                 `progress = <argument>` or `flatten = <bool>`",
+                 `progress = <argument>`, `flatten = <bool>` or `c_abi`",
             ));
         }
         Ok(())
@@ -324,6 +327,42 @@ pub(crate) fn expand(options: Options, function: ItemFn) -> syn::Result<TokenStr
          # Errors\n\nAs [`{end}`]({end_link}).\n\n# Blocking\n\n{blocking_doc}"
     );
 
+    let exported = if options.c_abi {
+        if is_method {
+            return Err(Error::new_spanned(
+                &signature.inputs,
+                "`c_abi` needs a free function: C has no `self`; export a free \
+                 `#[apm(c_abi)] async fn` that calls the method",
+            ));
+        }
+        if let Some(progress) = &options.progress {
+            return Err(Error::new_spanned(
+                progress,
+                "`c_abi` does not take `progress`: the C ABI has no progress callback",
+            ));
+        }
+        if let Some(dispatch) = &options.dispatch {
+            return Err(Error::new_spanned(
+                dispatch,
+                "`c_abi` does not take `dispatch`: the C callback runs where the C ABI \
+                 says",
+            ));
+        }
+        let ReturnType::Type(_, output) = &signature.output else {
+            return Err(Error::new_spanned(
+                &signature.ident,
+                "`c_abi` exports the output to C, so the fn must return a C scalar",
+            ));
+        };
+        let arguments: Vec<(&Ident, &Type)> = arguments
+            .iter()
+            .map(|argument| (&argument.name, &argument.ty))
+            .collect();
+        crate::c_abi::expand(&function.attrs, vis, name, &arguments, output)?
+    } else {
+        TokenStream::new()
+    };
+
     let send_check = quote_spanned! {signature.ident.span()=>
         ::apm_tap::__private::send_future(__apm_tap_future)
     };
@@ -366,5 +405,7 @@ pub(crate) fn expand(options: Options, function: ItemFn) -> syn::Result<TokenStr
                 ::apm_tap::State::none(),
             ))
         }
+
+        #exported
     })
 }

@@ -10,6 +10,7 @@ use proc_macro::TokenStream;
 use syn::{parse_macro_input, ItemFn};
 
 mod apm;
+mod c_abi;
 mod from_apm;
 mod types;
 

@@ -1,0 +1,6 @@
+#[apm_tap::apm(c_abi)]
+async fn greet(name: String) -> u32 {
+    name.len() as u32
+}
+
+fn main() {}
