@@ -289,6 +289,7 @@
 
 mod apm;
 mod builder;
+mod cancellation;
 mod cell;
 mod dispatch;
 mod error;
@@ -308,6 +309,7 @@ mod unwind;
 
 pub use apm::{AnyAsyncResult, AsyncCallback, AsyncHandle, AsyncResult, Completer, PollHandle};
 pub use builder::Builder;
+pub use cancellation::{cancellable, Cancellable, Cancellation};
 pub use dispatch::{CallbackThread, Dispatch};
 pub use error::{flatten, Abandonment, Error, Panic};
 pub use from_apm::{

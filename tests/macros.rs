@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 
 use apm_tap::progress::Progress;
+use apm_tap::Cancellation;
 use apm_tap::{
     Abandonment, ApmCallback, AsyncCallback, AsyncResult, Builder, CallbackThread, Dispatch, Error,
     State,
@@ -91,6 +92,31 @@ impl Service {
             tokio::task::yield_now().await;
         }
         count + tail
+    }
+
+    /// Pending until cancelled; its legacy Cancel reports on `cancels`.
+    #[apm_tap::apm(cancel = cancellation)]
+    async fn watched(
+        self: Arc<Self>,
+        cancels: mpsc::Sender<bool>,
+        cancellation: Cancellation,
+    ) -> u32 {
+        let token = cancellation.clone();
+        cancellation.on_cancel(move || cancels.send(token.is_cancelled()).unwrap());
+        std::future::pending().await
+    }
+
+    /// Reports once, then completes: a `cancel` token that never trips.
+    #[apm_tap::apm(progress = progress, cancel = cancellation)]
+    async fn finished(
+        self: Arc<Self>,
+        progress: Progress<u32>,
+        cancellation: Cancellation,
+        cancels: mpsc::Sender<bool>,
+    ) -> u32 {
+        cancellation.on_cancel(move || cancels.send(true).unwrap());
+        let _ = progress.report(1);
+        u32::from(cancellation.is_cancelled())
     }
 
     /// Its callback runs where `dispatch` says.
@@ -646,4 +672,32 @@ fn a_round_trip_gives_back_values_errors_panics_and_cancellations() {
     // Dropped on its executor, maybe after End returned.
     drops.recv().unwrap();
     assert!(drops.try_recv().is_err());
+}
+
+#[test]
+fn a_cancel_argument_trips_when_the_caller_cancels() {
+    let service = Service::new();
+    let (cancels, cancelled) = mpsc::channel();
+    let (callback, seen) = reporting(Service::end_watched);
+    let handle = service.begin_watched(cancels, callback, State::none());
+    handle.cancel();
+    assert_eq!(seen.recv().unwrap(), (Err(Error::Cancelled), false, false));
+    // The hook runs where the future is dropped, after the token tripped.
+    assert_eq!(cancelled.recv(), Ok(true));
+    assert!(cancelled.try_recv().is_err(), "the hook ran twice");
+}
+
+#[test]
+fn a_cancel_argument_never_trips_when_the_operation_completes() {
+    let service = Service::new();
+    let (cancels, cancelled) = mpsc::channel();
+    let reports = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&reports);
+    let result = service.blocking_finished(cancels, move |report| {
+        counted.fetch_add(report as usize, SeqCst);
+    });
+    assert_eq!(result, Ok(0));
+    assert_eq!(reports.load(SeqCst), 1);
+    // The hook was dropped unrun: its sender with it.
+    assert!(cancelled.recv().is_err());
 }

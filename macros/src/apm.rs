@@ -8,11 +8,13 @@ use syn::{Error, Expr, FnArg, Ident, ItemFn, LitBool, Pat, ReturnType, Type};
 
 use crate::types::{is_named, only_type_argument, unowned, Unowned};
 
-/// The attribute's options: `#[apm(dispatch = expr, progress = name, flatten = bool)]`.
+/// The attribute's options:
+/// `#[apm(dispatch = expr, progress = name, cancel = name, flatten = bool, c_abi)]`.
 #[derive(Default)]
 pub(crate) struct Options {
     dispatch: Option<Expr>,
     progress: Option<Ident>,
+    cancel: Option<Ident>,
     flatten: Option<LitBool>,
     c_abi: bool,
 }
@@ -23,6 +25,8 @@ impl Options {
             self.dispatch = Some(meta.value()?.parse()?);
         } else if meta.path.is_ident("progress") {
             self.progress = Some(meta.value()?.parse()?);
+        } else if meta.path.is_ident("cancel") {
+            self.cancel = Some(meta.value()?.parse()?);
         } else if meta.path.is_ident("flatten") {
             self.flatten = Some(meta.value()?.parse()?);
         } else if meta.path.is_ident("c_abi") {
@@ -30,7 +34,8 @@ impl Options {
         } else {
             return Err(meta.error(
                 "unknown `#[apm]` option: expected `dispatch = <Dispatch>`, \
-                 `progress = <argument>`, `flatten = <bool>` or `c_abi`",
+                 `progress = <argument>`, `cancel = <argument>`, `flatten = <bool>` or \
+                 `c_abi`",
             ));
         }
         Ok(())
@@ -84,6 +89,9 @@ pub(crate) fn expand(options: Options, function: ItemFn) -> syn::Result<TokenStr
     let mut receiver = None;
     let mut arguments = Vec::new();
     let mut progress = None;
+    let mut cancel = None;
+    // The call that makes the future: every argument, in its declared order.
+    let mut call_arguments = Vec::new();
     for input in &signature.inputs {
         match input {
             FnArg::Receiver(self_) => {
@@ -119,6 +127,17 @@ pub(crate) fn expand(options: Options, function: ItemFn) -> syn::Result<TokenStr
                     ));
                 }
                 let name = pattern.ident.clone();
+                call_arguments.push(name.clone());
+                if cancel.is_none() && options.cancel.as_ref() == Some(&name) {
+                    if !is_named(&typed.ty, "Cancellation") {
+                        return Err(Error::new_spanned(
+                            &typed.ty,
+                            "the `cancel` argument must be an `apm_tap::Cancellation`",
+                        ));
+                    }
+                    cancel = Some(name);
+                    continue;
+                }
                 if progress.is_none()
                     && options
                         .progress
@@ -134,7 +153,7 @@ pub(crate) fn expand(options: Options, function: ItemFn) -> syn::Result<TokenStr
                                  `apm_tap::progress::Progress<P>`",
                             )
                         })?;
-                    progress = Some((name, reports.clone(), arguments.len()));
+                    progress = Some((name, reports.clone()));
                     continue;
                 }
                 if RESERVED.iter().any(|reserved| name == reserved) {
@@ -178,6 +197,12 @@ pub(crate) fn expand(options: Options, function: ItemFn) -> syn::Result<TokenStr
         return Err(Error::new(
             wanted.span(),
             format!("`progress = {wanted}` names no argument of this fn"),
+        ));
+    }
+    if let (Some(wanted), None) = (&options.cancel, &cancel) {
+        return Err(Error::new(
+            wanted.span(),
+            format!("`cancel = {wanted}` names no argument of this fn"),
         ));
     }
 
@@ -234,33 +259,32 @@ pub(crate) fn expand(options: Options, function: ItemFn) -> syn::Result<TokenStr
     let this = is_method.then(|| quote!(__apm_tap_this,));
     let this_argument = is_method.then(|| quote!(self,));
 
-    // The call that makes the future, arguments in their declared order.
-    let mut call_arguments: Vec<TokenStream> = names.iter().map(|name| quote!(#name)).collect();
-    let (future, on_progress_parameter, on_progress_argument, progress_doc) = match &progress {
-        Some((argument, reports, position)) => {
-            call_arguments.insert(*position, quote!(#argument));
-            (
-                quote! {
-                    ::apm_tap::progress::reporting(move |#argument| {
-                        #scope #name(#this #(#call_arguments),*)
-                    })
-                    .on_progress(on_progress)
-                },
-                quote!(on_progress: impl ::core::ops::FnMut(#reports) + ::core::marker::Send + 'static,),
-                quote!(on_progress,),
-                format!(
-                    "\n\n`on_progress` is called with each report the operation makes \
-                     through its `{argument}`, in order, one call at a time, before the \
-                     callback."
-                ),
-            )
-        }
-        None => (
-            quote!(#scope #name(#this #(#call_arguments),*)),
-            quote!(),
-            quote!(),
-            String::new(),
+    let future = quote!(#scope #name(#this #(#call_arguments),*));
+    let (future, cancel_doc) = match &cancel {
+        Some(cancel) => (
+            quote!(::apm_tap::cancellable(move |#cancel| #future)),
+            format!(
+                " The operation's `{cancel}` trips then: its hooks run and \
+                 `is_cancelled()` turns true."
+            ),
         ),
+        None => (future, String::new()),
+    };
+    let cancellable_future = future.clone();
+    let (future, on_progress_parameter, on_progress_argument, progress_doc) = match &progress {
+        Some((argument, reports)) => (
+            quote! {
+                ::apm_tap::progress::reporting(move |#argument| #future).on_progress(on_progress)
+            },
+            quote!(on_progress: impl ::core::ops::FnMut(#reports) + ::core::marker::Send + 'static,),
+            quote!(on_progress,),
+            format!(
+                "\n\n`on_progress` is called with each report the operation makes \
+                 through its `{argument}`, in order, one call at a time, before the \
+                 callback."
+            ),
+        ),
+        None => (future, quote!(), quote!(), String::new()),
     };
 
     let dispatch = options
@@ -298,8 +322,19 @@ pub(crate) fn expand(options: Options, function: ItemFn) -> syn::Result<TokenStr
         that drives a current-thread runtime the operation runs on, it returns \
         `WouldDeadlock` instead of blocking.";
 
+    // `read_all` -> `ReadAll`, for the .NET names.
+    let pascal: String = name
+        .to_string()
+        .split('_')
+        .map(|word| {
+            let mut chars = word.chars();
+            chars.next().map_or_else(String::new, |first| {
+                first.to_uppercase().chain(chars).collect()
+            })
+        })
+        .collect();
     let begin_doc = format!(
-        "Begins [`{name}`]({link}) as an APM operation (.NET's `Begin{name}`): starts it \
+        "Begins [`{name}`]({link}) as an APM operation (.NET's `Begin{pascal}`): starts it \
          at once and returns its handle.\n\n\
          `callback` (a closure, an `AsyncCallback`, or `AsyncCallback::none()`) runs once \
          when the operation completes{dispatch_doc}: inside this call if it completed here \
@@ -311,10 +346,10 @@ pub(crate) fn expand(options: Options, function: ItemFn) -> syn::Result<TokenStr
          # Cancel safety\n\n\
          `handle.cancel()` stops the operation (its future is dropped where it runs); \
          the callback still runs once, and End returns `Cancelled` unless the result was \
-         stored first. Dropping every handle does not stop it."
+         stored first.{cancel_doc} Dropping every handle does not stop it."
     );
     let end_doc = format!(
-        "Ends an operation begun by [`{begin}`]({begin_link}) (.NET's `End{name}`): \
+        "Ends an operation begun by [`{begin}`]({begin_link}) (.NET's `End{pascal}`): \
          returns its output, waiting for it if needed.\n\n\
          Generated by `#[apm_tap::apm]`.\n\n\
          # Errors\n\n{end_errors}\n\n# Blocking\n\n{blocking_doc}"
@@ -358,7 +393,14 @@ pub(crate) fn expand(options: Options, function: ItemFn) -> syn::Result<TokenStr
             .iter()
             .map(|argument| (&argument.name, &argument.ty))
             .collect();
-        crate::c_abi::expand(&function.attrs, vis, name, &arguments, output)?
+        crate::c_abi::expand(
+            &function.attrs,
+            vis,
+            name,
+            &arguments,
+            output,
+            &cancellable_future,
+        )?
     } else {
         TokenStream::new()
     };

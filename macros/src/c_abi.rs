@@ -1,5 +1,6 @@
 //! `#[apm(c_abi)]`: the operation also exported to C, as `xxx_begin` / `xxx_end`
 //! through `apm_tap_capi::export!`, with its C declarations in a const for the header.
+//! C's `apm_tap_op_cancel` drops the future, which trips a `cancel` argument.
 
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
@@ -89,6 +90,7 @@ pub(crate) fn expand(
     name: &Ident,
     arguments: &[(&Ident, &Type)],
     output: &Type,
+    future: &TokenStream,
 ) -> syn::Result<TokenStream> {
     let out = c_type_or_error(output, "the output")?;
     let mut parameters = Vec::new();
@@ -120,13 +122,12 @@ pub(crate) fn expand(
          [`{constant}`]."
     );
     let names = arguments.iter().map(|(argument, _)| argument);
-    let names2 = names.clone();
     let types = arguments.iter().map(|(_, ty)| ty);
     Ok(quote! {
         ::apm_tap_capi::export! {
             #[doc = #pair_doc]
             fn #begin / #end(#(#names: #types),*) -> #output {
-                #name(#(#names2),*).await
+                #future.await
             }
         }
 

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use apm_tap::Completer;
+use apm_tap::{Cancellation, Completer};
 
 /// The stock of each item.
 fn stock() -> &'static Mutex<BTreeMap<u32, u64>> {
@@ -34,16 +34,23 @@ pub async fn stock_get(item: u32) -> u64 {
 
 /// The total stock of items `0..items`, counted on a thread of its own, as a slow
 /// legacy scan would be.
-#[apm_tap::apm(c_abi)]
-pub async fn stock_total(items: u32) -> u64 {
+#[apm_tap::apm(c_abi, cancel = cancellation)]
+pub async fn stock_total(items: u32, cancellation: Cancellation) -> u64 {
     let (counted, total) = Completer::new();
     std::thread::spawn(move || {
-        let stock = stock().lock().unwrap();
-        let total = (0..items).filter_map(|item| stock.get(&item)).sum();
-        // Nobody cancels this handle: it is awaited below.
-        let _ = counted.complete(total);
+        let mut sum = 0;
+        for item in 0..items {
+            // The caller's cancel (`handle.cancel()`, C's `apm_tap_op_cancel`) stops
+            // the scan between items.
+            if cancellation.is_cancelled() {
+                return;
+            }
+            sum += stock().lock().unwrap().get(&item).copied().unwrap_or(0);
+        }
+        // Nobody cancels this handle: it is awaited below, or dropped with the scan.
+        let _ = counted.complete(sum);
     });
     total
         .await
-        .expect("the count is neither cancelled nor abandoned")
+        .expect("the scan completes unless the operation was cancelled")
 }
