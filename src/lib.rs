@@ -59,6 +59,17 @@
 //! assert_eq!(handle.end(), Ok(5));
 //! ```
 //!
+//! # Declare it once
+//!
+//! With the `macros` feature, two attributes write that glue: `#[apm_tap::apm]` on an
+//! `async fn read(..)` adds `begin_read(.., callback, state)`, `end_read(handle)` and
+//! `blocking_read(..)` beside it, and `#[apm_tap::from_apm(end = .., output = ..)]` on
+//! a legacy `begin_read` adds the `async fn read` that awaits it. The generated code
+//! calls the functions below, so every guarantee holds for it. Their options reach the
+//! rest of the crate: a [`progress::Progress`] argument, a [`Cancellation`] argument
+//! that receives the caller's cancel, a [`Dispatch`] policy for the callback, and
+//! (with `apm-tap-capi`) the same operation exported to C.
+//!
 //! # Guarantees
 //!
 //! APM to future ([`from_apm`], [`from_async_result`], [`from_callback`]):
@@ -247,6 +258,8 @@
 //! | the stream's `Waker::wake`, on an emit | the producer's thread | discarded: the emit returns what became of the item |
 //! | a progress handler ([`Reporting::on_progress`](progress::Reporting::on_progress)) | the task polling the operation | propagates out of `poll`; under [`progress::begin`], ends the operation with [`Error::Panicked`] |
 //! | a [`Subscriber`](stream::Subscriber)'s methods | the subscription's task (its first poll inside [`stream::subscribe`]) | caught: the subscription ends with [`Error::Panicked`], the stream is dropped, no call follows |
+//! | a [`Cancellation`] hook, when the operation's future is dropped before it completed | the dropping thread (the executor, or the caller of `cancel`) | discarded; the other hooks still run |
+//! | a [`Cancellation`] hook given after the cancellation | the caller of [`on_cancel`](Cancellation::on_cancel) | propagates out of `on_cancel` |
 //! | `Drop` of a result nobody took, of a [`State`], of a callback that never ran, of the closures given to the crate | whichever owner drops it | discarded |
 //!
 //! So [`Completer::complete`], a `Completer`'s drop, [`ApmCallback::call`] and
@@ -327,7 +340,8 @@ pub use apm_tap_macros::{apm, from_apm};
 #[doc(hidden)]
 pub mod __private;
 
-/// The README's code blocks, run as doctests.
-#[cfg(doctest)]
+/// The README's code blocks, run as doctests by the README's `cargo test --all-features`
+/// (they use the `macros` and `ffi` features).
+#[cfg(all(doctest, feature = "macros", feature = "ffi"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
