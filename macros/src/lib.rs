@@ -73,27 +73,11 @@ mod types;
 /// assert_eq!(store.blocking_sum(3), Ok(6));
 /// ```
 ///
-/// What it generates for `sum` (doc comments left out):
+/// What it generates for `sum`, doc comments left out (`snapshots/sum.rs`, which a test
+/// keeps current):
 ///
 /// ```text
-/// pub fn begin_sum(
-///     self: &Arc<Self>,
-///     count: usize,
-///     callback: impl Into<apm_tap::AsyncCallback<u32>>,
-///     state: apm_tap::State,
-/// ) -> apm_tap::AsyncResult<u32> {
-///     let this = Clone::clone(self);
-///     let future = Self::sum(this, count);
-///     apm_tap::Builder::new().callback(callback).state(state).begin(future)
-/// }
-///
-/// pub fn end_sum(handle: apm_tap::AsyncResult<u32>) -> Result<u32, apm_tap::Error> {
-///     handle.end()
-/// }
-///
-/// pub fn blocking_sum(self: &Arc<Self>, count: usize) -> Result<u32, apm_tap::Error> {
-///     Self::end_sum(Self::begin_sum(self, count, apm_tap::AsyncCallback::none(), apm_tap::State::none()))
-/// }
+#[doc = include_str!("../snapshots/sum.rs")]
 /// ```
 #[proc_macro_attribute]
 pub fn apm(attribute: TokenStream, item: TokenStream) -> TokenStream {
@@ -169,4 +153,49 @@ fn refused(error: syn::Error, function: ItemFn) -> proc_macro2::TokenStream {
     let mut tokens = error.into_compile_error();
     quote::ToTokens::to_tokens(&function, &mut tokens);
     tokens
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use quote::quote;
+    use syn::{Attribute, File, ImplItem, Item};
+
+    fn without_docs(attributes: &mut Vec<Attribute>) {
+        attributes.retain(|attribute| !attribute.path().is_ident("doc"));
+    }
+
+    /// `snapshots/sum.rs` is what `#[apm]` makes of the doc example's `sum`, pretty
+    /// printed without doc comments. `APM_TAP_BLESS=1` rewrites it.
+    #[test]
+    fn the_documented_expansion_is_current() {
+        let function = syn::parse2(quote! {
+            /// Sums the first `count` items.
+            pub async fn sum(self: Arc<Self>, count: usize) -> u32 {
+                self.items.iter().take(count).sum()
+            }
+        })
+        .unwrap();
+        let expanded = crate::apm::expand(crate::apm::Options::default(), function).unwrap();
+        let mut file: File = syn::parse2(quote!(impl Store { #expanded })).unwrap();
+        for item in &mut file.items {
+            let Item::Impl(block) = item else { continue };
+            for item in &mut block.items {
+                if let ImplItem::Fn(function) = item {
+                    without_docs(&mut function.attrs);
+                }
+            }
+        }
+        let generated = prettyplease::unparse(&file);
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots/sum.rs");
+        if std::env::var_os("APM_TAP_BLESS").is_some() {
+            std::fs::write(&path, &generated).unwrap();
+        }
+        let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            checked_in == generated,
+            "snapshots/sum.rs is stale; rerun with APM_TAP_BLESS=1. Generated:\n{generated}"
+        );
+    }
 }
