@@ -83,7 +83,7 @@ pub enum Error {
 #[non_exhaustive]
 pub enum Abandonment {
     /// The legacy code dropped the [`ApmCallback`](crate::ApmCallback) that
-    /// [`from_apm`](crate::from_apm) gave to Begin without calling it.
+    /// [`from_apm`](fn@crate::from_apm) gave to Begin without calling it.
     #[error("the legacy callback was dropped without being called")]
     CallbackDropped,
     /// A [`Completer`](crate::Completer) was dropped before it completed the operation.

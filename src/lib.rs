@@ -21,11 +21,11 @@
 //!
 //! | .NET | apm-tap |
 //! |---|---|
-//! | `Task.Factory.FromAsync(begin, end)` | [`from_apm`], [`try_from_apm`] |
+//! | `Task.Factory.FromAsync(begin, end)` | [`from_apm`](fn@from_apm), [`try_from_apm`] |
 //! | `Task.Factory.FromAsync(asyncResult, end)` | [`from_async_result`] |
 //! | `TaskToAsyncResult.Begin` / `.End` | [`begin`], [`begin_on`], [`Builder::begin`] / [`AsyncResult::end`] |
 //! | `IAsyncResult` | [`AsyncResult`]; [`AsyncHandle`], [`PollHandle`] for foreign handles |
-//! | `AsyncCallback` | [`AsyncCallback`] (given to Begin), [`ApmCallback`] (given by [`from_apm`]) |
+//! | `AsyncCallback` | [`AsyncCallback`] (given to Begin), [`ApmCallback`] (given by [`from_apm`](fn@from_apm)) |
 //! | `TaskCompletionSource` | [`Completer`] |
 //! | (Node) `util.promisify` / `util.callbackify` | [`from_callback`] / [`callbackify`] |
 //! | an event (`OnData += handler`); (Kotlin) `callbackFlow`; (Swift) `AsyncStream` | [`stream::from_events`] |
@@ -72,7 +72,7 @@
 //!
 //! # Guarantees
 //!
-//! APM to future ([`from_apm`], [`from_async_result`], [`from_callback`]):
+//! APM to future ([`from_apm`](fn@from_apm), [`from_async_result`], [`from_callback`]):
 //!
 //! 1. Lazy: nothing starts until the first poll; then Begin runs exactly once.
 //! 2. End runs exactly once for every Begin that returned a handle: in `poll`, in `drop`
@@ -233,11 +233,11 @@
 //!
 //! | user code | runs on | a panic there |
 //! |---|---|---|
-//! | [`from_apm`]'s Begin closure | the thread polling the future | propagates out of `poll`; no handle, so no End |
+//! | [`from_apm`](fn@from_apm)'s Begin closure | the thread polling the future | propagates out of `poll`; no handle, so no End |
 //! | [`AsyncHandle::completed_synchronously`] | the polling thread, after Begin | propagates out of `poll`; the handle is taken for asynchronous, and End runs when the callback comes |
 //! | End, in `poll` | the polling thread | propagates out of `poll` (End ran) |
 //! | End, in the future's `drop` (the callback came first) | the dropping thread | discarded; `drop` returns |
-//! | End, after the future was dropped | the thread calling [`ApmCallback::call`] ([`from_apm`]); a task of the default runtime ([`from_async_result`]) | discarded: `call` returns normally, also into an `extern "C"` caller |
+//! | End, after the future was dropped | the thread calling [`ApmCallback::call`] ([`from_apm`](fn@from_apm)); a task of the default runtime ([`from_async_result`]) | discarded: `call` returns normally, also into an `extern "C"` caller |
 //! | `on_cancel` ([`FromApm`], [`TryFromApm`], [`FromAsyncResult`], [`FromCallback`]) | the dropping thread | discarded; End still runs once |
 //! | [`PollHandle::poll_completed`], in `poll` | the polling thread | propagates out of `poll`; the future may be polled again or dropped |
 //! | [`PollHandle::poll_completed`], after the future was dropped | the dropping thread, then a task of the default runtime | discarded; End then runs on a blocking thread of the default runtime, where it may block until the operation completes, as an APM End does |

@@ -21,7 +21,7 @@ mod types;
 /// fn and adds, with the same visibility:
 ///
 /// - `begin_read(&self, len, callback, state) -> AsyncResult<io::Result<Vec<u8>>>`:
-///   starts the operation at once ([`apm_tap::Builder::begin`]);
+///   starts the operation at once (`apm_tap::Builder::begin`);
 /// - `end_read(handle) -> io::Result<Vec<u8>>`: waits for it and returns its output;
 /// - `blocking_read(&self, len) -> io::Result<Vec<u8>>`: both, for a thread that just
 ///   wants the result.
@@ -41,7 +41,7 @@ mod types;
 ///
 /// | option | effect |
 /// |---|---|
-/// | `dispatch = <expr>` | the callback runs where this [`apm_tap::Dispatch`] says (evaluated at each Begin) |
+/// | `dispatch = <expr>` | the callback runs where this `apm_tap::Dispatch` says (evaluated at each Begin) |
 /// | `progress = <argument>` | the named `Progress<P>` argument leaves Begin's and the blocking call's signatures; they take an `on_progress: impl FnMut(P) + Send + 'static` instead |
 /// | `flatten = <bool>` | whether End returns the output's own `Result` (default: whether its type is named `Result`) |
 ///
@@ -92,7 +92,7 @@ pub fn apm(attribute: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 /// Awaits a legacy Begin/End pair as one `async fn` (.NET's `Task.Factory.FromAsync`),
-/// through [`apm_tap::from_apm`].
+/// through `apm_tap::from_apm`.
 ///
 /// On a Begin such as `fn begin_read(&self, len: usize, callback: AsyncCallback<Vec<u8>>,
 /// state: State) -> AsyncResult<Vec<u8>>`, `#[from_apm(end = Self::end_read, output =

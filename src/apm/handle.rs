@@ -1,6 +1,6 @@
 use std::task::{Context, Poll};
 
-/// What [`from_apm`](crate::from_apm) asks of the handle a Begin method returns: the
+/// What [`from_apm`](fn@crate::from_apm) asks of the handle a Begin method returns: the
 /// `IAsyncResult.CompletedSynchronously` of the APM model.
 ///
 /// Implement it for the handle type of a callback API this crate did not write.
@@ -26,7 +26,7 @@ pub trait AsyncHandle {
     /// Whether the operation finished on the thread that called Begin, before Begin
     /// returned (`IAsyncResult.CompletedSynchronously`).
     ///
-    /// [`from_apm`](crate::from_apm) reads this once, right after Begin returns: `true`
+    /// [`from_apm`](fn@crate::from_apm) reads this once, right after Begin returns: `true`
     /// makes it call End at once and ignore the callback; `false` makes it wait for the
     /// callback. An answer that changes later is never read, so a handle that flips it
     /// cannot make End run twice. A panic here is taken for `false` (End runs when the

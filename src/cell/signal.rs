@@ -1,4 +1,4 @@
-//! The one-shot signal between a [`from_apm`](crate::from_apm) future and the
+//! The one-shot signal between a [`from_apm`](fn@crate::from_apm) future and the
 //! [`ApmCallback`](crate::ApmCallback) it gives to Begin.
 //!
 //! `from_apm` needs much less than a [`Completer`](crate::Completer): no value (End
