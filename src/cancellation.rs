@@ -159,6 +159,13 @@ impl fmt::Debug for Cancellation {
 /// this future is dropped before it completed. Give it to [`begin`](crate::begin) and
 /// the caller's `cancel()` reaches what the operation handed the token to.
 ///
+/// It costs one allocation (the token), and one per hook.
+///
+/// # Panics
+///
+/// Polling the future after it completed panics. A panic of the future's `poll`
+/// propagates; the future has not completed, so dropping it then trips the token.
+///
 /// # Examples
 ///
 /// See [`Cancellation`].
