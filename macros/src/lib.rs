@@ -42,8 +42,15 @@ mod types;
 /// | option | effect |
 /// |---|---|
 /// | `dispatch = <expr>` | the callback runs where this `apm_tap::Dispatch` says (evaluated at each Begin) |
-/// | `progress = <argument>` | the named `Progress<P>` argument leaves Begin's and the blocking call's signatures; they take an `on_progress: impl FnMut(P) + Send + 'static` instead |
-/// | `flatten = <bool>` | whether End returns the output's own `Result` (default: whether its type is named `Result`) |
+/// | `progress = <argument>` | the named `apm_tap::progress::Progress<P>` argument leaves Begin's and the blocking call's signatures; they take an `on_progress: impl FnMut(P) + Send + 'static` instead |
+/// | `cancel = <argument>` | the named `apm_tap::Cancellation` argument leaves Begin's and the blocking call's signatures; it trips when the caller cancels (`handle.cancel()`, C's `apm_tap_op_cancel`): hand it to a worker thread, or register the legacy Cancel on it |
+/// | `flatten = <bool>` | whether End returns the output's own `Result` (default: whether its type is named `Result`; an alias is not seen) |
+/// | `c_abi` | also exports a free fn over C scalars to C as `xxx_begin` / `xxx_end` (the C ABI of `apm-tap-capi`, which must be among your dependencies), with their C declarations in a const `XXX_C_DECLARATION` for `apm_tap_capi::header` |
+///
+/// Async callers call the fn itself. With `progress` or `cancel`, they give those
+/// arguments as Begin does: `apm_tap::progress::reporting(|progress| ..)` (or
+/// `Progress::none()`) and `apm_tap::cancellable(|cancellation| ..)` make them, tied to
+/// the future they are given to.
 ///
 /// # Examples
 ///
