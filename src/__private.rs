@@ -33,3 +33,14 @@ pub fn send_future<F: Future + Send + 'static>(future: F) -> F {
 pub fn end_fn<H, R, E: FnOnce(H) -> R + Send + 'static>(end: E) -> E {
     end
 }
+
+/// What a generated blocking call checks before it begins the operation: whether
+/// waiting here would deadlock (rule 12). Refusing before Begin, rather than in End,
+/// leaves nothing running behind the error.
+pub fn may_block() -> Result<(), Error> {
+    if crate::runtime::would_refuse_new_operation() {
+        Err(Error::WouldDeadlock)
+    } else {
+        Ok(())
+    }
+}

@@ -39,7 +39,8 @@ enum Stage {
 /// cancellation through this token.
 ///
 /// "Cancelled" here means dropped before completing, which includes a runtime shutting
-/// down under it (an abandoned operation).
+/// down under it (an abandoned operation) and a future dropped after its `poll`
+/// panicked (the operation's End then says `Panicked`).
 ///
 /// # Examples
 ///
@@ -84,8 +85,9 @@ impl Cancellation {
 
     /// Runs `hook` once if the operation is cancelled: on the thread that drops its
     /// future, after the future was dropped, or here at once if it was cancelled
-    /// already. If the operation completes instead, `hook` is dropped unrun. Hooks run
-    /// in the order they were given.
+    /// already (from another thread, or from inside another hook). If the operation
+    /// completes instead, `hook` is dropped unrun. The hooks given before the
+    /// cancellation run in the order they were given.
     ///
     /// # Panics
     ///
@@ -208,7 +210,8 @@ impl<Fut: Future> Future for Cancellable<Fut> {
             .as_pin_mut()
             .expect("`Cancellable` polled after completion");
         let output = futures::ready!(future.poll(cx));
-        this.future.set(None);
+        // A panic of the finished future's `Drop` must not lose its output (rule 17).
+        unwind::quietly(|| this.future.set(None));
         // Hooks never run now: drop them, quietly, as nobody could catch their panic.
         for hook in this.cancellation.finish(Stage::Completed) {
             unwind::drop_quietly(hook);

@@ -264,14 +264,33 @@ pub(crate) fn drives(runtime: Id) {
 pub(crate) fn blocking<R>(task_runtime: Option<Id>, f: impl FnOnce() -> R) -> Result<R, Error> {
     // Inside an inline task's poll, the operation may need a poll queued behind it.
     crate::dispatch::run_queued_inline();
+    match how_to_wait(task_runtime) {
+        Wait::Park => Ok(f()),
+        Wait::InPlace => Ok(tokio::task::block_in_place(f)),
+        Wait::Refuse => Err(Error::WouldDeadlock),
+    }
+}
+
+/// How [`blocking`] waits here for an operation whose task runs on `task_runtime`.
+#[derive(Debug, PartialEq, Eq)]
+enum Wait {
+    /// Park this thread: nothing it stops can be needed by the operation.
+    Park,
+    /// A multi-thread runtime's worker: `block_in_place`.
+    InPlace,
+    /// Refuse: this thread must run the operation's task.
+    Refuse,
+}
+
+fn how_to_wait(task_runtime: Option<Id>) -> Wait {
     // A callback thread waiting, outside its runtime's context, for one of its tasks.
     if task_runtime.is_some()
         && DRIVES.try_with(|drives| drives.get()).ok().flatten() == task_runtime
     {
-        return Err(Error::WouldDeadlock);
+        return Wait::Refuse;
     }
     if tokio::runtime::worker_index().is_none() {
-        return Ok(f());
+        return Wait::Park;
     }
     let entered = Handle::try_current().ok();
     let entered_current_thread = entered
@@ -281,11 +300,20 @@ pub(crate) fn blocking<R>(task_runtime: Option<Id>, f: impl FnOnce() -> R) -> Re
     // task) with a worker index.
     let drives_current_thread = tokio::task::try_id().is_none() || entered_current_thread.is_some();
     if !drives_current_thread {
-        return Ok(tokio::task::block_in_place(f));
+        return Wait::InPlace;
     }
     match (task_runtime, entered_current_thread) {
-        (None, _) => Ok(f()),
-        (Some(task), Some(driven)) if task != driven.id() => Ok(f()),
-        (Some(_), _) => Err(Error::WouldDeadlock),
+        (None, _) => Wait::Park,
+        (Some(task), Some(driven)) if task != driven.id() => Wait::Park,
+        (Some(_), _) => Wait::Refuse,
     }
+}
+
+/// Whether a blocking wait here, for an operation [`begin`](crate::begin) would start
+/// now (on the ambient runtime, or the default one), would refuse with
+/// [`Error::WouldDeadlock`]: so that a blocking call can refuse before it begins
+/// anything.
+#[cfg(feature = "macros")]
+pub(crate) fn would_refuse_new_operation() -> bool {
+    how_to_wait(current_thread_runtime()) == Wait::Refuse
 }

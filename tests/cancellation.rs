@@ -123,3 +123,35 @@ fn an_apm_cancel_reaches_a_thread_the_operation_handed_the_token_to() {
     assert_eq!(stop.recv(), Ok(true));
     assert_eq!(handle.end(), Err(Error::Cancelled));
 }
+
+/// Ready with 5; its `Drop` panics.
+struct DropPanics;
+
+impl std::future::Future for DropPanics {
+    type Output = u32;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<u32> {
+        std::task::Poll::Ready(5)
+    }
+}
+
+impl Drop for DropPanics {
+    fn drop(&mut self) {
+        panic!("drop of the finished future panicked");
+    }
+}
+
+#[test]
+fn rule_17_a_panicking_drop_of_the_finished_future_loses_neither_output_nor_completion() {
+    let (tokens, token) = mpsc::channel();
+    let handle = apm_tap::begin(cancellable(move |cancellation| {
+        tokens.send(cancellation).unwrap();
+        DropPanics
+    }));
+    assert_eq!(handle.end(), Ok(5));
+    let token = token.recv().unwrap();
+    assert_eq!(format!("{token:?}"), "Cancellation(\"completed\")");
+}

@@ -701,3 +701,157 @@ fn a_cancel_argument_never_trips_when_the_operation_completes() {
     // The hook was dropped unrun: its sender with it.
     assert!(cancelled.recv().is_err());
 }
+
+/// Counts the first polls of `write_once`.
+static WRITES: AtomicUsize = AtomicUsize::new(0);
+
+/// Writes once, on its first poll.
+#[apm_tap::apm]
+async fn write_once() -> u32 {
+    WRITES.fetch_add(1, SeqCst);
+    tokio::task::yield_now().await;
+    1
+}
+
+#[test]
+fn rule_12_the_blocking_call_refuses_before_it_begins_anything() {
+    let runtime = current_thread();
+    runtime.block_on(async {
+        assert_eq!(blocking_write_once(), Err(Error::WouldDeadlock));
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    });
+    assert_eq!(
+        WRITES.load(SeqCst),
+        0,
+        "the refused call began the operation"
+    );
+    assert_eq!(blocking_write_once(), Ok(1));
+    assert_eq!(WRITES.load(SeqCst), 1);
+}
+
+/// `begin_add` as generated, wrapped again: its callback is `impl Into<AsyncCallback<T>>`.
+#[apm_tap::from_apm(end = end_add, output = Result<u32, Error>, name = add_again)]
+fn begin_add_again(
+    a: u32,
+    b: u32,
+    callback: impl Into<AsyncCallback<u32>>,
+    state: State,
+) -> AsyncResult<u32> {
+    begin_add(a, b, callback, state)
+}
+
+#[test]
+fn from_apm_wraps_the_begin_that_apm_generates() {
+    assert_eq!(futures::executor::block_on(add_again(20, 22)), Ok(42));
+}
+
+/// A legacy API with a `State` and a `Result` of its own, which the attributes must not
+/// take for apm-tap's.
+mod own_types {
+    use apm_tap::{AsyncCallback, AsyncResult, Builder};
+
+    /// The legacy mode: not `apm_tap::State`.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    pub enum State {
+        Fast,
+        Slow,
+    }
+
+    /// A verdict: a non-generic `Result` that End cannot flatten.
+    #[derive(Debug, PartialEq)]
+    pub enum Result {
+        Good,
+        Bad,
+    }
+
+    #[apm_tap::from_apm(end = end_speed, output = u32)]
+    pub fn begin_speed(mode: State, callback: AsyncCallback<u32>) -> AsyncResult<u32> {
+        let speed = if mode == State::Fast { 2 } else { 1 };
+        Builder::new()
+            .callback(callback)
+            .begin(async move { speed })
+    }
+
+    pub fn end_speed(handle: AsyncResult<u32>) -> u32 {
+        handle.end().unwrap_or(0)
+    }
+
+    #[apm_tap::apm]
+    pub async fn verdict(good: bool) -> Result {
+        if good {
+            Result::Good
+        } else {
+            Result::Bad
+        }
+    }
+}
+
+#[test]
+fn a_users_own_state_and_result_are_left_alone() {
+    use own_types::{speed, State};
+    assert_eq!(futures::executor::block_on(speed(State::Fast)), Ok(2));
+    assert_eq!(futures::executor::block_on(speed(State::Slow)), Ok(1));
+    assert_eq!(
+        own_types::blocking_verdict(false),
+        Ok(own_types::Result::Bad)
+    );
+}
+
+/// Function pointers and `Fn` bounds borrow only for their own calls: owned arguments.
+#[apm_tap::apm]
+async fn parse_with(
+    text: String,
+    parser: fn(&str) -> usize,
+    boxed: Box<dyn Fn(&str) -> usize + Send + Sync>,
+) -> usize {
+    parser(&text) + boxed(&text)
+}
+
+#[test]
+fn higher_ranked_references_are_owned_arguments() {
+    assert_eq!(
+        blocking_parse_with("four".into(), str::len, Box::new(|text| text.len() * 10)),
+        Ok(44)
+    );
+}
+
+/// Deprecated, with six arguments: its Begin has eight. Clippy (`-D warnings` in
+/// `.ci/run`) and the deprecation lint must stay quiet about the generated items.
+#[deprecated(note = "kept to test that the attributes reach the generated items")]
+#[apm_tap::apm]
+async fn six(a: u8, b: u8, c: u8, d: u8, e: u8, f: u8) -> u8 {
+    a + b + c + d + e + f
+}
+
+#[test]
+#[allow(deprecated)] // Calls the deprecated `six`, on purpose.
+fn attributes_and_lints_reach_the_generated_items() {
+    assert_eq!(blocking_six(1, 2, 3, 4, 5, 6), Ok(21));
+}
+
+/// apm-tap under another path, as a crate that renamed the dependency has it.
+mod renamed {
+    pub use apm_tap::*;
+}
+
+#[apm_tap::apm(crate = "crate::renamed")]
+async fn through_renamed(x: u8) -> u8 {
+    x
+}
+
+#[apm_tap::from_apm(crate = "crate::renamed", end = end_through_renamed, output = Result<u8, Error>)]
+fn begin_again_renamed(
+    x: u8,
+    callback: impl Into<AsyncCallback<u8>>,
+    state: State,
+) -> AsyncResult<u8> {
+    begin_through_renamed(x, callback, state)
+}
+
+#[test]
+fn crate_names_where_apm_tap_is() {
+    assert_eq!(blocking_through_renamed(3), Ok(3));
+    assert_eq!(futures::executor::block_on(again_renamed(4)), Ok(4));
+}

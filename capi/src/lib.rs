@@ -664,13 +664,14 @@ macro_rules! export {
             callback: $crate::Callback,
             state: *mut ::std::ffi::c_void,
         ) -> *mut $crate::Op {
+            // Items are not hygienic: their names must not shadow an argument's.
             /// Ties the body's output to the declared type.
-            fn output<F: ::std::future::Future<Output = $out>>(future: F) -> F {
+            fn __apm_tap_output<F: ::std::future::Future<Output = $out>>(future: F) -> F {
                 future
             }
-            const OP: u64 = $crate::tag(stringify!($begin));
-            let body = output(async move $body);
-            let tagged = async move { $crate::Tagged::<$out, OP>(body.await) };
+            const __APM_TAP_OP: u64 = $crate::tag(stringify!($begin));
+            let body = __apm_tap_output(async move $body);
+            let tagged = async move { $crate::Tagged::<$out, __APM_TAP_OP>(body.await) };
             // SAFETY: by this function's contract.
             unsafe { $crate::begin(tagged, callback, state) }
         }
@@ -683,9 +684,9 @@ macro_rules! export {
         /// valid for writes.
         #[no_mangle]
         pub unsafe extern "C" fn $end(op: *mut $crate::Op, out: *mut $out) -> $crate::Status {
-            const OP: u64 = $crate::tag(stringify!($begin));
+            const __APM_TAP_OP: u64 = $crate::tag(stringify!($begin));
             // SAFETY: by this function's contract.
-            unsafe { $crate::end_tagged::<$out, OP>(op, out) }
+            unsafe { $crate::end_tagged::<$out, __APM_TAP_OP>(op, out) }
         }
     )*};
 }

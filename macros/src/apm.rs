@@ -2,11 +2,14 @@
 
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
+use syn::ext::IdentExt;
 use syn::meta::ParseNestedMeta;
 use syn::spanned::Spanned;
-use syn::{Error, Expr, FnArg, Ident, ItemFn, LitBool, Pat, ReturnType, Type};
+use syn::{
+    Attribute, Error, Expr, FnArg, Ident, ItemFn, LitBool, LitStr, Pat, Path, ReturnType, Type,
+};
 
-use crate::types::{is_named, only_type_argument, unowned, Unowned};
+use crate::types::{is_named, is_result, only_type_argument, unowned, Unowned};
 
 /// The attribute's options:
 /// `#[apm(dispatch = expr, progress = name, cancel = name, flatten = bool, c_abi)]`.
@@ -17,11 +20,29 @@ pub(crate) struct Options {
     cancel: Option<Ident>,
     flatten: Option<LitBool>,
     c_abi: bool,
+    krate: Option<Path>,
 }
 
 impl Options {
     pub(crate) fn parse(&mut self, meta: ParseNestedMeta<'_>) -> syn::Result<()> {
-        if meta.path.is_ident("dispatch") {
+        let given = [
+            ("dispatch", self.dispatch.is_some()),
+            ("progress", self.progress.is_some()),
+            ("cancel", self.cancel.is_some()),
+            ("flatten", self.flatten.is_some()),
+            ("c_abi", self.c_abi),
+            ("crate", self.krate.is_some()),
+        ];
+        if let Some((option, _)) = given
+            .iter()
+            .find(|(option, given)| *given && meta.path.is_ident(option))
+        {
+            return Err(meta.error(format!("`{option}` is given twice")));
+        }
+        if meta.path.is_ident("crate") {
+            let path: LitStr = meta.value()?.parse()?;
+            self.krate = Some(path.parse()?);
+        } else if meta.path.is_ident("dispatch") {
             self.dispatch = Some(meta.value()?.parse()?);
         } else if meta.path.is_ident("progress") {
             self.progress = Some(meta.value()?.parse()?);
@@ -34,8 +55,8 @@ impl Options {
         } else {
             return Err(meta.error(
                 "unknown `#[apm]` option: expected `dispatch = <Dispatch>`, \
-                 `progress = <argument>`, `cancel = <argument>`, `flatten = <bool>` or \
-                 `c_abi`",
+                 `progress = <argument>`, `cancel = <argument>`, `flatten = <bool>`, \
+                 `c_abi` or `crate = \"<path>\"`",
             ));
         }
         Ok(())
@@ -231,24 +252,36 @@ pub(crate) fn expand(options: Options, function: ItemFn) -> syn::Result<TokenStr
     let flatten = match &options.flatten {
         Some(flatten) => flatten.value,
         None => match &signature.output {
-            ReturnType::Type(_, ty) => is_named(ty, "Result"),
+            ReturnType::Type(_, ty) => is_result(ty),
             ReturnType::Default => false,
         },
     };
 
     let vis = &function.vis;
     let name = &signature.ident;
+    let krate = match &options.krate {
+        Some(path) => quote!(#path),
+        None => quote!(::apm_tap),
+    };
+    let forwarded = forwarded(&function.attrs);
     let begin = format_ident!("begin_{}", name);
     let end = format_ident!("end_{}", name);
     let blocking = format_ident!("blocking_{}", name);
     let is_method = receiver.is_some();
-    let (scope, link) = if is_method {
-        (quote!(Self::), format!("Self::{name}"))
-    } else {
-        (quote!(), name.to_string())
+    let scope = if is_method { quote!(Self::) } else { quote!() };
+    // Doc links by path, except to a raw identifier (`r#type`), which rustdoc cannot
+    // resolve: those are plain code.
+    let plain = name.unraw();
+    let link = |item: &dyn std::fmt::Display| {
+        if name.to_string().starts_with("r#") {
+            format!("`{item}`")
+        } else if is_method {
+            format!("[`{item}`](Self::{item})")
+        } else {
+            format!("[`{item}`]({item})")
+        }
     };
-    let begin_link = format!("{}{begin}", if is_method { "Self::" } else { "" });
-    let end_link = format!("{}{end}", if is_method { "Self::" } else { "" });
+    let (name_link, begin_link, end_link) = (link(&plain), link(&begin), link(&end));
 
     let names: Vec<&Ident> = arguments.iter().map(|argument| &argument.name).collect();
     let types: Vec<&Type> = arguments.iter().map(|argument| &argument.ty).collect();
@@ -262,7 +295,7 @@ pub(crate) fn expand(options: Options, function: ItemFn) -> syn::Result<TokenStr
     let future = quote!(#scope #name(#this #(#call_arguments),*));
     let (future, cancel_doc) = match &cancel {
         Some(cancel) => (
-            quote!(::apm_tap::cancellable(move |#cancel| #future)),
+            quote!(#krate::cancellable(move |#cancel| #future)),
             format!(
                 " The operation's `{cancel}` trips then: its hooks run and \
                  `is_cancelled()` turns true."
@@ -274,7 +307,7 @@ pub(crate) fn expand(options: Options, function: ItemFn) -> syn::Result<TokenStr
     let (future, on_progress_parameter, on_progress_argument, progress_doc) = match &progress {
         Some((argument, reports)) => (
             quote! {
-                ::apm_tap::progress::reporting(move |#argument| #future).on_progress(on_progress)
+                #krate::progress::reporting(move |#argument| #future).on_progress(on_progress)
             },
             quote!(on_progress: impl ::core::ops::FnMut(#reports) + ::core::marker::Send + 'static,),
             quote!(on_progress,),
@@ -296,10 +329,15 @@ pub(crate) fn expand(options: Options, function: ItemFn) -> syn::Result<TokenStr
         None => String::new(),
     };
 
+    let refused = if flatten {
+        quote!(#krate::__private::flatten_end(::core::result::Result::Err(refused)))
+    } else {
+        quote!(::core::result::Result::Err(refused))
+    };
     let (end_output, end_body, end_errors) = if flatten {
         (
             quote!(#output),
-            quote!(::apm_tap::__private::flatten_end(handle.end())),
+            quote!(#krate::__private::flatten_end(handle.end())),
             "The operation's own error, or the bridge's converted into it with \
              `From<apm_tap::Error>`: `Cancelled` if it was cancelled, `Panicked` if it \
              panicked, `Abandoned` if its future was dropped unfinished, `AlreadyEnded` \
@@ -308,7 +346,7 @@ pub(crate) fn expand(options: Options, function: ItemFn) -> syn::Result<TokenStr
         )
     } else {
         (
-            quote!(::core::result::Result<#output, ::apm_tap::Error>),
+            quote!(::core::result::Result<#output, #krate::Error>),
             quote!(handle.end()),
             "`apm_tap::Error::Cancelled` if the operation was cancelled, `Panicked` if \
              it panicked, `Abandoned` if its future was dropped unfinished, \
@@ -323,7 +361,7 @@ pub(crate) fn expand(options: Options, function: ItemFn) -> syn::Result<TokenStr
         `WouldDeadlock` instead of blocking.";
 
     // `read_all` -> `ReadAll`, for the .NET names.
-    let pascal: String = name
+    let pascal: String = plain
         .to_string()
         .split('_')
         .map(|word| {
@@ -334,14 +372,14 @@ pub(crate) fn expand(options: Options, function: ItemFn) -> syn::Result<TokenStr
         })
         .collect();
     let begin_doc = format!(
-        "Begins [`{name}`]({link}) as an APM operation (.NET's `Begin{pascal}`): starts it \
+        "Begins {name_link} as an APM operation (.NET's `Begin{pascal}`): starts it \
          at once and returns its handle.\n\n\
          `callback` (a closure, an `AsyncCallback`, or `AsyncCallback::none()`) runs once \
          when the operation completes{dispatch_doc}: inside this call if it completed here \
          (then the handle's `completed_synchronously()` is true), otherwise on the thread \
          that completed, cancelled or abandoned it. `state` is what `state()` returns on \
          every clone of the handle. The handle can be polled, waited on, awaited, or \
-         ended with [`{end}`]({end_link}).{progress_doc}\n\n\
+         ended with {end_link}.{progress_doc}\n\n\
          Generated by `#[apm_tap::apm]`.\n\n\
          # Cancel safety\n\n\
          `handle.cancel()` stops the operation (its future is dropped where it runs); \
@@ -349,17 +387,17 @@ pub(crate) fn expand(options: Options, function: ItemFn) -> syn::Result<TokenStr
          stored first.{cancel_doc} Dropping every handle does not stop it."
     );
     let end_doc = format!(
-        "Ends an operation begun by [`{begin}`]({begin_link}) (.NET's `End{pascal}`): \
+        "Ends an operation begun by {begin_link} (.NET's `End{pascal}`): \
          returns its output, waiting for it if needed.\n\n\
          Generated by `#[apm_tap::apm]`.\n\n\
          # Errors\n\n{end_errors}\n\n# Blocking\n\n{blocking_doc}"
     );
     let blocking_doc = format!(
-        "Runs [`{name}`]({link}) to completion from a thread that cannot `.await`: \
-         [`{begin}`]({begin_link}) without callback or state, then \
-         [`{end}`]({end_link}).\n\n\
+        "Runs {name_link} to completion from a thread that cannot `.await`: \
+         {begin_link} without callback or state, then {end_link}.\n\n\
          Generated by `#[apm_tap::apm]`.\n\n\
-         # Errors\n\nAs [`{end}`]({end_link}).\n\n# Blocking\n\n{blocking_doc}"
+         # Errors\n\nAs {end_link}, and `WouldDeadlock` before anything begins where \
+         waiting would deadlock.\n\n# Blocking\n\n{blocking_doc}"
     );
 
     let exported = if options.c_abi {
@@ -400,28 +438,38 @@ pub(crate) fn expand(options: Options, function: ItemFn) -> syn::Result<TokenStr
             &arguments,
             output,
             &cancellable_future,
+            &forwarded,
         )?
     } else {
         TokenStream::new()
     };
 
+    // At the fn's name, all of it, so that a future that is not `Send` gets one error
+    // there, not a second one at the attribute from `Builder::begin`'s bound.
+    let krate_at_name = match &options.krate {
+        Some(path) => quote!(#path),
+        None => quote_spanned!(signature.ident.span()=> ::apm_tap),
+    };
     let send_check = quote_spanned! {signature.ident.span()=>
-        ::apm_tap::__private::send_future(__apm_tap_future)
+        #krate_at_name::__private::send_future(__apm_tap_future)
     };
     Ok(quote! {
         #function
 
         #[doc = #begin_doc]
+        #(#forwarded)*
+        // Begin adds `callback` and `state` (and `on_progress`) to the fn's arguments.
+        #[allow(clippy::too_many_arguments)]
         #vis fn #begin(
             #(#receiver_parameter,)*
             #(#names: #types,)*
             #on_progress_parameter
-            callback: impl ::core::convert::Into<::apm_tap::AsyncCallback<#output>>,
-            state: ::apm_tap::State,
-        ) -> ::apm_tap::AsyncResult<#output> {
+            callback: impl ::core::convert::Into<#krate::AsyncCallback<#output>>,
+            state: #krate::State,
+        ) -> #krate::AsyncResult<#output> {
             #this_binding
             let __apm_tap_future = #future;
-            ::apm_tap::Builder::new()
+            #krate::Builder::new()
                 .callback(callback)
                 .state(state)
                 #dispatch
@@ -429,25 +477,55 @@ pub(crate) fn expand(options: Options, function: ItemFn) -> syn::Result<TokenStr
         }
 
         #[doc = #end_doc]
-        #vis fn #end(handle: ::apm_tap::AsyncResult<#output>) -> #end_output {
+        #(#forwarded)*
+        #vis fn #end(handle: #krate::AsyncResult<#output>) -> #end_output {
             #end_body
         }
 
         #[doc = #blocking_doc]
+        #(#forwarded)*
         #vis fn #blocking(
             #(#receiver_parameter2,)*
             #(#names: #types,)*
             #on_progress_parameter
         ) -> #end_output {
+            // Refused before anything begins, so that nothing runs behind the error.
+            if let ::core::result::Result::Err(refused) = #krate::__private::may_block() {
+                return #refused;
+            }
             #scope #end(#scope #begin(
                 #this_argument
                 #(#names,)*
                 #on_progress_argument
-                ::apm_tap::AsyncCallback::none(),
-                ::apm_tap::State::none(),
+                #krate::AsyncCallback::none(),
+                #krate::State::none(),
             ))
         }
 
         #exported
     })
+}
+
+/// The attributes of the fn that its Begin, End and blocking call share: `cfg`, lint
+/// levels, `deprecated` and `doc(hidden)`. A deprecated fn's pair calls it, so the
+/// pair allows that use.
+fn forwarded(attributes: &[Attribute]) -> Vec<TokenStream> {
+    let mut forwarded = Vec::new();
+    for attribute in attributes {
+        let path = attribute.path();
+        let shared = [
+            "cfg", "cfg_attr", "allow", "expect", "warn", "deny", "forbid",
+        ]
+        .iter()
+        .any(|name| path.is_ident(name));
+        let hidden = path.is_ident("doc")
+            && matches!(&attribute.meta, syn::Meta::List(list) if list.tokens.to_string() == "hidden");
+        if shared || hidden {
+            forwarded.push(quote!(#attribute));
+        } else if path.is_ident("deprecated") {
+            forwarded.push(quote!(#attribute));
+            forwarded.push(quote!(#[allow(deprecated)]));
+        }
+    }
+    forwarded
 }

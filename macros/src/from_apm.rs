@@ -4,9 +4,9 @@ use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
 use syn::meta::ParseNestedMeta;
 use syn::spanned::Spanned;
-use syn::{Error, Expr, FnArg, Ident, ItemFn, LitBool, Pat, ReturnType, Type};
+use syn::{Error, Expr, FnArg, Ident, ItemFn, LitBool, LitStr, Pat, Path, ReturnType, Type};
 
-use crate::types::is_named;
+use crate::types::{is_callback, is_named, is_result};
 
 /// The attribute's options:
 /// `#[from_apm(end = f, output = T, on_cancel = f, name = ident, flatten = bool)]`.
@@ -17,11 +17,29 @@ pub(crate) struct Options {
     on_cancel: Option<Expr>,
     name: Option<Ident>,
     flatten: Option<LitBool>,
+    krate: Option<Path>,
 }
 
 impl Options {
     pub(crate) fn parse(&mut self, meta: ParseNestedMeta<'_>) -> syn::Result<()> {
-        if meta.path.is_ident("end") {
+        let given = [
+            ("end", self.end.is_some()),
+            ("output", self.output.is_some()),
+            ("on_cancel", self.on_cancel.is_some()),
+            ("name", self.name.is_some()),
+            ("flatten", self.flatten.is_some()),
+            ("crate", self.krate.is_some()),
+        ];
+        if let Some((option, _)) = given
+            .iter()
+            .find(|(option, given)| *given && meta.path.is_ident(option))
+        {
+            return Err(meta.error(format!("`{option}` is given twice")));
+        }
+        if meta.path.is_ident("crate") {
+            let path: LitStr = meta.value()?.parse()?;
+            self.krate = Some(path.parse()?);
+        } else if meta.path.is_ident("end") {
             self.end = Some(meta.value()?.parse()?);
         } else if meta.path.is_ident("output") {
             self.output = Some(meta.value()?.parse()?);
@@ -34,7 +52,8 @@ impl Options {
         } else {
             return Err(meta.error(
                 "unknown `#[from_apm]` option: expected `end = <fn>`, `output = <type>`, \
-                 `on_cancel = <fn>`, `name = <ident>` or `flatten = <bool>`",
+                 `on_cancel = <fn>`, `name = <ident>`, `flatten = <bool>` or \
+                 `crate = \"<path>\"`",
             ));
         }
         Ok(())
@@ -97,15 +116,23 @@ pub(crate) fn expand(options: Options, begin: ItemFn) -> syn::Result<TokenStream
         }
     };
 
+    let krate = match &options.krate {
+        Some(path) => quote!(#path),
+        None => quote!(::apm_tap),
+    };
     let mut receiver = None;
     let mut parameters = Vec::new();
     let mut arguments = Vec::new();
     let mut callback = false;
+    // Whether the previous parameter was the callback: a `State` right after it is
+    // Begin's state.
+    let mut after_callback = false;
     for input in &signature.inputs {
         match input {
             FnArg::Receiver(self_) => receiver = Some(self_),
             FnArg::Typed(typed) => {
-                if is_named(&typed.ty, "AsyncCallback") || is_named(&typed.ty, "ApmCallback") {
+                let was_after_callback = std::mem::take(&mut after_callback);
+                if let Some(callback_type) = is_callback(&typed.ty) {
                     if callback {
                         return Err(Error::new_spanned(
                             &typed.ty,
@@ -113,9 +140,17 @@ pub(crate) fn expand(options: Options, begin: ItemFn) -> syn::Result<TokenStream
                         ));
                     }
                     callback = true;
-                    arguments.push(quote!(::core::convert::Into::into(__apm_tap_callback)));
-                } else if is_named(&typed.ty, "State") {
-                    arguments.push(quote!(::apm_tap::State::none()));
+                    after_callback = true;
+                    arguments.push(match callback_type {
+                        // The parameter's type is known: convert to it.
+                        crate::types::Callback::Named => {
+                            quote!(::core::convert::Into::into(__apm_tap_callback))
+                        }
+                        // `impl Into<AsyncCallback<T>>`: the `ApmCallback` is one.
+                        crate::types::Callback::ImplInto => quote!(__apm_tap_callback),
+                    });
+                } else if was_after_callback && is_named(&typed.ty, "State") {
+                    arguments.push(quote!(#krate::State::none()));
                 } else {
                     let Pat::Ident(pattern) = &*typed.pat else {
                         return Err(Error::new_spanned(
@@ -143,19 +178,19 @@ pub(crate) fn expand(options: Options, begin: ItemFn) -> syn::Result<TokenStream
 
     let flatten = match &options.flatten {
         Some(flatten) => flatten.value,
-        None => is_named(output, "Result"),
+        None => is_result(output),
     };
     let (future_output, result, errors) = if flatten {
         (
             quote!(#output),
-            quote!(::apm_tap::__private::flatten_end(__apm_tap_future.await)),
+            quote!(#krate::__private::flatten_end(__apm_tap_future.await)),
             "The End's own error, or the bridge's converted into it with \
              `From<apm_tap::Error>`: `Abandoned` if the Begin's callback was dropped \
              uncalled (then End does not run: it would block forever).",
         )
     } else {
         (
-            quote!(::core::result::Result<#output, ::apm_tap::Error>),
+            quote!(::core::result::Result<#output, #krate::Error>),
             quote!(__apm_tap_future.await),
             "`apm_tap::Error::Abandoned` if the Begin's callback was dropped uncalled (then \
              End does not run: it would block forever).",
@@ -173,7 +208,7 @@ pub(crate) fn expand(options: Options, begin: ItemFn) -> syn::Result<TokenStream
         .as_ref()
         .map(|on_cancel| quote_spanned!(on_cancel.span()=> .on_cancel(#on_cancel)));
     let end_check = quote_spanned! {end.span()=>
-        let __apm_tap_end = ::apm_tap::__private::end_fn::<#handle, #output, _>(#end);
+        let __apm_tap_end = #krate::__private::end_fn::<#handle, #output, _>(#end);
     };
     let cancel_doc = match &options.on_cancel {
         Some(on_cancel) => format!(
@@ -212,8 +247,8 @@ pub(crate) fn expand(options: Options, begin: ItemFn) -> syn::Result<TokenStream
             #(#parameters),*
         ) -> #future_output #where_clause {
             #end_check
-            let __apm_tap_future = ::apm_tap::from_apm(
-                |__apm_tap_callback: ::apm_tap::ApmCallback| #call(#(#arguments),*),
+            let __apm_tap_future = #krate::from_apm(
+                |__apm_tap_callback: #krate::ApmCallback| #call(#(#arguments),*),
                 __apm_tap_end,
             )
             #on_cancel;

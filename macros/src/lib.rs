@@ -26,10 +26,14 @@ mod types;
 /// - `blocking_read(&self, len) -> io::Result<Vec<u8>>`: both, for a thread that just
 ///   wants the result.
 ///
-/// An output whose type is named `Result` is flattened: End returns it, with apm-tap's
+/// An output whose type is a `Result<..>` is flattened: End returns it, with apm-tap's
 /// own errors (cancelled, panicked, abandoned, would deadlock) converted by
 /// `From<apm_tap::Error>` (`io::Error` has it). Any other output `T` is returned as
 /// `Result<T, apm_tap::Error>`. `flatten = false` keeps a `Result` nested.
+///
+/// Begin, End and the blocking call carry the fn's `cfg`, lint, `deprecated` and
+/// `doc(hidden)` attributes. In a trait's `impl` the attribute cannot add them (they are
+/// not the trait's): put the operation in an inherent `impl`.
 ///
 /// The operation outlives the call to Begin, so the receiver and the arguments must be
 /// owned: `self: Arc<Self>` (Begin then takes `self: &Arc<Self>` and clones it) or
@@ -44,7 +48,8 @@ mod types;
 /// | `dispatch = <expr>` | the callback runs where this `apm_tap::Dispatch` says (evaluated at each Begin) |
 /// | `progress = <argument>` | the named `apm_tap::progress::Progress<P>` argument leaves Begin's and the blocking call's signatures; they take an `on_progress: impl FnMut(P) + Send + 'static` instead |
 /// | `cancel = <argument>` | the named `apm_tap::Cancellation` argument leaves Begin's and the blocking call's signatures; it trips when the caller cancels (`handle.cancel()`, C's `apm_tap_op_cancel`): hand it to a worker thread, or register the legacy Cancel on it |
-/// | `flatten = <bool>` | whether End returns the output's own `Result` (default: whether its type is named `Result`; an alias is not seen) |
+/// | `flatten = <bool>` | whether End returns the output's own `Result` (default: whether it is a `Result<..>`; an alias is not seen) |
+/// | `crate = "<path>"` | where apm-tap is, for a crate that renamed it (default `::apm_tap`; `c_abi` uses `::apm_tap_capi`) |
 /// | `c_abi` | also exports a free fn over C scalars to C as `xxx_begin` / `xxx_end` (the C ABI of `apm-tap-capi`, which must be among your dependencies), with their C declarations in a const `XXX_C_DECLARATION` for `apm_tap_capi::header` |
 ///
 /// Async callers call the fn itself. With `progress` or `cancel`, they give those
@@ -107,19 +112,20 @@ pub fn apm(attribute: TokenStream, item: TokenStream) -> TokenStream {
 /// io::Result<Vec<u8>>`: lazy (Begin runs at the first poll, once), End exactly once
 /// for every handle Begin returned, no stack dive when Begin completes synchronously.
 ///
-/// The Begin's parameter typed `AsyncCallback<T>` (or `ApmCallback`) receives the
-/// callback that wakes the future, and one typed `State` receives `State::none()`; the
-/// others become the async fn's parameters, in order.
+/// The Begin's parameter typed `AsyncCallback<T>`, `impl Into<AsyncCallback<T>>` or
+/// `ApmCallback` receives the callback that wakes the future, and a `State` right after
+/// it receives `State::none()`; the others become the async fn's parameters, in order.
 ///
 /// Options:
 ///
 /// | option | effect |
 /// |---|---|
-/// | `end = <expr>` | the End: an `FnOnce(Handle) -> output + Send + 'static`, evaluated at the first poll (so it may use `self` and the arguments); required |
+/// | `end = <expr>` | the End: an `FnOnce(Handle) -> output + Send + 'static`, evaluated at the first poll, so it may use the arguments, or a clone of an `Arc` `self` (`{ let this = self.clone(); move \|h\| this.end_read(h) }`); required |
 /// | `output = <type>` | what End returns; required, as a macro cannot read `end`'s signature |
-/// | `on_cancel = <expr>` | an `FnOnce(&Handle) + Send + 'static`, evaluated at the first poll and run once if the future is dropped before completion: the legacy Cancel |
+/// | `on_cancel = <expr>` | an `FnOnce(&Handle) + Send + 'static`, evaluated like `end`, run once if the future is dropped before completion: the legacy Cancel |
 /// | `name = <ident>` | the async fn's name; by default the Begin's without `begin_` |
-/// | `flatten = <bool>` | whether the async fn returns `output`'s own `Result`, with apm-tap's errors converted by `From<apm_tap::Error>` (default: whether `output` is named `Result`), or `Result<output, apm_tap::Error>` |
+/// | `flatten = <bool>` | whether the async fn returns `output`'s own `Result`, with apm-tap's errors converted by `From<apm_tap::Error>` (default: whether `output` is a `Result<..>`; an alias is not seen), or `Result<output, apm_tap::Error>` |
+/// | `crate = "<path>"` | where apm-tap is, for a crate that renamed it (default `::apm_tap`) |
 ///
 /// # Examples
 ///

@@ -42,6 +42,16 @@ impl<'ast> Visit<'ast> for Finder {
         }
     }
 
+    // A function pointer's or an `Fn(..)` bound's own references are higher-ranked: they
+    // borrow nothing the operation keeps.
+    fn visit_type_bare_fn(&mut self, _: &'ast syn::TypeBareFn) {}
+
+    fn visit_parenthesized_generic_arguments(
+        &mut self,
+        _: &'ast syn::ParenthesizedGenericArguments,
+    ) {
+    }
+
     fn visit_type_impl_trait(&mut self, impl_trait: &'ast TypeImplTrait) {
         if self.0.is_none() {
             self.0 = Some(Unowned::ImplTrait(impl_trait.to_token_stream()));
@@ -75,4 +85,51 @@ pub(crate) fn only_type_argument(ty: &Type) -> Option<&Type> {
     });
     let first = types.next()?;
     types.next().is_none().then_some(first)
+}
+
+/// Whether `ty` is a `Result` End can flatten: a path named `Result` with type
+/// arguments (`Result<T, E>`, `io::Result<T>`); a user's own non-generic `Result` is
+/// not one.
+pub(crate) fn is_result(ty: &Type) -> bool {
+    last_segment(ty).is_some_and(|segment| {
+        segment.ident == "Result" && matches!(segment.arguments, PathArguments::AngleBracketed(_))
+    })
+}
+
+/// How a Begin's callback parameter is typed.
+pub(crate) enum Callback {
+    /// `AsyncCallback<T>` or `ApmCallback`.
+    Named,
+    /// `impl Into<AsyncCallback<T>>`, as `#[apm]` generates.
+    ImplInto,
+}
+
+/// Whether `ty` is a Begin's callback parameter, and how it is typed.
+pub(crate) fn is_callback(ty: &Type) -> Option<Callback> {
+    if is_named(ty, "AsyncCallback") || is_named(ty, "ApmCallback") {
+        return Some(Callback::Named);
+    }
+    let Type::ImplTrait(impl_trait) = ty else {
+        return None;
+    };
+    impl_trait.bounds.iter().find_map(|bound| {
+        let syn::TypeParamBound::Trait(bound) = bound else {
+            return None;
+        };
+        let into = bound
+            .path
+            .segments
+            .last()
+            .filter(|segment| segment.ident == "Into")?;
+        let PathArguments::AngleBracketed(arguments) = &into.arguments else {
+            return None;
+        };
+        arguments
+            .args
+            .iter()
+            .any(|argument| {
+                matches!(argument, GenericArgument::Type(ty) if is_named(ty, "AsyncCallback"))
+            })
+            .then_some(Callback::ImplInto)
+    })
 }
