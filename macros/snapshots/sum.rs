@@ -2,6 +2,7 @@ impl Store {
     pub async fn sum(self: Arc<Self>, count: usize) -> u32 {
         self.items.iter().take(count).sum()
     }
+    #[allow(clippy::too_many_arguments)]
     pub fn begin_sum(
         self: &Arc<Self>,
         count: usize,
@@ -24,6 +25,9 @@ impl Store {
         self: &Arc<Self>,
         count: usize,
     ) -> ::core::result::Result<u32, ::apm_tap::Error> {
+        if let ::core::result::Result::Err(refused) = ::apm_tap::__private::may_block() {
+            return ::core::result::Result::Err(refused);
+        }
         Self::end_sum(
             Self::begin_sum(
                 self,
