@@ -1,6 +1,5 @@
 //! The signatures `#[apm]` and `#[from_apm]` refuse, each with its compiler message
 //! checked in (`tests/ui/*.stderr`; `TRYBUILD=overwrite` rewrites them).
-#![cfg(feature = "macros")]
 
 #[test]
 fn rejected_signatures_name_the_fix() {
