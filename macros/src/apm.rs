@@ -5,10 +5,9 @@ use quote::{format_ident, quote, quote_spanned};
 use syn::ext::IdentExt;
 use syn::meta::ParseNestedMeta;
 use syn::spanned::Spanned;
-use syn::{
-    Attribute, Error, Expr, FnArg, Ident, ItemFn, LitBool, LitStr, Pat, Path, ReturnType, Type,
-};
+use syn::{Attribute, Error, Expr, FnArg, Ident, ItemFn, LitBool, Pat, Path, ReturnType, Type};
 
+use crate::options;
 use crate::types::{is_named, is_result, only_type_argument, unowned, Unowned};
 
 /// The attribute's options:
@@ -25,33 +24,18 @@ pub(crate) struct Options {
 
 impl Options {
     pub(crate) fn parse(&mut self, meta: ParseNestedMeta<'_>) -> syn::Result<()> {
-        let given = [
-            ("dispatch", self.dispatch.is_some()),
-            ("progress", self.progress.is_some()),
-            ("cancel", self.cancel.is_some()),
-            ("flatten", self.flatten.is_some()),
-            ("c_abi", self.c_abi),
-            ("crate", self.krate.is_some()),
-        ];
-        if let Some((option, _)) = given
-            .iter()
-            .find(|(option, given)| *given && meta.path.is_ident(option))
-        {
-            return Err(meta.error(format!("`{option}` is given twice")));
-        }
         if meta.path.is_ident("crate") {
-            let path: LitStr = meta.value()?.parse()?;
-            self.krate = Some(path.parse()?);
+            options::set_crate(&meta, &mut self.krate)?;
         } else if meta.path.is_ident("dispatch") {
-            self.dispatch = Some(meta.value()?.parse()?);
+            options::set(&meta, &mut self.dispatch)?;
         } else if meta.path.is_ident("progress") {
-            self.progress = Some(meta.value()?.parse()?);
+            options::set(&meta, &mut self.progress)?;
         } else if meta.path.is_ident("cancel") {
-            self.cancel = Some(meta.value()?.parse()?);
+            options::set(&meta, &mut self.cancel)?;
         } else if meta.path.is_ident("flatten") {
-            self.flatten = Some(meta.value()?.parse()?);
+            options::set(&meta, &mut self.flatten)?;
         } else if meta.path.is_ident("c_abi") {
-            self.c_abi = true;
+            options::flag(&meta, &mut self.c_abi)?;
         } else {
             return Err(meta.error(
                 "unknown `#[apm]` option: expected `dispatch = <Dispatch>`, \
@@ -259,10 +243,7 @@ pub(crate) fn expand(options: Options, function: ItemFn) -> syn::Result<TokenStr
 
     let vis = &function.vis;
     let name = &signature.ident;
-    let krate = match &options.krate {
-        Some(path) => quote!(#path),
-        None => quote!(::apm_tap),
-    };
+    let krate = options::krate(options.krate.as_ref());
     let forwarded = forwarded(&function.attrs);
     let begin = format_ident!("begin_{}", name);
     let end = format_ident!("end_{}", name);

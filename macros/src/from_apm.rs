@@ -4,8 +4,9 @@ use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
 use syn::meta::ParseNestedMeta;
 use syn::spanned::Spanned;
-use syn::{Error, Expr, FnArg, Ident, ItemFn, LitBool, LitStr, Pat, Path, ReturnType, Type};
+use syn::{Error, Expr, FnArg, Ident, ItemFn, LitBool, Pat, Path, ReturnType, Type};
 
+use crate::options;
 use crate::types::{is_callback, is_named, is_result};
 
 /// The attribute's options:
@@ -22,33 +23,18 @@ pub(crate) struct Options {
 
 impl Options {
     pub(crate) fn parse(&mut self, meta: ParseNestedMeta<'_>) -> syn::Result<()> {
-        let given = [
-            ("end", self.end.is_some()),
-            ("output", self.output.is_some()),
-            ("on_cancel", self.on_cancel.is_some()),
-            ("name", self.name.is_some()),
-            ("flatten", self.flatten.is_some()),
-            ("crate", self.krate.is_some()),
-        ];
-        if let Some((option, _)) = given
-            .iter()
-            .find(|(option, given)| *given && meta.path.is_ident(option))
-        {
-            return Err(meta.error(format!("`{option}` is given twice")));
-        }
         if meta.path.is_ident("crate") {
-            let path: LitStr = meta.value()?.parse()?;
-            self.krate = Some(path.parse()?);
+            options::set_crate(&meta, &mut self.krate)?;
         } else if meta.path.is_ident("end") {
-            self.end = Some(meta.value()?.parse()?);
+            options::set(&meta, &mut self.end)?;
         } else if meta.path.is_ident("output") {
-            self.output = Some(meta.value()?.parse()?);
+            options::set(&meta, &mut self.output)?;
         } else if meta.path.is_ident("on_cancel") {
-            self.on_cancel = Some(meta.value()?.parse()?);
+            options::set(&meta, &mut self.on_cancel)?;
         } else if meta.path.is_ident("name") {
-            self.name = Some(meta.value()?.parse()?);
+            options::set(&meta, &mut self.name)?;
         } else if meta.path.is_ident("flatten") {
-            self.flatten = Some(meta.value()?.parse()?);
+            options::set(&meta, &mut self.flatten)?;
         } else {
             return Err(meta.error(
                 "unknown `#[from_apm]` option: expected `end = <fn>`, `output = <type>`, \
@@ -116,10 +102,7 @@ pub(crate) fn expand(options: Options, begin: ItemFn) -> syn::Result<TokenStream
         }
     };
 
-    let krate = match &options.krate {
-        Some(path) => quote!(#path),
-        None => quote!(::apm_tap),
-    };
+    let krate = options::krate(options.krate.as_ref());
     let mut receiver = None;
     let mut parameters = Vec::new();
     let mut arguments = Vec::new();

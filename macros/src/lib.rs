@@ -12,6 +12,7 @@ use syn::{parse_macro_input, ItemFn};
 mod apm;
 mod c_abi;
 mod from_apm;
+mod options;
 mod types;
 
 /// Exposes an `async fn` as a Begin/End pair (.NET's APM shape), for callers that
