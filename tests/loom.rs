@@ -1047,3 +1047,35 @@ fn model_25_inline_dispatch_task_woken_from_two_threads() {
         },
     );
 }
+
+/// A hook given from another thread races the drop of a `cancellable` future before it
+/// completed: each hook runs exactly once, whether at the drop or at once in `on_cancel`.
+#[test]
+fn model_26_cancel_hook_races_the_drop() {
+    model("26 a cancellation hook races the future's drop", || {
+        use futures::FutureExt;
+        let runs = Arc::new(AtomicUsize::new(0));
+        let (give, take) = mpsc::channel();
+        let mut pending = Box::pin(apm_tap::cancellable(move |cancellation| {
+            give.send(cancellation).unwrap();
+            std::future::pending::<()>()
+        }));
+        assert!((&mut pending).now_or_never().is_none());
+        let cancellation = take.recv().unwrap();
+        let first = Arc::clone(&runs);
+        cancellation.on_cancel(move || {
+            first.fetch_add(1, SeqCst);
+        });
+        let late = Arc::clone(&runs);
+        let giver = thread::spawn(move || {
+            cancellation.on_cancel(move || {
+                late.fetch_add(1, SeqCst);
+            });
+            cancellation
+        });
+        drop(pending);
+        let cancellation = giver.join().unwrap();
+        assert!(cancellation.is_cancelled());
+        assert_eq!(runs.load(SeqCst), 2);
+    });
+}
