@@ -6,6 +6,7 @@ use std::future::Future;
 use std::ptr::NonNull;
 
 use crate::runtime::Spawner;
+use crate::track::{Kind, Origin};
 use crate::{to_apm, AnyAsyncResult, AsyncCallback, AsyncResult, Completer, Dispatch, State};
 
 /// Starts an operation with a callback, a state or a chosen executor: the options that
@@ -158,15 +159,17 @@ impl<'a, T> Builder<'a, T> {
     /// assert_eq!(handle.end(), Ok("done"));
     /// ```
     #[doc(alias = "TaskToAsyncResult")]
+    #[cfg_attr(feature = "diagnostics", track_caller)]
     pub fn begin<F>(self, future: F) -> AsyncResult<T>
     where
         F: Future<Output = T> + Send + 'static,
         T: Send + 'static,
     {
+        let origin = Origin::caller(Kind::Begin);
         let (callback, state, spawner) = self.into_parts();
         match spawner {
-            Some(spawner) => to_apm::start(spawner, future, callback, state, false),
-            None => to_apm::start_here(future, callback, state, false),
+            Some(spawner) => to_apm::start(spawner, future, callback, state, false, origin),
+            None => to_apm::start_here(future, callback, state, false, origin),
         }
     }
 
@@ -193,15 +196,17 @@ impl<'a, T> Builder<'a, T> {
     /// let handle = unsafe { AnyAsyncResult::from_raw(raw) }.unwrap();
     /// assert_eq!(handle.downcast::<u8>().unwrap().end(), Ok(5));
     /// ```
+    #[cfg_attr(feature = "diagnostics", track_caller)]
     pub fn begin_raw<F>(self, future: F) -> NonNull<()>
     where
         F: Future<Output = T> + Send + 'static,
         T: Send + 'static,
     {
+        let origin = Origin::caller(Kind::Begin);
         let (callback, state, spawner) = self.into_parts();
         let handle = match spawner {
-            Some(spawner) => to_apm::start(spawner, future, callback, state, true),
-            None => to_apm::start_here(future, callback, state, true),
+            Some(spawner) => to_apm::start(spawner, future, callback, state, true, origin),
+            None => to_apm::start_here(future, callback, state, true, origin),
         };
         AnyAsyncResult::assume_raw(handle)
     }
@@ -223,9 +228,11 @@ impl<'a, T> Builder<'a, T> {
     /// assert_eq!(rx.recv().unwrap(), false);
     /// assert_eq!(handle.state().downcast_ref::<&str>(), Some(&"mine"));
     /// ```
+    #[cfg_attr(feature = "diagnostics", track_caller)]
     pub fn completer(self) -> (Completer<T>, AsyncResult<T>) {
+        let origin = Origin::caller(Kind::Completer);
         let (callback, state, _) = self.into_parts();
-        Completer::with(callback, state)
+        Completer::with(callback, state, origin)
     }
 
     /// The callback (redirected as [`dispatch`](Builder::dispatch) said), the state and

@@ -12,6 +12,7 @@ use futures::future::FusedFuture;
 
 use crate::cell::signal::{signal, Finish, Receiver, Sender};
 use crate::reaper::{ErasedEnd, OnCancel, Reaper};
+use crate::track::{CallbackTracker, Kind, Origin, Tracker};
 use crate::unwind::{catch, drop_quietly, quietly};
 use crate::{Abandonment, AsyncCallback, AsyncHandle, AsyncResult, Error, PollHandle};
 
@@ -48,7 +49,7 @@ use crate::{Abandonment, AsyncCallback, AsyncHandle, AsyncResult, Error, PollHan
 /// );
 /// assert_eq!(futures::executor::block_on(future), Ok(true));
 /// ```
-pub struct ApmCallback(Sender);
+pub struct ApmCallback(Sender, CallbackTracker);
 
 impl ApmCallback {
     /// Reports that the operation completed.
@@ -73,7 +74,9 @@ impl ApmCallback {
     /// ```
     #[inline]
     pub fn call(self) {
-        self.0.call();
+        let ApmCallback(sender, tracker) = self;
+        tracker.called();
+        sender.call();
     }
 }
 
@@ -157,6 +160,7 @@ impl<T> From<ApmCallback> for AsyncCallback<T> {
 /// # });
 /// ```
 #[doc(alias = "FromAsync")]
+#[cfg_attr(feature = "diagnostics", track_caller)]
 pub fn from_apm<B, H, E, R>(begin: B, end: E) -> FromApm<B, H, E>
 where
     B: FnOnce(ApmCallback) -> H,
@@ -164,7 +168,7 @@ where
     E: FnOnce(H) -> R + Send + 'static,
 {
     FromApm {
-        op: Op::new(begin, end),
+        op: Op::new(begin, end, Origin::caller(Kind::FromApm)),
     }
 }
 
@@ -190,6 +194,7 @@ where
 /// let error = futures::executor::block_on(refused).unwrap_err();
 /// assert_eq!(error.kind(), io::ErrorKind::NotFound);
 /// ```
+#[cfg_attr(feature = "diagnostics", track_caller)]
 pub fn try_from_apm<B, H, E, U, X>(begin: B, end: E) -> TryFromApm<B, H, E>
 where
     B: FnOnce(ApmCallback) -> Result<H, X>,
@@ -198,7 +203,7 @@ where
     X: From<Error>,
 {
     TryFromApm {
-        op: Op::new(begin, end),
+        op: Op::new(begin, end, Origin::caller(Kind::FromApm)),
     }
 }
 
@@ -416,6 +421,8 @@ impl<B, H, E> fmt::Debug for TryFromApm<B, H, E> {
 struct Op<B, H, E> {
     stage: Stage<B, H, E>,
     on_cancel: Option<OnCancel<H>>,
+    /// Where the future was made, for the operation's record.
+    origin: Origin,
 }
 
 enum Stage<B, H, E> {
@@ -430,6 +437,7 @@ enum Stage<B, H, E> {
         /// so that `drop` (which can name neither) can still hand End and the handle to
         /// the callback's thread.
         defer: fn(H, E) -> Finish,
+        tracker: Tracker,
     },
     /// `end` ran or is running, or the operation failed: nothing left to do.
     Done,
@@ -445,10 +453,11 @@ where
 }
 
 impl<B, H, E> Op<B, H, E> {
-    fn new(begin: B, end: E) -> Self {
+    fn new(begin: B, end: E, origin: Origin) -> Self {
         Op {
             stage: Stage::Start { begin, end },
             on_cancel: None,
+            origin,
         }
     }
 
@@ -480,12 +489,18 @@ impl<B, H, E> Op<B, H, E> {
             let Stage::Start { begin, end } = mem::replace(&mut self.stage, Stage::Done) else {
                 unreachable!("matched just above")
             };
+            let tracker = Tracker::start(self.origin, true);
             let (callback, signal) = signal();
+            let callback = ApmCallback(
+                callback,
+                CallbackTracker::new(&tracker, Abandonment::CallbackDropped),
+            );
             // End is dropped unused if Begin fails or panics: quietly, so that its own
             // `Drop` can neither hide Begin's error nor panic during Begin's unwind.
-            let handle = match catch(|| start(begin, ApmCallback(callback))) {
+            let handle = match catch(|| start(begin, callback)) {
                 Ok(Ok(handle)) => handle,
                 Ok(Err(begin_error)) => {
+                    tracker.ended(None);
                     drop_quietly(end);
                     return Poll::Ready(Err(begin_error));
                 }
@@ -497,6 +512,7 @@ impl<B, H, E> Op<B, H, E> {
             // Read once: a handle that changes its answer later cannot cause a second End.
             let synchronous = catch(|| handle.completed_synchronously());
             if let Ok(true) = synchronous {
+                tracker.ended(None);
                 return Poll::Ready(Ok(Ok(end(handle))));
             }
             self.stage = Stage::Waiting {
@@ -504,6 +520,7 @@ impl<B, H, E> Op<B, H, E> {
                 end,
                 signal,
                 defer: defer_end::<H, E, R>,
+                tracker,
             };
             // A handle that panics when asked is taken for asynchronous: End runs when
             // the callback comes (here or, if the future is dropped, on its thread), and
@@ -519,14 +536,22 @@ impl<B, H, E> Op<B, H, E> {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(called) => called,
         };
-        let Stage::Waiting { handle, end, .. } = mem::replace(&mut self.stage, Stage::Done) else {
+        let Stage::Waiting {
+            handle,
+            end,
+            tracker,
+            ..
+        } = mem::replace(&mut self.stage, Stage::Done)
+        else {
             unreachable!("matched just above")
         };
         if !called {
             // The legacy code dropped the `ApmCallback`: End would block forever.
+            tracker.ended(Some(Abandonment::CallbackDropped));
             drop(handle);
             return Poll::Ready(Ok(Err(Error::Abandoned(Abandonment::CallbackDropped))));
         }
+        tracker.ended(None);
         Poll::Ready(Ok(Ok(end(handle))))
     }
 }
@@ -556,12 +581,17 @@ impl<B, H, E> Op<B, H, E> {
             end,
             signal,
             defer,
+            tracker,
         } = stage
         else {
             // Not started (`begin` and End are dropped unused), or done.
             drop_quietly((stage, on_cancel));
             return;
         };
+        if !signal.is_done() {
+            // The callback keeps the record until it comes (End runs then).
+            tracker.cancelled();
+        }
         match on_cancel {
             Some(on_cancel) if !signal.is_done() => quietly(|| on_cancel(&handle)),
             unused => drop_quietly(unused),
@@ -602,13 +632,15 @@ impl<B, H, E> Op<B, H, E> {
 /// assert_eq!(value, Ok(42));
 /// ```
 #[doc(alias = "FromAsync")]
+#[cfg_attr(feature = "diagnostics", track_caller)]
 pub fn from_async_result<H, E, R>(handle: H, end: E) -> FromAsyncResult<H, E>
 where
     H: PollHandle + Send + 'static,
     E: FnOnce(H) -> R + Send + 'static,
 {
+    let tracker = Tracker::start(Origin::caller(Kind::FromAsyncResult), false);
     FromAsyncResult {
-        parts: Some((handle, end)),
+        parts: Some((handle, end, tracker)),
         on_cancel: None,
         erase: erase_end::<H, E, R>,
     }
@@ -636,10 +668,10 @@ where
 /// plus the drop behaviour described on [`from_async_result`].
 #[must_use = "futures do nothing unless polled; dropping this one before completion cancels the operation"]
 pub struct FromAsyncResult<H: PollHandle + Send + 'static, E: Send + 'static> {
-    parts: Option<(H, E)>,
+    parts: Option<(H, E, Tracker)>,
     on_cancel: Option<OnCancel<H>>,
     /// `erase_end::<H, E, R>`, chosen where `R` is known, for `drop`.
-    erase: fn(E) -> ErasedEnd<H>,
+    erase: fn(E, Tracker) -> ErasedEnd<H>,
 }
 
 impl<H: PollHandle + Send + 'static, E: Send + 'static> FromAsyncResult<H, E> {
@@ -682,14 +714,15 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<R> {
         let this = self.get_mut();
-        let (handle, _) = this
+        let (handle, _, _) = this
             .parts
             .as_mut()
             .expect("`from_async_result` future polled after completion");
         if handle.poll_completed(cx).is_pending() {
             return Poll::Pending;
         }
-        let (handle, end) = this.parts.take().expect("checked just above");
+        let (handle, end, tracker) = this.parts.take().expect("checked just above");
+        tracker.ended(None);
         Poll::Ready(end(handle))
     }
 }
@@ -710,11 +743,13 @@ impl<H: PollHandle + Send + 'static, E: Send + 'static> Drop for FromAsyncResult
     /// completes. Never unwinds, never blocks or spins.
     fn drop(&mut self) {
         let on_cancel = self.on_cancel.take();
-        let Some((handle, end)) = self.parts.take() else {
+        let Some((handle, end, tracker)) = self.parts.take() else {
             drop_quietly(on_cancel);
             return;
         };
-        Reaper::start(handle, (self.erase)(end), on_cancel);
+        // Listed as cancelled until End runs (at once, if the handle completed).
+        tracker.cancelled();
+        Reaper::start(handle, (self.erase)(end, tracker), on_cancel);
     }
 }
 
@@ -726,9 +761,12 @@ impl<H: PollHandle + Send + 'static, E: Send + 'static> fmt::Debug for FromAsync
     }
 }
 
-fn erase_end<H, E, R>(end: E) -> ErasedEnd<H>
+fn erase_end<H, E, R>(end: E, tracker: Tracker) -> ErasedEnd<H>
 where
     E: FnOnce(H) -> R + Send + 'static,
 {
-    Box::new(move |handle| drop(end(handle)))
+    Box::new(move |handle| {
+        tracker.ended(None);
+        drop(end(handle));
+    })
 }

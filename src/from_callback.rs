@@ -8,8 +8,9 @@ use std::task::{Context, Poll};
 
 use futures::future::FusedFuture;
 
+use crate::track::{Kind, Origin};
 use crate::unwind::{drop_quietly, drop_quietly_if_some, quietly};
-use crate::{AsyncResult, Completer, Error};
+use crate::{AsyncCallback, AsyncResult, Completer, Error, State};
 
 /// Turns a function that reports its result through a completion callback into a
 /// future.
@@ -52,6 +53,7 @@ use crate::{AsyncResult, Completer, Error};
 /// # });
 /// ```
 #[doc(alias = "promisify")]
+#[cfg_attr(feature = "diagnostics", track_caller)]
 pub fn from_callback<F, T, R>(start: F) -> FromCallback<F, T, R>
 where
     F: FnOnce(Completer<T>) -> R,
@@ -59,6 +61,7 @@ where
     FromCallback {
         stage: Stage::Start(start),
         on_cancel: None,
+        origin: Origin::caller(Kind::FromCallback),
     }
 }
 
@@ -87,6 +90,8 @@ where
 {
     stage: Stage<F, T, R>,
     on_cancel: Option<C>,
+    /// Where the future was made, for the operation's record.
+    origin: Origin,
 }
 
 enum Stage<F, T, R> {
@@ -133,6 +138,7 @@ impl<F, T, R> FromCallback<F, T, R> {
         FromCallback {
             stage: mem::replace(&mut self.stage, Stage::Moved),
             on_cancel: Some(hook),
+            origin: self.origin,
         }
     }
 }
@@ -150,7 +156,8 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         if let Stage::Start(_) = this.stage {
-            let (completer, handle) = Completer::new();
+            let (completer, handle) =
+                Completer::with(AsyncCallback::none(), State::none(), this.origin);
             // The handle is in place before `start` runs: if `start` panics, the
             // completer it dropped has completed the operation with `Abandoned`, which
             // a later poll reports.

@@ -304,6 +304,8 @@ mod apm;
 mod builder;
 mod cancellation;
 mod cell;
+#[cfg(feature = "diagnostics")]
+pub mod diagnostics;
 mod dispatch;
 mod error;
 #[cfg(feature = "ffi")]
@@ -317,6 +319,7 @@ mod state;
 pub mod stream;
 mod sync;
 mod to_apm;
+mod track;
 mod trampoline;
 mod unwind;
 

@@ -11,6 +11,7 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 
 use crate::cell::{self, Completion, Driver, TaskWriter, Wake};
 use crate::runtime::{default_handle, Spawner, Task};
+use crate::track::{Kind, Origin, Tracker};
 use crate::unwind::{catch, discard, drop_quietly, Payload};
 use crate::{Abandonment, AsyncCallback, AsyncResult, Builder, Error, State};
 
@@ -45,12 +46,14 @@ use crate::{Abandonment, AsyncCallback, AsyncResult, Builder, Error, State};
 /// ```
 #[doc(alias = "TaskToAsyncResult")]
 #[doc(alias = "BeginInvoke")]
+#[cfg_attr(feature = "diagnostics", track_caller)]
 pub fn begin<F>(future: F) -> AsyncResult<F::Output>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    start_here(future, AsyncCallback::none(), State::none(), false)
+    let origin = Origin::caller(Kind::Begin);
+    start_here(future, AsyncCallback::none(), State::none(), false, origin)
 }
 
 /// [`begin`] on a chosen executor: a tokio [`Handle`] or `Runtime`, or any
@@ -70,13 +73,22 @@ where
 /// assert!(!handle.completed_synchronously());
 /// assert_eq!(handle.end(), Ok('k'));
 /// ```
+#[cfg_attr(feature = "diagnostics", track_caller)]
 pub fn begin_on<S, F>(spawner: &S, future: F) -> AsyncResult<F::Output>
 where
     S: Spawner + ?Sized,
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    start(spawner, future, AsyncCallback::none(), State::none(), false)
+    let origin = Origin::caller(Kind::Begin);
+    start(
+        spawner,
+        future,
+        AsyncCallback::none(),
+        State::none(),
+        false,
+        origin,
+    )
 }
 
 /// Runs `future` and hands its result to `callback`, the way Node's
@@ -100,6 +112,7 @@ where
 /// apm_tap::callbackify(async { "hello" }, move |result| tx.send(result).unwrap());
 /// assert_eq!(rx.recv().unwrap(), Ok("hello"));
 /// ```
+#[cfg_attr(feature = "diagnostics", track_caller)]
 pub fn callbackify<F, C>(future: F, callback: C)
 where
     F: Future + Send + 'static,
@@ -116,6 +129,7 @@ pub(crate) fn start_here<F>(
     callback: AsyncCallback<F::Output>,
     state: State,
     raw: bool,
+    origin: Origin,
 ) -> AsyncResult<F::Output>
 where
     F: Future + Send + 'static,
@@ -124,13 +138,18 @@ where
     match Handle::try_current() {
         // Inside the runtime already: entering it again for the first poll would only
         // clone and drop its handle (two contended reference-count updates).
-        Ok(handle) => start(&NoEnter(&handle), future, callback, state, raw),
+        Ok(handle) => start(&NoEnter(&handle), future, callback, state, raw, origin),
         // This thread's tokio context is gone (`begin` runs in a thread-local
         // destructor): the default runtime, without entering it, which needs that context.
-        Err(error) if error.is_thread_local_destroyed() => {
-            start(&NoEnter(default_handle()), future, callback, state, raw)
-        }
-        Err(_) => start(default_handle(), future, callback, state, raw),
+        Err(error) if error.is_thread_local_destroyed() => start(
+            &NoEnter(default_handle()),
+            future,
+            callback,
+            state,
+            raw,
+            origin,
+        ),
+        Err(_) => start(default_handle(), future, callback, state, raw, origin),
     }
 }
 
@@ -163,6 +182,7 @@ pub(crate) fn start<S, F>(
     callback: AsyncCallback<F::Output>,
     state: State,
     raw: bool,
+    origin: Origin,
 ) -> AsyncResult<F::Output>
 where
     S: Spawner + ?Sized,
@@ -181,7 +201,9 @@ where
         Ok(runtime) => (runtime, None),
         Err(payload) => (None, Some(payload)),
     };
-    let (mut task, handle) = cell::new_task(future, callback.into_inner(), state, runtime, raw);
+    let callback = callback.into_inner();
+    let tracker = Tracker::start(origin, callback.is_some());
+    let (mut task, handle) = cell::new_task(future, callback, state, runtime, raw, tracker);
     let mut first = Poll::Pending;
     if spawner_panic.is_none() {
         let mut polled = false;

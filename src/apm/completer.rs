@@ -1,6 +1,7 @@
 use std::fmt;
 
 use crate::cell::{self, Writer};
+use crate::track::{Kind, Origin, Tracker};
 use crate::{AsyncCallback, AsyncResult, State};
 
 /// What the implementation of a Begin method holds to finish its operation: the
@@ -73,14 +74,25 @@ impl<T> Completer<T> {
     /// completer.complete("done").unwrap();
     /// assert_eq!(handle.end(), Ok("done"));
     /// ```
+    #[cfg_attr(feature = "diagnostics", track_caller)]
     pub fn new() -> (Completer<T>, AsyncResult<T>) {
-        Completer::with(AsyncCallback::none(), State::none())
+        Completer::with(
+            AsyncCallback::none(),
+            State::none(),
+            Origin::caller(Kind::Completer),
+        )
     }
 
     /// Makes a pending operation whose `callback` runs once when it completes, on the
     /// thread that completes it, and whose handle returns `state`.
-    pub(crate) fn with(callback: AsyncCallback<T>, state: State) -> (Completer<T>, AsyncResult<T>) {
-        let (writer, handle) = cell::new(callback.into_inner(), state);
+    pub(crate) fn with(
+        callback: AsyncCallback<T>,
+        state: State,
+        origin: Origin,
+    ) -> (Completer<T>, AsyncResult<T>) {
+        let callback = callback.into_inner();
+        let tracker = Tracker::start(origin, callback.is_some());
+        let (writer, handle) = cell::new(callback, state, tracker);
         (Completer { writer }, AsyncResult::from_shared(handle))
     }
 

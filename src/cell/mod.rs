@@ -56,6 +56,7 @@ use crate::sync::{
     Ordering::{AcqRel, Acquire},
     PoisonError, Thread, UnsafeCell,
 };
+use crate::track::Tracker;
 use crate::unwind::{catch, drop_quietly, drop_quietly_if_some, Payload};
 use crate::{Abandonment, AsyncResult, Dispatch, Error, State};
 
@@ -113,6 +114,15 @@ impl<T> Outcome<T> {
         }
     }
 
+    /// Why the operation was abandoned, if it was.
+    #[inline(always)]
+    fn abandonment(&self) -> Option<Abandonment> {
+        match self {
+            Outcome::Abandoned(why) => Some(*why),
+            _ => None,
+        }
+    }
+
     fn into_result(self) -> Result<T, Error> {
         match self {
             Outcome::Value(value) => Ok(value),
@@ -150,6 +160,8 @@ pub(crate) struct Cell<T> {
     more: AtomicPtr<More<T>>,
     /// `None` for `State::none()`, which most operations have.
     state_object: Option<Box<State>>,
+    /// The operation's record: zero-sized without the `diagnostics` feature.
+    tracker: Tracker,
 }
 
 /// What most operations never need, allocated when one does.
@@ -189,10 +201,14 @@ impl<T> More<T> {
 
 /// Makes a pending operation: its writer and its first handle.
 #[inline]
-pub(crate) fn new<T>(callback: Option<Callback<T>>, state: State) -> (Writer<T>, Shared<T>) {
+pub(crate) fn new<T>(
+    callback: Option<Callback<T>>,
+    state: State,
+    tracker: Tracker,
+) -> (Writer<T>, Shared<T>) {
     let cell = spare::alloc::<Cell<T>>();
     // SAFETY: memory for a `Cell<T>` that nothing else uses.
-    unsafe { init(cell.as_ptr(), callback, state, 0) };
+    unsafe { init(cell.as_ptr(), callback, state, 0, tracker) };
     owners(cell)
 }
 
@@ -207,7 +223,13 @@ pub(crate) fn new<T>(callback: Option<Callback<T>>, state: State) -> (Writer<T>,
 /// `cell` points to memory for a `Cell<T>` that nothing else uses; afterwards it holds an
 /// initialised cell owned by one writer and one handle.
 #[inline]
-unsafe fn init<T>(cell: *mut Cell<T>, callback: Option<Callback<T>>, state: State, flags: usize) {
+unsafe fn init<T>(
+    cell: *mut Cell<T>,
+    callback: Option<Callback<T>>,
+    state: State,
+    flags: usize,
+    tracker: Tracker,
+) {
     let mut flags = flags;
     let more = match callback {
         None => ptr::null_mut(),
@@ -226,6 +248,7 @@ unsafe fn init<T>(cell: *mut Cell<T>, callback: Option<Callback<T>>, state: Stat
         ptr::addr_of_mut!((*cell).waker).write(UnsafeCell::new(None));
         ptr::addr_of_mut!((*cell).more).write(AtomicPtr::new(more));
         ptr::addr_of_mut!((*cell).state_object).write(state_object);
+        ptr::addr_of_mut!((*cell).tracker).write(tracker);
     }
 }
 
@@ -500,6 +523,7 @@ impl<T> Wake<T> {
             }
         }
         if let Some((callback, handle)) = callback {
+            handle.tracker.called_back();
             let called = catch(move || callback.call(AsyncResult::from_shared(handle)));
             keep_first(&mut first_panic, called);
         }

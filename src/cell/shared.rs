@@ -103,14 +103,15 @@ impl<T> Shared<T> {
             before
         };
         if !state.has(VALUE) {
+            self.tracker.ended(None);
             return Err(Error::Cancelled);
         }
         // SAFETY: `VALUE` is set (the writer is done with the slot) and this handle set
         // `TAKEN`: nobody else reads the slot.
         let outcome = unsafe { access(&self.slot, Option::take) };
-        outcome
-            .expect("a complete cell with VALUE holds an outcome")
-            .into_result()
+        let outcome = outcome.expect("a complete cell with VALUE holds an outcome");
+        self.tracker.ended(outcome.abandonment());
+        outcome.into_result()
     }
 
     /// Takes the result if there is one, without blocking.
@@ -215,6 +216,7 @@ impl<T> Shared<T> {
         let Ok(state) = cancelled else {
             return false;
         };
+        self.tracker.cancelled();
         // SAFETY: this handle owns the cell by `self.ptr` until this returns.
         unsafe { Cell::collect(self.ptr, state, false) }.run_quietly();
         true

@@ -25,6 +25,7 @@ use super::spare;
 use super::word::{CALLBACK, RAW, REF, TASK, TASK_WAKER};
 use super::{access, init, owners, Callback, Cell, Completion, Shared, Writer};
 use crate::sync::UnsafeCell;
+use crate::track::Tracker;
 use crate::unwind::{catch, discard, drop_quietly_if_some};
 use crate::{Error, State};
 
@@ -67,6 +68,7 @@ pub(crate) fn new_task<F>(
     state: State,
     runtime: Option<Id>,
     raw: bool,
+    tracker: Tracker,
 ) -> (TaskWriter<F>, Shared<F::Output>)
 where
     F: Future + 'static,
@@ -87,7 +89,13 @@ where
             // returned handle's (see `AnyShared::assume_raw`).
             flags |= RAW | REF;
         }
-        init(ptr::addr_of_mut!((*header).cell), None, state, flags);
+        init(
+            ptr::addr_of_mut!((*header).cell),
+            None,
+            state,
+            flags,
+            tracker,
+        );
         ptr::addr_of_mut!((*header).vtable).write(TaskVtableOf::<F>::VTABLE);
         ptr::addr_of_mut!((*header).runtime).write(runtime);
         ptr::addr_of_mut!((*header).callback).write(UnsafeCell::new(callback));

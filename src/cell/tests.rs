@@ -8,6 +8,12 @@ use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use super::*;
+use crate::track::{Kind, Origin};
+
+/// A record for a cell made by hand (zero-sized without the `diagnostics` feature).
+fn tracker() -> Tracker {
+    Tracker::start(Origin::caller(Kind::Completer), false)
+}
 
 struct CountWakes(AtomicUsize);
 
@@ -25,15 +31,18 @@ fn counting_waker() -> (std::sync::Arc<CountWakes>, Waker) {
 /// The layout budget: the issue allows 64 bytes of overhead per pending operation
 /// beyond a `u64` result; the cell takes 48, the owner counts included (they live in
 /// the state word), so that with the allocator's header it fills one 64-byte block.
+/// The `diagnostics` feature adds its record's pointer, and nothing without it.
 #[test]
 fn cell_stays_within_its_size_budget() {
     let overhead = std::mem::size_of::<Cell<u64>>() - std::mem::size_of::<u64>();
-    assert!(overhead <= 48, "{overhead} bytes");
+    let record = if cfg!(feature = "diagnostics") { 8 } else { 0 };
+    assert_eq!(std::mem::size_of::<Tracker>(), record);
+    assert!(overhead <= 48 + record, "{overhead} bytes");
 }
 
 #[test]
 fn first_completion_wins_and_result_is_taken_once() {
-    let (writer, mut handle) = new::<u8>(None, State::none());
+    let (writer, mut handle) = new::<u8>(None, State::none(), tracker());
     assert!(!handle.is_completed());
     let mut other = handle.clone();
     handle.cancel();
@@ -42,7 +51,7 @@ fn first_completion_wins_and_result_is_taken_once() {
     assert_eq!(other.try_take(), Some(Err(Error::Cancelled)));
     assert_eq!(handle.try_take(), Some(Err(Error::AlreadyEnded)));
 
-    let (writer, mut handle) = new::<u8>(None, State::none());
+    let (writer, mut handle) = new::<u8>(None, State::none(), tracker());
     assert_eq!(writer.complete_quietly(Ok(1), true), Ok(()));
     handle.cancel();
     assert!(handle.completed_synchronously());
@@ -52,7 +61,7 @@ fn first_completion_wins_and_result_is_taken_once() {
 
 #[test]
 fn each_entry_keeps_only_its_latest_waker() {
-    let (writer, mut handle) = new::<u8>(None, State::none());
+    let (writer, mut handle) = new::<u8>(None, State::none(), tracker());
     let other_handle = handle.clone();
     let (first, first_waker) = counting_waker();
     let (second, second_waker) = counting_waker();
@@ -76,7 +85,7 @@ fn each_entry_keeps_only_its_latest_waker() {
 
 #[test]
 fn released_entries_are_reused_and_not_woken() {
-    let (writer, handle) = new::<u8>(None, State::none());
+    let (writer, handle) = new::<u8>(None, State::none(), tracker());
     let second = handle.clone();
     let (gone, gone_waker) = counting_waker();
     let mut cx = Context::from_waker(&gone_waker);
@@ -109,7 +118,7 @@ fn callback_runs_once_after_the_result_is_stored() {
         assert!(handle.is_completed());
         c.fetch_add(1, SeqCst);
     });
-    let (writer, handle) = new(Some(callback), State::none());
+    let (writer, handle) = new(Some(callback), State::none(), tracker());
     writer.complete_quietly(Ok(4), false).unwrap();
     handle.cancel();
     assert_eq!(calls.load(SeqCst), 1);
@@ -125,14 +134,14 @@ fn the_last_owner_frees_an_untaken_result() {
         }
     }
     // Handles gone first, then the writer stores: the value is dropped at once.
-    let (writer, handle) = new(None, State::none());
+    let (writer, handle) = new(None, State::none(), tracker());
     drop(handle);
     assert!(writer
         .complete_quietly(Ok(Counted(std::sync::Arc::clone(&drops))), false)
         .is_ok());
     assert_eq!(drops.load(SeqCst), 1);
     // Writer first, then the last of two handles.
-    let (writer, handle) = new(None, State::none());
+    let (writer, handle) = new(None, State::none(), tracker());
     let clone = handle.clone();
     assert!(writer
         .complete_quietly(Ok(Counted(std::sync::Arc::clone(&drops))), false)
@@ -145,7 +154,7 @@ fn the_last_owner_frees_an_untaken_result() {
 
 #[test]
 fn timed_wait_times_out_then_sees_completion() {
-    let (writer, handle) = new::<u8>(None, State::none());
+    let (writer, handle) = new::<u8>(None, State::none(), tracker());
     assert!(!handle.wait_until(Some(Instant::now() + Duration::from_millis(1))));
     let thread = std::thread::spawn(move || writer.complete_quietly(Ok(6), false));
     assert!(handle.wait_until(None));

@@ -90,6 +90,7 @@ impl<T> Writer<T> {
             unsafe { release_writer(ptr) };
             return Err(result);
         }
+        cell.tracker.completed(&result);
         // The slot is empty (the writer stores once): nothing to drop, and no call to
         // find that out.
         // SAFETY: only the writer writes the slot, and nobody reads it before `VALUE`,

@@ -1,0 +1,386 @@
+//! Each operation's record, for [`crate::diagnostics`] and the `tracing` feature.
+//!
+//! Every operation carries a [`Tracker`] from where it starts (an [`Origin`]: its kind
+//! and the `#[track_caller]` location of the public call) to where it ends. Its parts
+//! report what happens to it: the callback ran, it completed, was cancelled or
+//! abandoned, its result was taken.
+//!
+//! With the `diagnostics` feature off, [`Origin`] and [`Tracker`] are zero-sized and
+//! every method is an empty inline function: no field takes space and no instruction is
+//! emitted. With it on, a tracker is an `Arc` of the operation's [`Record`], listed in
+//! the registry until the result is taken or every part of the operation is gone.
+
+#[cfg(feature = "diagnostics")]
+use std::panic::Location;
+#[cfg(feature = "diagnostics")]
+use std::sync::atomic::{AtomicU8, Ordering::AcqRel};
+#[cfg(feature = "diagnostics")]
+use std::sync::Arc;
+#[cfg(feature = "diagnostics")]
+use std::time::Instant;
+#[cfg(feature = "tracing")]
+use tracing::{debug, error, warn};
+
+use crate::{Abandonment, Error};
+
+#[cfg(feature = "diagnostics")]
+pub(crate) use crate::diagnostics::Kind;
+
+/// Which entry point made an operation: `diagnostics::Kind`, which only exists with the
+/// feature.
+#[cfg(not(feature = "diagnostics"))]
+#[derive(Clone, Copy)]
+pub(crate) enum Kind {
+    FromApm,
+    FromAsyncResult,
+    FromCallback,
+    Begin,
+    Completer,
+}
+
+/// Where an operation was made: its kind and the location of the public call.
+#[derive(Clone, Copy)]
+pub(crate) struct Origin {
+    #[cfg(feature = "diagnostics")]
+    kind: Kind,
+    #[cfg(feature = "diagnostics")]
+    location: &'static Location<'static>,
+}
+
+impl Origin {
+    /// The origin of an operation of `kind` made by the caller of the `#[track_caller]`
+    /// chain this is called from.
+    #[cfg_attr(feature = "diagnostics", track_caller)]
+    #[inline(always)]
+    pub(crate) fn caller(kind: Kind) -> Self {
+        #[cfg(feature = "diagnostics")]
+        return Origin {
+            kind,
+            location: Location::caller(),
+        };
+        #[cfg(not(feature = "diagnostics"))]
+        {
+            let _ = kind;
+            Origin {}
+        }
+    }
+}
+
+/// An operation's part of its record: the operation's future, handle, cell or callback
+/// holds one. Cloned for each part that reports.
+#[derive(Clone)]
+pub(crate) struct Tracker {
+    #[cfg(feature = "diagnostics")]
+    record: Arc<Record>,
+}
+
+/// Emits a `tracing` event. The subscriber is user code that may panic where nothing
+/// may unwind (rule 17): its panic is discarded.
+#[cfg(feature = "tracing")]
+macro_rules! quiet {
+    ($event:expr) => {
+        crate::unwind::quietly(|| $event)
+    };
+}
+
+/// What happened to an operation: bits of [`Record::flags`].
+#[cfg(feature = "diagnostics")]
+mod flag {
+    /// The operation has a callback (the table says whether it ran).
+    pub(super) const HAS_CALLBACK: u8 = 1;
+    /// The callback ran (for an `AsyncCallback`: was called or handed to its dispatch).
+    pub(super) const CALLED_BACK: u8 = 1 << 1;
+    /// The outcome is there (a value or an error).
+    pub(super) const COMPLETED: u8 = 1 << 2;
+    /// The consumer gave up: a handle cancelled, or the future was dropped first.
+    pub(super) const CANCELLED: u8 = 1 << 3;
+    /// The producer went away without an outcome.
+    pub(super) const ABANDONED: u8 = 1 << 4;
+    /// The result was taken: the operation is over and no longer listed.
+    pub(super) const ENDED: u8 = 1 << 5;
+}
+
+/// One operation's record, shared by its parts and listed in the registry.
+#[cfg(feature = "diagnostics")]
+pub(crate) struct Record {
+    pub(crate) id: u64,
+    pub(crate) kind: Kind,
+    pub(crate) location: &'static Location<'static>,
+    pub(crate) started: Instant,
+    /// The registry's own number for the thread that made the operation.
+    pub(crate) thread: u64,
+    /// The bits of `flag`, each set once, never cleared.
+    flags: AtomicU8,
+    /// Where the registry lists it.
+    place: crate::diagnostics::Place,
+    #[cfg(feature = "tracing")]
+    span: tracing::Span,
+}
+
+#[cfg(feature = "diagnostics")]
+impl Record {
+    /// What happened so far, as the bits of `flag`.
+    fn flags(&self) -> u8 {
+        // ORDERING: Acquire, for a reader on another thread; each flag is a fact on its
+        // own, published with AcqRel.
+        self.flags.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// What the in-flight table shows.
+    pub(crate) fn status(&self) -> (crate::diagnostics::Status, Option<bool>) {
+        use crate::diagnostics::Status;
+        let flags = self.flags();
+        let status = if flags & flag::ABANDONED != 0 {
+            Status::Abandoned
+        } else if flags & flag::CANCELLED != 0 {
+            Status::Cancelled
+        } else if flags & flag::COMPLETED != 0 {
+            Status::Completed
+        } else {
+            Status::Pending
+        };
+        // A `from_callback`'s callback is its completer: completing it is calling back.
+        let (has, called) = if self.kind == Kind::FromCallback {
+            (true, flags & (flag::CALLED_BACK | flag::COMPLETED) != 0)
+        } else {
+            (
+                flags & flag::HAS_CALLBACK != 0,
+                flags & flag::CALLED_BACK != 0,
+            )
+        };
+        let callback = has.then_some(called);
+        (status, callback)
+    }
+
+    /// The warning for an abandoned operation, with what locates it.
+    #[cfg(feature = "tracing")]
+    fn warn_abandoned(&self, why: &dyn std::fmt::Display) {
+        quiet!(warn!(
+            parent: &self.span,
+            id = self.id,
+            kind = self.kind.name(),
+            location = %self.location,
+            age = ?self.started.elapsed(),
+            "abandoned: {why}",
+        ));
+    }
+
+    /// Sets `bits`; returns the flags before.
+    fn set(&self, bits: u8) -> u8 {
+        // ORDERING: AcqRel: each flag is independent; a reader acquires what was set.
+        self.flags.fetch_or(bits, AcqRel)
+    }
+}
+
+#[cfg(feature = "diagnostics")]
+impl Drop for Record {
+    /// Every part of the operation is gone: it is no longer listed, if it still was.
+    fn drop(&mut self) {
+        // Closing the span calls the subscriber: quietly.
+        #[cfg(feature = "tracing")]
+        crate::unwind::drop_quietly(std::mem::replace(&mut self.span, tracing::Span::none()));
+        let flags = self.flags();
+        if flags & flag::ENDED == 0 {
+            crate::diagnostics::unlist(&self.place);
+            #[cfg(feature = "tracing")]
+            if flags & flag::ABANDONED != 0 {
+                self.warn_abandoned(&"nobody took the error");
+            }
+        }
+    }
+}
+
+/// The operation's span; none if the subscriber panicked making it.
+#[cfg(feature = "tracing")]
+fn new_span(id: u64, origin: Origin) -> tracing::Span {
+    let made = crate::unwind::catch(|| {
+        tracing::debug_span!(
+            "apm_tap::operation",
+            id,
+            kind = origin.kind.name(),
+            location = %origin.location,
+        )
+    });
+    made.unwrap_or_else(|payload| {
+        crate::unwind::discard(payload);
+        tracing::Span::none()
+    })
+}
+
+impl Tracker {
+    /// Records a new operation, listed until its result is taken or all its parts are
+    /// gone. `callback`: whether it has a callback to report on.
+    #[inline(always)]
+    pub(crate) fn start(origin: Origin, callback: bool) -> Self {
+        #[cfg(feature = "diagnostics")]
+        {
+            let record = crate::diagnostics::list(|id, place, thread| Record {
+                id,
+                kind: origin.kind,
+                location: origin.location,
+                started: Instant::now(),
+                thread,
+                flags: AtomicU8::new(if callback { flag::HAS_CALLBACK } else { 0 }),
+                place,
+                #[cfg(feature = "tracing")]
+                span: new_span(id, origin),
+            });
+            #[cfg(feature = "tracing")]
+            quiet!(debug!(parent: &record.span, "began"));
+            Tracker { record }
+        }
+        #[cfg(not(feature = "diagnostics"))]
+        {
+            let _ = (origin, callback);
+            Tracker {}
+        }
+    }
+
+    /// The operation's callback ran (or, for an `AsyncCallback` with a dispatch, was
+    /// handed to it).
+    #[inline(always)]
+    pub(crate) fn called_back(&self) {
+        #[cfg(feature = "diagnostics")]
+        {
+            self.record.set(flag::CALLED_BACK);
+            #[cfg(feature = "tracing")]
+            quiet!(debug!(parent: &self.record.span, "called back"));
+        }
+    }
+
+    /// The legacy side called back: for `from_apm`, the callback is the completion.
+    #[cfg(feature = "diagnostics")]
+    fn called_back_completed(&self) {
+        self.record.set(flag::CALLED_BACK | flag::COMPLETED);
+        #[cfg(feature = "tracing")]
+        quiet!(debug!(parent: &self.record.span, "called back"));
+    }
+
+    /// The operation's outcome was stored.
+    #[inline(always)]
+    pub(crate) fn completed<T>(&self, outcome: &Result<T, Error>) {
+        #[cfg(feature = "diagnostics")]
+        match outcome {
+            Err(Error::Abandoned(why)) => self.abandoned(*why),
+            _ => {
+                self.record.set(flag::COMPLETED);
+                #[cfg(feature = "tracing")]
+                self.trace_outcome(outcome);
+            }
+        }
+        #[cfg(not(feature = "diagnostics"))]
+        let _ = outcome;
+    }
+
+    #[cfg(feature = "tracing")]
+    fn trace_outcome<T>(&self, outcome: &Result<T, Error>) {
+        let record = &self.record;
+        match outcome {
+            Ok(_) => quiet!(debug!(parent: &record.span, "completed")),
+            Err(Error::Panicked(panic)) => quiet!(error!(
+                parent: &record.span,
+                id = record.id,
+                kind = record.kind.name(),
+                location = %record.location,
+                message = panic.message().unwrap_or("(not a string)"),
+                "the operation's future panicked",
+            )),
+            Err(error) => quiet!(warn!(
+                parent: &record.span,
+                id = record.id,
+                kind = record.kind.name(),
+                location = %record.location,
+                %error,
+                "failed",
+            )),
+        }
+    }
+
+    /// The producer went away without an outcome. Reported (a `tracing` warning) where
+    /// the consumer learns it ([`ended`](Self::ended)), or, if none does, when the
+    /// record goes.
+    #[cfg(feature = "diagnostics")]
+    fn abandoned(&self, why: Abandonment) {
+        self.record.set(flag::ABANDONED);
+        #[cfg(feature = "tracing")]
+        quiet!(debug!(parent: &self.record.span, "abandoned: {why}"));
+        #[cfg(not(feature = "tracing"))]
+        let _ = why;
+    }
+
+    /// The consumer gave up before the outcome: a handle cancelled, or the future was
+    /// dropped.
+    #[inline(always)]
+    pub(crate) fn cancelled(&self) {
+        #[cfg(feature = "diagnostics")]
+        {
+            self.record.set(flag::CANCELLED);
+            #[cfg(feature = "tracing")]
+            quiet!(debug!(parent: &self.record.span, "cancelled"));
+        }
+    }
+
+    /// The result was taken: the operation is over, and no longer listed. `abandoned`:
+    /// the result taken is that error.
+    #[inline(always)]
+    pub(crate) fn ended(&self, abandoned: Option<Abandonment>) {
+        #[cfg(feature = "diagnostics")]
+        {
+            if self.record.set(flag::ENDED) & flag::ENDED == 0 {
+                crate::diagnostics::unlist(&self.record.place);
+                #[cfg(feature = "tracing")]
+                match abandoned {
+                    Some(why) => self.record.warn_abandoned(&why),
+                    None => quiet!(debug!(parent: &self.record.span, "ended")),
+                }
+            }
+        }
+        let _ = abandoned;
+    }
+}
+
+/// A legacy callback's tracker: dropped before [`called`](Self::called), it records
+/// the operation as abandoned (`why`).
+pub(crate) struct CallbackTracker {
+    #[cfg(feature = "diagnostics")]
+    tracker: Option<Tracker>,
+    #[cfg(feature = "diagnostics")]
+    why: Abandonment,
+}
+
+impl CallbackTracker {
+    #[inline(always)]
+    pub(crate) fn new(tracker: &Tracker, why: Abandonment) -> Self {
+        #[cfg(feature = "diagnostics")]
+        return CallbackTracker {
+            tracker: Some(tracker.clone()),
+            why,
+        };
+        #[cfg(not(feature = "diagnostics"))]
+        {
+            let _ = (tracker, why);
+            CallbackTracker {}
+        }
+    }
+
+    /// The callback was called: the operation completed.
+    #[inline(always)]
+    pub(crate) fn called(self) {
+        #[cfg(feature = "diagnostics")]
+        {
+            let mut this = self;
+            if let Some(tracker) = this.tracker.take() {
+                tracker.called_back_completed();
+            }
+        }
+    }
+}
+
+#[cfg(feature = "diagnostics")]
+impl Drop for CallbackTracker {
+    fn drop(&mut self) {
+        if let Some(tracker) = self.tracker.take() {
+            tracker.abandoned(self.why);
+        }
+    }
+}
