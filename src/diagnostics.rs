@@ -621,8 +621,12 @@ impl StdError for Leaks {}
 /// the shard that listed it.
 const SHARDS: usize = 64;
 
-/// One shard: a slab of the records it lists. Its storage is freed whenever it lists
-/// nothing, so that a burst of operations leaves no memory behind.
+/// How many slots a shard that lists nothing keeps room for: a thread that has a few
+/// operations in flight at a time does not allocate the shard's storage again for each,
+/// and a burst of operations leaves no more than this behind.
+const KEPT: usize = 64;
+
+/// One shard: a slab of the records it lists.
 struct Shard {
     slots: Vec<Slot>,
     /// The first free slot; each free slot names the next.
@@ -709,7 +713,11 @@ pub(crate) fn unlist(place: &Place) {
     let mut shard = lock(&REGISTRY[place.shard]);
     shard.listed -= 1;
     if shard.listed == 0 {
-        shard.slots = Vec::new();
+        if shard.slots.capacity() > KEPT {
+            shard.slots = Vec::new();
+        } else {
+            shard.slots.clear();
+        }
         shard.free = None;
         return;
     }

@@ -65,8 +65,9 @@ use std::task::{Context, Poll};
 
 use futures::future::FusedFuture;
 
+use crate::track::{Kind, Origin};
 use crate::unwind::{drop_quietly, drop_quietly_if_some, quietly};
-use crate::{Abandonment, AsyncResult, Completer, Error};
+use crate::{Abandonment, AsyncCallback, AsyncResult, Completer, Error, State};
 
 mod registry;
 
@@ -283,6 +284,7 @@ fn deliver<T: Send + 'static>(user_data: *mut c_void, value: T) {
 /// Dropping the future before the callback cancels the operation: the
 /// [`on_cancel`](FromC::on_cancel) hook runs with the request, which is then kept until
 /// the callback comes (or [`UserData::never`]), and the callback's value is dropped.
+#[cfg_attr(feature = "diagnostics", track_caller)]
 pub fn from_c<T, S, F>(start: F) -> FromC<T, S, F>
 where
     T: Send + 'static,
@@ -292,6 +294,7 @@ where
     FromC {
         stage: Stage::Start(start),
         on_cancel: None,
+        origin: Origin::caller(Kind::FromCallback),
     }
 }
 
@@ -305,6 +308,8 @@ where
 {
     stage: Stage<T, S, F>,
     on_cancel: Option<H>,
+    /// Where the future was made, for the operation's record.
+    origin: Origin,
 }
 
 enum Stage<T, S, F> {
@@ -344,6 +349,7 @@ impl<T: Send + 'static, S: Send + 'static, F> FromC<T, S, F> {
         FromC {
             stage: mem::replace(&mut self.stage, Stage::Moved),
             on_cancel: Some(hook),
+            origin: self.origin,
         }
     }
 }
@@ -378,7 +384,8 @@ where
             let Stage::Start(start) = mem::replace(&mut this.stage, Stage::Moved) else {
                 unreachable!("matched just above")
             };
-            let (completer, handle) = Completer::new();
+            let (completer, handle) =
+                Completer::with(AsyncCallback::none(), State::none(), this.origin);
             let key = registry::insert(completer);
             let user_data = UserData(NonZeroUsize::new(key).expect("keys are never 0"));
             let mut give_up = GiveUp::<T>(Some(user_data), std::marker::PhantomData);

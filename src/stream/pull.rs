@@ -158,6 +158,7 @@ where
     /// let _ = take.recv().unwrap().emit(7);
     /// assert_eq!(rx.recv().unwrap(), Ok(Some(Ok(7))));
     /// ```
+    #[cfg_attr(feature = "diagnostics", track_caller)]
     pub fn begin_next(
         &self,
         callback: impl Into<AsyncCallback<Option<S::Item>>>,
