@@ -282,7 +282,7 @@ impl Tracker {
                 id = record.id,
                 kind = record.kind.name(),
                 location = %record.location,
-                message = panic.message().unwrap_or("(not a string)"),
+                panic = panic.message().unwrap_or("(not a string)"),
                 "the operation's future panicked",
             )),
             Err(error) => quiet!(warn!(
