@@ -70,6 +70,16 @@
 //! that receives the caller's cancel, a [`Dispatch`] policy for the callback, and
 //! (with `apm-tap-capi`) the same operation exported to C.
 //!
+//! # Finding the operation that never completed
+//!
+//! With the `diagnostics` feature, every operation, in both directions, is listed from
+//! where it starts until its result is taken: `apm_tap::diagnostics::in_flight()` says
+//! which Begin never called back, at which line it was called, how long ago, and
+//! whether it was cancelled, abandoned, or completed with nobody calling End; a test's
+//! `LeakCheck` fails with that table. The `tracing` feature adds a span per operation,
+//! and at the `INFO` level shows only failures and abandonments, each with the line
+//! that began the operation. Both are off by default, and cost nothing then.
+//!
 //! # Guarantees
 //!
 //! APM to future ([`from_apm`](fn@from_apm), [`from_async_result`], [`from_callback`]):
@@ -260,6 +270,7 @@
 //! | a [`Subscriber`](stream::Subscriber)'s methods | the subscription's task (its first poll inside [`stream::subscribe`]) | caught: the subscription ends with [`Error::Panicked`], the stream is dropped, no call follows |
 //! | a [`Cancellation`] hook, when the operation's future is dropped before it completed | the dropping thread (the executor, or the caller of `cancel`) | discarded; the other hooks still run |
 //! | a [`Cancellation`] hook given after the cancellation | the caller of [`on_cancel`](Cancellation::on_cancel) | propagates out of `on_cancel` |
+//! | the `tracing` subscriber (feature `tracing`), told of an operation's span or event | the thread where the operation's step happens | discarded: the span is empty, the event lost, the operation unchanged |
 //! | `Drop` of a result nobody took, of a [`State`], of a callback that never ran, of the closures given to the crate | whichever owner drops it | discarded |
 //!
 //! So [`Completer::complete`], a `Completer`'s drop, [`ApmCallback::call`] and
@@ -344,7 +355,7 @@ pub use apm_tap_macros::{apm, from_apm};
 pub mod __private;
 
 /// The README's code blocks, run as doctests by the README's `cargo test --all-features`
-/// (they use the `macros` and `ffi` features).
-#[cfg(all(doctest, feature = "macros", feature = "ffi"))]
+/// (they use the `macros`, `ffi` and `diagnostics` features).
+#[cfg(all(doctest, feature = "macros", feature = "ffi", feature = "diagnostics"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
