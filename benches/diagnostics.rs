@@ -98,8 +98,11 @@ fn sync_completion() -> f64 {
     start.elapsed().as_nanos() as f64 / SYNC_OPS as f64
 }
 
+/// A row: its name, and what times one round of it.
+type Row = (&'static str, fn() -> f64);
+
 /// The rows.
-const ROWS: [(&str, fn() -> f64); 3] = [
+const ROWS: [Row; 3] = [
     ("pending_8_threads", pending_8_threads),
     ("pending_1_thread", pending_1_thread),
     ("sync_completion", sync_completion),
@@ -171,10 +174,9 @@ fn main() {
         println!("{}", times.join(" "));
         return;
     }
-    assert!(
-        !cfg!(feature = "diagnostics"),
-        "run it without the feature: it builds the variant with it itself"
-    );
+    if cfg!(feature = "diagnostics") {
+        panic!("run it without the feature: it builds the variant with it itself");
+    }
     let with = build_with_the_feature();
     // Warm up both.
     round();
