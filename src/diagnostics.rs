@@ -21,7 +21,7 @@
 //! # Cost
 //!
 //! With the feature off (the default) none of this exists: no field, no instruction.
-//! With it on, each operation allocates its record (about 100 bytes, 150 with
+//! With it on, each operation allocates its record (80 bytes, 120 with
 //! `tracing`), reads the clock once, and is listed and unlisted under one of 64 locks,
 //! chosen by the thread that begins it, so that threads beginning operations do not
 //! wait for one another. `BENCHMARKS.md` has the measured ratio.
