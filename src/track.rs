@@ -190,13 +190,14 @@ impl Drop for Record {
     }
 }
 
-/// The operation's span; none if the subscriber panicked making it.
+/// The operation's span, its `id` to be recorded once it has one; none if the
+/// subscriber panicked making it.
 #[cfg(feature = "tracing")]
-fn new_span(id: u64, origin: Origin) -> tracing::Span {
+fn new_span(origin: Origin) -> tracing::Span {
     let made = crate::unwind::catch(|| {
         tracing::debug_span!(
             "apm_tap::operation",
-            id,
+            id = tracing::field::Empty,
             kind = origin.kind.name(),
             location = %origin.location,
         )
@@ -214,19 +215,27 @@ impl Tracker {
     pub(crate) fn start(origin: Origin, callback: bool) -> Self {
         #[cfg(feature = "diagnostics")]
         {
+            let started = Instant::now();
+            // Made before the operation is listed: the subscriber is user code, and
+            // runs under no lock of the registry's (rule 18).
+            #[cfg(feature = "tracing")]
+            let span = new_span(origin);
             let record = crate::diagnostics::list(|id, place, thread| Record {
                 id,
                 kind: origin.kind,
                 location: origin.location,
-                started: Instant::now(),
+                started,
                 thread,
                 flags: AtomicU8::new(if callback { flag::HAS_CALLBACK } else { 0 }),
                 place,
                 #[cfg(feature = "tracing")]
-                span: new_span(id, origin),
+                span,
             });
             #[cfg(feature = "tracing")]
-            quiet!(debug!(parent: &record.span, "began"));
+            quiet!({
+                record.span.record("id", record.id);
+                debug!(parent: &record.span, "began");
+            });
             Tracker { record }
         }
         #[cfg(not(feature = "diagnostics"))]

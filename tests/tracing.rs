@@ -263,3 +263,68 @@ fn a_panicking_subscriber_changes_no_outcome() {
         });
     }
 }
+
+/// A subscriber that calls back into apm-tap whenever it is told of a span or an
+/// event: it takes a snapshot of the operations in flight, and begins and ends one.
+struct Reentrant;
+
+thread_local! {
+    static INSIDE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+impl Reentrant {
+    fn call_back_into_apm_tap() {
+        if INSIDE.with(|inside| inside.replace(true)) {
+            return;
+        }
+        let _ = apm_tap::diagnostics::in_flight();
+        let (completer, handle) = Completer::new();
+        completer.complete(1).unwrap();
+        assert_eq!(handle.end(), Ok(1));
+        INSIDE.with(|inside| inside.set(false));
+    }
+}
+
+impl Subscriber for Reentrant {
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        true
+    }
+
+    fn new_span(&self, _: &Attributes<'_>) -> Id {
+        Reentrant::call_back_into_apm_tap();
+        Id::from_u64(1)
+    }
+
+    fn record(&self, _: &Id, _: &Record<'_>) {}
+
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+
+    fn event(&self, _: &Event<'_>) {
+        Reentrant::call_back_into_apm_tap();
+    }
+
+    fn enter(&self, _: &Id) {}
+
+    fn exit(&self, _: &Id) {}
+}
+
+/// Rule 18: the subscriber is user code, and runs under none of the registry's locks,
+/// so that it can use apm-tap (a subscriber told of a span under the lock of its
+/// thread's shard deadlocked here).
+#[test]
+fn a_subscriber_may_call_back_into_apm_tap() {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        tracing::subscriber::with_default(Reentrant, || {
+            assert_eq!(apm_tap::begin(async { 2 }).end(), Ok(2));
+            let (completer, handle) = Completer::new();
+            completer.complete(3).unwrap();
+            assert_eq!(handle.end(), Ok(3));
+        });
+        done.send(()).unwrap();
+    });
+    // Not a timing assertion: a deadlock never finishes, and this says so instead of
+    // hanging the test run.
+    let waited = finished.recv_timeout(std::time::Duration::from_secs(60));
+    assert!(waited.is_ok(), "deadlocked");
+}
