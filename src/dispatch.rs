@@ -16,8 +16,9 @@ use tokio::sync::mpsc;
 
 use crate::runtime::{default_handle, Spawner};
 use crate::sync::{Mutex, MutexGuard, PoisonError};
+use crate::track::Origin;
 use crate::unwind::quietly;
-use crate::{AsyncCallback, AsyncResult, Builder, Task};
+use crate::{to_apm, AsyncCallback, AsyncResult, Builder, State, Task};
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -218,10 +219,21 @@ impl Dispatch {
                 // `begin_on` polls inline first: the job waits for one yield, so that
                 // it runs on the spawner's executor, not here (unless the spawner runs
                 // its tasks inside `spawn`).
-                drop(crate::begin_on(&*spawner, async move {
+                let posted = async move {
                     YieldOnce(false).await;
                     job.run();
-                }));
+                };
+                // Plumbing of the operation whose callback this is: not listed.
+                let none = AsyncCallback::none();
+                let origin = Origin::plumbing();
+                drop(to_apm::start(
+                    &*spawner,
+                    posted,
+                    none,
+                    State::none(),
+                    false,
+                    origin,
+                ));
             }
             Kind::Blocking => {
                 let job = move || job.run();

@@ -466,6 +466,7 @@ impl<Fut: Future, P, H> fmt::Debug for OnProgress<Fut, P, H> {
 /// assert_eq!(handle.end(), Ok("copied"));
 /// assert_eq!(*seen.lock().unwrap(), [50, 100]);
 /// ```
+#[cfg_attr(feature = "diagnostics", track_caller)]
 pub fn begin<P, F, Fut, H>(start: F, on_progress: H) -> AsyncResult<Fut::Output>
 where
     F: FnOnce(Progress<P>) -> Fut,

@@ -38,13 +38,15 @@ pub(crate) enum Kind {
     Completer,
 }
 
-/// Where an operation was made: its kind and the location of the public call.
+/// Where an operation was made: its kind and the location of the public call; no
+/// location for the crate's own plumbing (the task that serves a pull, the task that
+/// runs a posted callback), which is part of an operation listed already.
 #[derive(Clone, Copy)]
 pub(crate) struct Origin {
     #[cfg(feature = "diagnostics")]
     kind: Kind,
     #[cfg(feature = "diagnostics")]
-    location: &'static Location<'static>,
+    location: Option<&'static Location<'static>>,
 }
 
 impl Origin {
@@ -56,12 +58,23 @@ impl Origin {
         #[cfg(feature = "diagnostics")]
         return Origin {
             kind,
-            location: Location::caller(),
+            location: Some(Location::caller()),
         };
         #[cfg(not(feature = "diagnostics"))]
         {
             let _ = kind;
             Origin {}
+        }
+    }
+
+    /// The origin of the crate's own plumbing: not listed.
+    #[inline(always)]
+    pub(crate) fn plumbing() -> Self {
+        Origin {
+            #[cfg(feature = "diagnostics")]
+            kind: Kind::Begin,
+            #[cfg(feature = "diagnostics")]
+            location: None,
         }
     }
 }
@@ -70,8 +83,9 @@ impl Origin {
 /// holds one. Cloned for each part that reports.
 #[derive(Clone)]
 pub(crate) struct Tracker {
+    /// None for the crate's plumbing.
     #[cfg(feature = "diagnostics")]
-    record: Arc<Record>,
+    record: Option<Arc<Record>>,
 }
 
 /// Emits a `tracing` event. The subscriber is user code that may panic where nothing
@@ -193,13 +207,13 @@ impl Drop for Record {
 /// The operation's span, its `id` to be recorded once it has one; none if the
 /// subscriber panicked making it.
 #[cfg(feature = "tracing")]
-fn new_span(origin: Origin) -> tracing::Span {
+fn new_span(kind: Kind, location: &'static Location<'static>) -> tracing::Span {
     let made = crate::unwind::catch(|| {
         tracing::debug_span!(
             "apm_tap::operation",
             id = tracing::field::Empty,
-            kind = origin.kind.name(),
-            location = %origin.location,
+            kind = kind.name(),
+            location = %location,
         )
     });
     made.unwrap_or_else(|payload| {
@@ -214,30 +228,11 @@ impl Tracker {
     #[inline(always)]
     pub(crate) fn start(origin: Origin, callback: bool) -> Self {
         #[cfg(feature = "diagnostics")]
-        {
-            let started = Instant::now();
-            // Made before the operation is listed: the subscriber is user code, and
-            // runs under no lock of the registry's (rule 18).
-            #[cfg(feature = "tracing")]
-            let span = new_span(origin);
-            let record = crate::diagnostics::list(|id, place, thread| Record {
-                id,
-                kind: origin.kind,
-                location: origin.location,
-                started,
-                thread,
-                flags: AtomicU8::new(if callback { flag::HAS_CALLBACK } else { 0 }),
-                place,
-                #[cfg(feature = "tracing")]
-                span,
-            });
-            #[cfg(feature = "tracing")]
-            quiet!({
-                record.span.record("id", record.id);
-                debug!(parent: &record.span, "began");
-            });
-            Tracker { record }
-        }
+        return Tracker {
+            record: origin
+                .location
+                .map(|location| Record::list(origin.kind, location, callback)),
+        };
         #[cfg(not(feature = "diagnostics"))]
         {
             let _ = (origin, callback);
@@ -250,71 +245,20 @@ impl Tracker {
     #[inline(always)]
     pub(crate) fn called_back(&self) {
         #[cfg(feature = "diagnostics")]
-        {
-            self.record.set(flag::CALLED_BACK);
-            #[cfg(feature = "tracing")]
-            quiet!(debug!(parent: &self.record.span, "called back"));
+        if let Some(record) = &self.record {
+            record.step(flag::CALLED_BACK, "called back");
         }
-    }
-
-    /// The legacy side called back: for `from_apm`, the callback is the completion.
-    #[cfg(feature = "diagnostics")]
-    fn called_back_completed(&self) {
-        self.record.set(flag::CALLED_BACK | flag::COMPLETED);
-        #[cfg(feature = "tracing")]
-        quiet!(debug!(parent: &self.record.span, "called back"));
     }
 
     /// The operation's outcome was stored.
     #[inline(always)]
     pub(crate) fn completed<T>(&self, outcome: &Result<T, Error>) {
         #[cfg(feature = "diagnostics")]
-        match outcome {
-            Err(Error::Abandoned(why)) => self.abandoned(*why),
-            _ => {
-                self.record.set(flag::COMPLETED);
-                #[cfg(feature = "tracing")]
-                self.trace_outcome(outcome);
-            }
+        if let Some(record) = &self.record {
+            record.completed(outcome);
         }
         #[cfg(not(feature = "diagnostics"))]
         let _ = outcome;
-    }
-
-    #[cfg(feature = "tracing")]
-    fn trace_outcome<T>(&self, outcome: &Result<T, Error>) {
-        let record = &self.record;
-        match outcome {
-            Ok(_) => quiet!(debug!(parent: &record.span, "completed")),
-            Err(Error::Panicked(panic)) => quiet!(error!(
-                parent: &record.span,
-                id = record.id,
-                kind = record.kind.name(),
-                location = %record.location,
-                panic = panic.message().unwrap_or("(not a string)"),
-                "the operation's future panicked",
-            )),
-            Err(error) => quiet!(warn!(
-                parent: &record.span,
-                id = record.id,
-                kind = record.kind.name(),
-                location = %record.location,
-                %error,
-                "failed",
-            )),
-        }
-    }
-
-    /// The producer went away without an outcome. Reported (a `tracing` warning) where
-    /// the consumer learns it ([`ended`](Self::ended)), or, if none does, when the
-    /// record goes.
-    #[cfg(feature = "diagnostics")]
-    fn abandoned(&self, why: Abandonment) {
-        self.record.set(flag::ABANDONED);
-        #[cfg(feature = "tracing")]
-        quiet!(debug!(parent: &self.record.span, "abandoned: {why}"));
-        #[cfg(not(feature = "tracing"))]
-        let _ = why;
     }
 
     /// The consumer gave up before the outcome: a handle cancelled, or the future was
@@ -322,10 +266,8 @@ impl Tracker {
     #[inline(always)]
     pub(crate) fn cancelled(&self) {
         #[cfg(feature = "diagnostics")]
-        {
-            self.record.set(flag::CANCELLED);
-            #[cfg(feature = "tracing")]
-            quiet!(debug!(parent: &self.record.span, "cancelled"));
+        if let Some(record) = &self.record {
+            record.step(flag::CANCELLED, "cancelled");
         }
     }
 
@@ -334,16 +276,110 @@ impl Tracker {
     #[inline(always)]
     pub(crate) fn ended(&self, abandoned: Option<Abandonment>) {
         #[cfg(feature = "diagnostics")]
-        {
-            if self.record.set(flag::ENDED) & flag::ENDED == 0 {
-                crate::diagnostics::unlist(&self.record.place);
+        if let Some(record) = &self.record {
+            record.ended(abandoned);
+        }
+        let _ = abandoned;
+    }
+}
+
+#[cfg(feature = "diagnostics")]
+impl Record {
+    /// Makes and lists the record of a new operation.
+    fn list(kind: Kind, location: &'static Location<'static>, callback: bool) -> Arc<Record> {
+        let started = Instant::now();
+        // Made before the operation is listed: the subscriber is user code, and runs
+        // under no lock of the registry's (rule 18).
+        #[cfg(feature = "tracing")]
+        let span = new_span(kind, location);
+        let record = crate::diagnostics::list(|id, place, thread| Record {
+            id,
+            kind,
+            location,
+            started,
+            thread,
+            flags: AtomicU8::new(if callback { flag::HAS_CALLBACK } else { 0 }),
+            place,
+            #[cfg(feature = "tracing")]
+            span,
+        });
+        #[cfg(feature = "tracing")]
+        quiet!({
+            record.span.record("id", record.id);
+            debug!(parent: &record.span, "began");
+        });
+        record
+    }
+
+    /// Sets `bits`, and says `step` at `DEBUG`.
+    fn step(&self, bits: u8, step: &str) {
+        self.set(bits);
+        #[cfg(feature = "tracing")]
+        quiet!(debug!(parent: &self.span, "{step}"));
+        #[cfg(not(feature = "tracing"))]
+        let _ = step;
+    }
+
+    fn completed<T>(&self, outcome: &Result<T, Error>) {
+        match outcome {
+            Err(Error::Abandoned(why)) => self.abandoned(*why),
+            _ => {
+                self.set(flag::COMPLETED);
                 #[cfg(feature = "tracing")]
-                match abandoned {
-                    Some(why) => self.record.warn_abandoned(&why),
-                    None => quiet!(debug!(parent: &self.record.span, "ended")),
-                }
+                self.trace_outcome(outcome);
             }
         }
+    }
+
+    #[cfg(feature = "tracing")]
+    fn trace_outcome<T>(&self, outcome: &Result<T, Error>) {
+        match outcome {
+            Ok(_) => quiet!(debug!(parent: &self.span, "completed")),
+            Err(Error::Panicked(panic)) => quiet!(error!(
+                parent: &self.span,
+                id = self.id,
+                kind = self.kind.name(),
+                location = %self.location,
+                panic = panic.message().unwrap_or("(not a string)"),
+                "the operation's future panicked",
+            )),
+            Err(error) => quiet!(warn!(
+                parent: &self.span,
+                id = self.id,
+                kind = self.kind.name(),
+                location = %self.location,
+                %error,
+                "failed",
+            )),
+        }
+    }
+
+    /// The legacy side called back: for `from_apm`, the callback is the completion.
+    fn called_back_completed(&self) {
+        self.step(flag::CALLED_BACK | flag::COMPLETED, "called back");
+    }
+
+    /// The producer went away without an outcome. Reported (a `tracing` warning) where
+    /// the consumer learns it ([`ended`](Self::ended)), or, if none does, when the
+    /// record goes.
+    fn abandoned(&self, why: Abandonment) {
+        self.set(flag::ABANDONED);
+        #[cfg(feature = "tracing")]
+        quiet!(debug!(parent: &self.span, "abandoned: {why}"));
+        #[cfg(not(feature = "tracing"))]
+        let _ = why;
+    }
+
+    fn ended(&self, abandoned: Option<Abandonment>) {
+        if self.set(flag::ENDED) & flag::ENDED == 0 {
+            crate::diagnostics::unlist(&self.place);
+            #[cfg(feature = "tracing")]
+            match abandoned {
+                Some(why) => self.warn_abandoned(&why),
+                None => quiet!(debug!(parent: &self.span, "ended")),
+            }
+        }
+        #[cfg(not(feature = "tracing"))]
         let _ = abandoned;
     }
 }
@@ -351,8 +387,9 @@ impl Tracker {
 /// A legacy callback's tracker: dropped before [`called`](Self::called), it records
 /// the operation as abandoned (`why`).
 pub(crate) struct CallbackTracker {
+    /// Taken when the callback is called.
     #[cfg(feature = "diagnostics")]
-    tracker: Option<Tracker>,
+    record: Option<Arc<Record>>,
     #[cfg(feature = "diagnostics")]
     why: Abandonment,
 }
@@ -362,7 +399,7 @@ impl CallbackTracker {
     pub(crate) fn new(tracker: &Tracker, why: Abandonment) -> Self {
         #[cfg(feature = "diagnostics")]
         return CallbackTracker {
-            tracker: Some(tracker.clone()),
+            record: tracker.record.clone(),
             why,
         };
         #[cfg(not(feature = "diagnostics"))]
@@ -378,8 +415,8 @@ impl CallbackTracker {
         #[cfg(feature = "diagnostics")]
         {
             let mut this = self;
-            if let Some(tracker) = this.tracker.take() {
-                tracker.called_back_completed();
+            if let Some(record) = this.record.take() {
+                record.called_back_completed();
             }
         }
     }
@@ -388,8 +425,8 @@ impl CallbackTracker {
 #[cfg(feature = "diagnostics")]
 impl Drop for CallbackTracker {
     fn drop(&mut self) {
-        if let Some(tracker) = self.tracker.take() {
-            tracker.abandoned(self.why);
+        if let Some(record) = self.record.take() {
+            record.abandoned(self.why);
         }
     }
 }

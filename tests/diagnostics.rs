@@ -673,3 +673,66 @@ fn an_operation_allocates_one_record_more() {
     .join()
     .unwrap();
 }
+
+/// A subscriber that ignores everything.
+struct Ignore;
+
+impl apm_tap::stream::Subscriber<u8, Error> for Ignore {
+    fn on_next(&mut self, _: u8, _: &apm_tap::stream::Demand) {}
+    fn on_error(&mut self, _: Error) {}
+    fn on_complete(&mut self) {}
+}
+
+/// The crate's own tasks (the one serving a pull, the one running a posted callback)
+/// are not listed; the wrappers over `begin` and `Builder::completer` give their
+/// caller's line.
+#[test]
+fn wrappers_give_the_callers_line_and_plumbing_is_not_listed() {
+    let _turn = serial();
+    let own_files =
+        || diagnostics::in_flight().filter(|op| op.location().file().starts_with("src/"));
+
+    let report = |_: u8| {};
+    let copy = |_: apm_tap::progress::Progress<u8>| std::future::pending::<()>();
+    let (line, handle) = (line!(), apm_tap::progress::begin(copy, report));
+    assert_eq!(seen(line), Some((Kind::Begin, Status::Pending, None)));
+    handle.cancel();
+    assert_eq!(handle.end(), Err(Error::Cancelled));
+
+    let never = futures::stream::pending::<Result<u8, Error>>();
+    let (line, subscription) = (line!(), apm_tap::stream::subscribe(never, Ignore));
+    assert_eq!(seen(line), Some((Kind::Begin, Status::Pending, None)));
+    subscription.cancel();
+    assert_eq!(subscription.end(), Err(Error::Cancelled));
+
+    let pull = apm_tap::stream::Puller::new(futures::stream::pending::<u8>());
+    let none = apm_tap::AsyncCallback::none();
+    let (line, handle) = (line!(), pull.begin_next(none, apm_tap::State::none()));
+    assert_eq!(seen(line), Some((Kind::Completer, Status::Pending, None)));
+    assert_eq!(own_files().len(), 0, "{}", own_files());
+    handle.cancel();
+    assert_eq!(handle.end(), Err(Error::Cancelled));
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let dispatch = apm_tap::Dispatch::spawner(runtime.handle().clone());
+    let (called_tx, called) = mpsc::channel();
+    let (completer, handle) = Builder::new()
+        .dispatch(dispatch)
+        .callback(move |h: AsyncResult<u8>| called_tx.send(h.end()).unwrap())
+        .completer();
+    completer.complete(4).unwrap();
+    assert_eq!(
+        own_files().len(),
+        0,
+        "the posted callback's task: {}",
+        own_files()
+    );
+    runtime.block_on(async {
+        while called.try_recv().is_err() {
+            tokio::task::yield_now().await
+        }
+    });
+    drop(handle);
+}

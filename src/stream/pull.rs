@@ -10,6 +10,7 @@ use std::task::{Context, Poll, Waker};
 use futures::stream::{Fuse, Stream, StreamExt};
 
 use crate::sync::{Mutex, MutexGuard, PoisonError};
+use crate::track::Origin;
 use crate::unwind::{catch, drop_quietly};
 use crate::{AsyncCallback, AsyncResult, Builder, Completer, Error, State};
 
@@ -187,7 +188,16 @@ where
             .poll_pull(&mut Context::from_waker(&waker), true)
             .is_pending()
         {
-            drop(crate::begin(pull));
+            // The task is plumbing of the operation listed by `completer()`: not listed.
+            let none = AsyncCallback::none();
+            let origin = Origin::plumbing();
+            drop(crate::to_apm::start_here(
+                pull,
+                none,
+                State::none(),
+                false,
+                origin,
+            ));
         }
         handle
     }

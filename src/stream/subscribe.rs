@@ -434,6 +434,7 @@ where
 /// assert_eq!(subscription.end(), Ok(()));
 /// assert_eq!(rx.try_iter().collect::<Vec<_>>(), [1, 2, 3]);
 /// ```
+#[cfg_attr(feature = "diagnostics", track_caller)]
 pub fn subscribe<S, T, E, Sub>(stream: S, subscriber: Sub) -> Subscription
 where
     S: Stream<Item = Result<T, E>> + Send + 'static,
@@ -477,6 +478,7 @@ where
 /// subscription.request(u64::MAX);
 /// assert_eq!(subscription.end(), Ok(()));
 /// ```
+#[cfg_attr(feature = "diagnostics", track_caller)]
 pub fn subscribe_on<P, S, T, E, Sub>(spawner: &P, stream: S, subscriber: Sub) -> Subscription
 where
     P: Spawner,
@@ -488,6 +490,7 @@ where
     start(Builder::new().spawner(spawner), stream, subscriber)
 }
 
+#[cfg_attr(feature = "diagnostics", track_caller)]
 fn start<S, T, E, Sub>(
     builder: Builder<'_, Result<(), Error>>,
     stream: S,
