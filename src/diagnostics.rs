@@ -199,8 +199,8 @@ impl Operation {
         }
     }
 
-    /// The operation's number, unique in the process; also the `id` field of its
-    /// `tracing` span.
+    /// The operation's number, unique in the process (not consecutive: each of the
+    /// registry's shards numbers its own); also the `id` field of its `tracing` span.
     pub fn id(&self) -> u64 {
         self.id
     }
@@ -461,12 +461,22 @@ fn snapshot(keep: impl Fn(&Record) -> bool) -> InFlight {
 
 /// Fails a test when operations begun in a scope are still in flight at its end.
 ///
-/// Made at the start of the scope, it looks at the operations begun after it: on this
-/// thread ([`this_thread`](Self::this_thread): exact when other tests run in parallel)
-/// or on any ([`all_threads`](Self::all_threads): for operations begun on a runtime's
-/// workers, in a test binary whose tests do not overlap). At the end of the scope,
-/// [`finish`](Self::finish) returns them as [`Leaks`]; dropped without `finish`, it
-/// panics with the same text (not while the thread is already panicking).
+/// Made at the start of the scope, it looks at the operations begun after it, on one
+/// of two sets of threads:
+///
+/// - [`this_thread`](Self::this_thread): the thread that made it. Exact when other
+///   tests of the binary run in parallel (the default), but it does not see an
+///   operation begun on another thread: a `tokio::spawn`ed task on a multi-thread
+///   runtime's worker, a thread the test started. A test on a current-thread runtime
+///   (`#[tokio::test]`'s default) begins everything on its own thread.
+/// - [`all_threads`](Self::all_threads): every thread, so also every other test that
+///   runs at the same time. For a test binary whose tests run one at a time
+///   (`cargo test -- --test-threads=1`, or a binary of one test).
+///
+/// Operations begun before it are not its business. At the end of the scope,
+/// [`finish`](Self::finish) returns the ones still in flight as [`Leaks`]; dropped
+/// without `finish`, it panics with the same text (not while the thread is already
+/// panicking).
 ///
 /// # Panics
 ///
@@ -481,7 +491,7 @@ fn snapshot(keep: impl Fn(&Record) -> bool) -> InFlight {
 /// let (completer, handle) = apm_tap::Completer::<u8>::new();
 /// let leaked = check.finish().unwrap_err();
 /// assert_eq!(leaked.in_flight().len(), 1);
-/// assert!(leaked.to_string().starts_with("1 operation begun in this scope is still in flight:"));
+/// assert!(leaked.to_string().contains(" is still in flight:\n"));
 /// # drop((completer, handle));
 ///
 /// let check = LeakCheck::this_thread();
@@ -495,6 +505,8 @@ fn snapshot(keep: impl Fn(&Record) -> bool) -> InFlight {
 pub struct LeakCheck {
     since: Instant,
     thread: Option<u64>,
+    /// Where it was made, for the report.
+    made_at: &'static Location<'static>,
     armed: bool,
 }
 
@@ -509,10 +521,12 @@ impl LeakCheck {
     /// assert_eq!(handle.end(), Ok(1));
     /// // `_check` is dropped here, and finds nothing in flight.
     /// ```
+    #[track_caller]
     pub fn this_thread() -> Self {
         LeakCheck {
             since: Instant::now(),
             thread: Some(this_thread().1),
+            made_at: Location::caller(),
             armed: true,
         }
     }
@@ -528,10 +542,12 @@ impl LeakCheck {
     /// assert_eq!(handle.end(), Ok(1));
     /// assert!(check.finish().is_ok());
     /// ```
+    #[track_caller]
     pub fn all_threads() -> Self {
         LeakCheck {
             since: Instant::now(),
             thread: None,
+            made_at: Location::caller(),
             armed: true,
         }
     }
@@ -550,12 +566,18 @@ impl LeakCheck {
     /// The operations begun in the scope that are still in flight, if any.
     pub fn finish(mut self) -> Result<(), Leaks> {
         self.armed = false;
+        self.leaks()
+    }
+
+    fn leaks(&self) -> Result<(), Leaks> {
         let in_flight = self.in_flight();
         if in_flight.is_empty() {
-            Ok(())
-        } else {
-            Err(Leaks { in_flight })
+            return Ok(());
         }
+        Err(Leaks {
+            in_flight,
+            made_at: self.made_at,
+        })
     }
 }
 
@@ -564,17 +586,17 @@ impl Drop for LeakCheck {
         if !self.armed || thread::panicking() {
             return;
         }
-        let in_flight = self.in_flight();
-        if !in_flight.is_empty() {
-            panic!("{}", Leaks { in_flight });
+        if let Err(leaks) = self.leaks() {
+            panic!("{leaks}");
         }
     }
 }
 
 /// The operations still in flight at the end of a [`LeakCheck`]'s scope.
 ///
-/// Its `Display` is the report a failing test prints: one line saying how many, then
-/// the table of [`InFlight`].
+/// Its `Display` is the report a failing test prints: one line saying how many, and
+/// where the check was made, then the table of [`InFlight`]. Its `Debug` is the same,
+/// so that `check.finish().unwrap()` prints the table too.
 ///
 /// # Examples
 ///
@@ -586,9 +608,10 @@ impl Drop for LeakCheck {
 /// assert_eq!(op.location().line(), line!() - 3);
 /// # drop((completer, handle));
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Leaks {
     in_flight: InFlight,
+    made_at: &'static Location<'static>,
 }
 
 impl Leaks {
@@ -600,14 +623,25 @@ impl Leaks {
 
 impl fmt::Display for Leaks {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let at = self.made_at;
         match self.in_flight.len() {
-            1 => writeln!(f, "1 operation begun in this scope is still in flight:")?,
-            n => writeln!(f, "{n} operations begun in this scope are still in flight:")?,
+            1 => write!(
+                f,
+                "1 operation begun in the scope of the LeakCheck at {at} is"
+            )?,
+            n => write!(
+                f,
+                "{n} operations begun in the scope of the LeakCheck at {at} are"
+            )?,
         }
-        for op in &self.in_flight {
-            writeln!(f, "- {op}")?;
-        }
-        write!(f, "{}", self.in_flight)
+        write!(f, " still in flight:\n{}", self.in_flight)
+    }
+}
+
+impl fmt::Debug for Leaks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // On a line of its own: `unwrap` writes its own words before it.
+        write!(f, "\n{self}")
     }
 }
 

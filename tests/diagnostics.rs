@@ -498,11 +498,17 @@ fn two_leaks() -> (impl Sized, String, String) {
     ((kept, read, handle), first, second)
 }
 
-fn expected_report(first: &str, second: &str) -> String {
+/// Where the report says the check was made, checked to be at `line` of this file.
+fn check_location(report: &str, line: u32) -> String {
+    let at = report.split(" LeakCheck at ").nth(1).unwrap();
+    let at = at.split(' ').next().unwrap();
+    assert!(at.starts_with(&format!("{}:{line}:", file!())), "{at}");
+    at.to_string()
+}
+
+fn expected_report(check_at: &str, first: &str, second: &str) -> String {
     format!(
-        "2 operations begun in this scope are still in flight:\n\
-         - the from_apm begun at {first} <age> ms ago: never called back\n\
-         - the Completer begun at {second} <age> ms ago: completed, End not called\n\
+        "2 operations begun in the scope of the LeakCheck at {check_at} are still in flight:\n\
          2 operations in flight, oldest first:\n\
          age id kind status callback began at\n\
          <age> ms <id> from_apm never called back not run {first}\n\
@@ -513,15 +519,19 @@ fn expected_report(first: &str, second: &str) -> String {
 #[test]
 fn the_leak_check_fails_with_the_table() {
     let _turn = serial();
-    let check = LeakCheck::this_thread();
+    let (line, check) = (line!(), LeakCheck::this_thread());
     let (kept, first, second) = two_leaks();
     let leaks = check.finish().unwrap_err();
     let ids: Vec<u64> = leaks.in_flight().iter().map(Operation::id).collect();
     assert_eq!(ids.len(), 2);
+    let report = leaks.to_string();
+    let check_at = check_location(&report, line);
     assert_eq!(
-        normalized(&leaks.to_string(), &ids),
-        expected_report(&first, &second)
+        normalized(&report, &ids),
+        expected_report(&check_at, &first, &second)
     );
+    // `unwrap` prints the same table.
+    assert_eq!(format!("{leaks:?}"), format!("\n{report}"));
     drop(kept);
 }
 
@@ -530,8 +540,10 @@ fn the_leak_check_dropped_at_the_end_of_its_scope_panics_with_the_table() {
     let _turn = serial();
     let mut locations = (String::new(), String::new());
     let mut keep = None;
+    let mut line = 0;
     let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let _check = LeakCheck::this_thread();
+        let _check;
+        (line, _check) = (line!(), LeakCheck::this_thread());
         let (kept, first, second) = two_leaks();
         locations = (first, second);
         keep = Some(kept);
@@ -544,7 +556,11 @@ fn the_leak_check_dropped_at_the_end_of_its_scope_panics_with_the_table() {
         .iter()
         .map(Operation::id)
         .collect();
-    assert_eq!(normalized(&message, &ids), expected_report(&first, &second));
+    let check_at = check_location(&message, line);
+    assert_eq!(
+        normalized(&message, &ids),
+        expected_report(&check_at, &first, &second)
+    );
     drop(keep);
 }
 
@@ -572,7 +588,7 @@ fn the_leak_check_passes_a_clean_scope_and_keeps_to_its_thread() {
         .any(|op| op.location().line() == line));
     assert!(leaks
         .to_string()
-        .starts_with("1 operation begun in this scope is still in flight:\n"));
+        .starts_with("1 operation begun in the scope of the LeakCheck at tests/diagnostics.rs:"));
     drop((elsewhere, elsewhere_too));
 
     // Begun before the scope: not its business.
