@@ -89,21 +89,22 @@ use crate::track::Record;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Kind {
-    /// [`from_apm`](crate::from_apm) or [`try_from_apm`](crate::try_from_apm): a
+    /// [`from_apm`](fn@crate::from_apm) or [`try_from_apm`](crate::try_from_apm): a
     /// Begin/End pair, begun at the future's first poll.
     FromApm,
     /// [`from_async_result`](crate::from_async_result): a handle started elsewhere.
     FromAsyncResult,
-    /// [`from_callback`](crate::from_callback): a plain completion callback, begun at
-    /// the future's first poll.
+    /// [`from_callback`](crate::from_callback) (or `ffi::from_c`, with the `ffi`
+    /// feature): a plain completion callback, begun at the future's first poll.
     FromCallback,
     /// [`begin`](crate::begin), [`begin_on`](crate::begin_on),
     /// [`callbackify`](crate::callbackify) or [`Builder::begin`](crate::Builder::begin):
-    /// a future exposed as an operation.
+    /// a future exposed as an operation; also [`progress::begin`](crate::progress::begin)
+    /// and a [`stream::subscribe`](crate::stream::subscribe)'s subscription.
     Begin,
     /// [`Completer::new`](crate::Completer::new) or
     /// [`Builder::completer`](crate::Builder::completer): an operation that code
-    /// completes by hand.
+    /// completes by hand; also a [`Puller`](crate::stream::Puller)'s pull.
     Completer,
 }
 
