@@ -162,7 +162,7 @@ pub enum Status {
 
 /// One operation in flight, in a snapshot taken by [`in_flight`].
 ///
-/// Its `Display` is one sentence: `the from_apm begun at src/legacy.rs:88:17 2.3 s ago:
+/// Its `Display` is one sentence: `the from_apm begun at src/legacy.rs:88:17 2300 ms ago:
 /// never called back`.
 ///
 /// # Examples
@@ -255,7 +255,10 @@ impl Operation {
             Status::Cancelled if self.kind == Kind::FromAsyncResult => {
                 "cancelled, the handle never completed".into()
             }
-            Status::Cancelled => "cancelled, its handle still held".into(),
+            Status::Cancelled if self.kind == Kind::Begin => {
+                "cancelled, its task or a handle still held".into()
+            }
+            Status::Cancelled => "cancelled, its completer or a handle still held".into(),
             Status::Abandoned => match self.kind {
                 Kind::FromApm | Kind::FromCallback => "abandoned: callback dropped uncalled",
                 Kind::Begin => "abandoned: its task was dropped unfinished",

@@ -127,11 +127,7 @@ pub struct Panic {
 impl Panic {
     /// Keeps a payload caught by `catch_unwind`.
     pub(crate) fn new(payload: Box<dyn Any + Send>) -> Self {
-        let message = payload
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| payload.downcast_ref::<&'static str>().copied())
-            .map(Arc::from);
+        let message = panic_message(&payload).map(Arc::from);
         Panic {
             message,
             payload: Arc::new(Mutex::new(Some(payload))),
@@ -269,4 +265,15 @@ impl From<Error> for io::Error {
 /// ```
 pub fn flatten<U, E: From<Error>>(result: Result<Result<U, E>, Error>) -> Result<U, E> {
     result.map_err(E::from)?
+}
+
+/// A panic payload's message, when it is a string (as `panic!` with a message makes it).
+/// It takes the box, not `&dyn Any`: a `&Box<dyn Any>` would coerce to a `&dyn Any` of
+/// the box itself, which is neither string.
+pub(crate) fn panic_message(payload: &Box<dyn Any + Send>) -> Option<&str> {
+    let payload: &(dyn Any + Send) = &**payload;
+    payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&'static str>().copied())
 }

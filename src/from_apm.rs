@@ -500,11 +500,12 @@ impl<B, H, E> Op<B, H, E> {
             let handle = match catch(|| start(begin, callback)) {
                 Ok(Ok(handle)) => handle,
                 Ok(Err(begin_error)) => {
-                    tracker.ended(None);
+                    tracker.begin_failed(None);
                     drop_quietly(end);
                     return Poll::Ready(Err(begin_error));
                 }
                 Err(payload) => {
+                    tracker.begin_failed(Some(&payload));
                     drop_quietly(end);
                     resume_unwind(payload);
                 }

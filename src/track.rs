@@ -97,6 +97,33 @@ macro_rules! quiet {
     };
 }
 
+/// A `WARN` or `ERROR` event of one operation (`$record`), with what locates it: in the
+/// operation's span where that is on, else in whatever span is current where it happens.
+/// At `INFO` the operation's `DEBUG` span is off, and the user's own span (a request's,
+/// a task's) then gives the event its context.
+#[cfg(feature = "tracing")]
+macro_rules! alert {
+    ($record:expr, $level:ident, $($rest:tt)*) => {{
+        let record: &Record = $record;
+        if record.span.is_disabled() {
+            quiet!($level!(
+                id = record.id,
+                kind = record.kind.name(),
+                location = %record.location,
+                $($rest)*
+            ))
+        } else {
+            quiet!($level!(
+                parent: &record.span,
+                id = record.id,
+                kind = record.kind.name(),
+                location = %record.location,
+                $($rest)*
+            ))
+        }
+    }};
+}
+
 /// What happened to an operation: bits of [`Record::flags`].
 #[cfg(feature = "diagnostics")]
 mod flag {
@@ -169,14 +196,7 @@ impl Record {
     /// The warning for an abandoned operation, with what locates it.
     #[cfg(feature = "tracing")]
     fn warn_abandoned(&self, why: &dyn std::fmt::Display) {
-        quiet!(warn!(
-            parent: &self.span,
-            id = self.id,
-            kind = self.kind.name(),
-            location = %self.location,
-            age = ?self.started.elapsed(),
-            "abandoned: {why}",
-        ));
+        alert!(self, warn, age = ?self.started.elapsed(), "abandoned: {why}");
     }
 
     /// Sets `bits`; returns the flags before.
@@ -196,8 +216,10 @@ impl Drop for Record {
         let flags = self.flags();
         if flags & flag::ENDED == 0 {
             crate::diagnostics::unlist(&self.place);
+            // A cancelled operation's abandonment is its legacy Cancel at work (one
+            // that drops the callback), not a failure.
             #[cfg(feature = "tracing")]
-            if flags & flag::ABANDONED != 0 {
+            if flags & (flag::ABANDONED | flag::CANCELLED) == flag::ABANDONED {
                 self.warn_abandoned(&"nobody took the error");
             }
         }
@@ -271,6 +293,26 @@ impl Tracker {
         }
     }
 
+    /// A legacy Begin failed (`panic`: with this panic's payload) before the operation
+    /// could start: it is over.
+    #[inline(always)]
+    pub(crate) fn begin_failed(&self, panic: Option<&crate::unwind::Payload>) {
+        #[cfg(feature = "diagnostics")]
+        if let Some(record) = &self.record {
+            #[cfg(feature = "tracing")]
+            match panic {
+                Some(payload) => {
+                    let message = crate::error::panic_message(payload);
+                    let message = message.unwrap_or("(not a string)");
+                    alert!(record, error, panic = message, "Begin panicked");
+                }
+                None => alert!(record, warn, "Begin returned an error"),
+            }
+            record.ended(None);
+        }
+        let _ = panic;
+    }
+
     /// The result was taken: the operation is over, and no longer listed. `abandoned`:
     /// the result taken is that error.
     #[inline(always)]
@@ -335,22 +377,13 @@ impl Record {
     fn trace_outcome<T>(&self, outcome: &Result<T, Error>) {
         match outcome {
             Ok(_) => quiet!(debug!(parent: &self.span, "completed")),
-            Err(Error::Panicked(panic)) => quiet!(error!(
-                parent: &self.span,
-                id = self.id,
-                kind = self.kind.name(),
-                location = %self.location,
+            Err(Error::Panicked(panic)) => alert!(
+                self,
+                error,
                 panic = panic.message().unwrap_or("(not a string)"),
                 "the operation's future panicked",
-            )),
-            Err(error) => quiet!(warn!(
-                parent: &self.span,
-                id = self.id,
-                kind = self.kind.name(),
-                location = %self.location,
-                %error,
-                "failed",
-            )),
+            ),
+            Err(error) => alert!(self, warn, %error, "failed"),
         }
     }
 

@@ -262,7 +262,7 @@ fn a_cancelled_begin_is_listed_until_end() {
     assert_eq!(seen(line), Some((Kind::Begin, Status::Cancelled, None)));
     assert!(at(line)[0]
         .to_string()
-        .ends_with(" ago: cancelled, its handle still held"));
+        .ends_with(" ago: cancelled, its task or a handle still held"));
     assert_eq!(handle.end(), Err(Error::Cancelled));
     assert_eq!(seen(line), None);
 }
@@ -751,4 +751,20 @@ fn wrappers_give_the_callers_line_and_plumbing_is_not_listed() {
         }
     });
     drop(handle);
+}
+
+#[test]
+fn a_cancelled_operation_says_what_still_holds_it() {
+    let _turn = serial();
+    let (line, (completer, handle)) = (line!(), Completer::<u8>::new());
+    handle.cancel();
+    drop(handle);
+    assert_eq!(seen(line), Some((Kind::Completer, Status::Cancelled, None)));
+    let said = at(line)[0].to_string();
+    assert!(
+        said.ends_with(" ago: cancelled, its completer or a handle still held"),
+        "{said}"
+    );
+    assert_eq!(completer.complete(1), Err(1));
+    assert_eq!(seen(line), None);
 }

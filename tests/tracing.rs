@@ -328,3 +328,72 @@ fn a_subscriber_may_call_back_into_apm_tap() {
     let waited = finished.recv_timeout(std::time::Duration::from_secs(60));
     assert!(waited.is_ok(), "deadlocked");
 }
+
+#[test]
+fn a_cancel_whose_legacy_cancel_drops_the_callback_is_not_a_warning() {
+    let lines = traced(Level::INFO, || {
+        let kept: Arc<Mutex<Option<ApmCallback>>> = Arc::default();
+        let keeper = Arc::clone(&kept);
+        let begin = move |callback| {
+            *keeper.lock().unwrap() = Some(callback);
+            Handle
+        };
+        // The legacy Cancel drops the pending callback.
+        let cancel = move |_: &Handle| drop(kept.lock().unwrap().take());
+        let mut read = apm_tap::from_apm(begin, |_: Handle| 0).on_cancel(cancel);
+        assert!(poll(&mut read).is_pending());
+        drop(read);
+    });
+    assert_eq!(lines, Vec::<String>::new());
+}
+
+#[test]
+fn a_begin_that_panics_or_fails_is_said_so() {
+    let mut line = 0;
+    let lines = traced(Level::INFO, || {
+        let panics = |_: ApmCallback| -> Handle { panic!("no such device") };
+        let caught = std::panic::catch_unwind(|| {
+            let mut read = apm_tap::from_apm(panics, |_: Handle| 0);
+            let _ = poll(&mut read);
+        });
+        assert!(caught.is_err());
+        let fails = |_: ApmCallback| Err::<Handle, _>(io::Error::other("refused"));
+        let mut read;
+        (line, read) = (line!(), apm_tap::try_from_apm(fails, |_: Handle| Ok(0)));
+        let Poll::Ready(Err(error)) = poll(&mut read) else {
+            panic!("the Begin's error")
+        };
+        assert_eq!(error.to_string(), "refused");
+    });
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert!(lines[0].starts_with("ERROR Begin panicked"), "{}", lines[0]);
+    assert!(
+        lines[0].contains(" panic=\"no such device\""),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].starts_with(" WARN Begin returned an error"),
+        "{}",
+        lines[1]
+    );
+    let location = format!("location=tests/tracing.rs:{line}:");
+    assert!(lines[1].contains(&location), "{}", lines[1]);
+}
+
+#[test]
+fn at_info_a_warning_keeps_the_users_span() {
+    let lines = traced(Level::INFO, || {
+        let request = tracing::info_span!("request", rid = 42);
+        let _inside = request.enter();
+        let (completer, handle) = Completer::<u8>::new();
+        drop(completer);
+        assert!(handle.end().is_err());
+    });
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(
+        lines[0].starts_with(" WARN request{rid=42}: abandoned"),
+        "{}",
+        lines[0]
+    );
+}
