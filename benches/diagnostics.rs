@@ -118,51 +118,42 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-/// Builds this benchmark with the feature and returns the executable's path.
-fn build_with_the_feature() -> String {
-    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let output = Command::new(cargo)
-        .args([
-            "bench",
-            "--no-run",
-            "--quiet",
-            "-p",
-            "apm-tap-benches",
-            "--bench",
-            "diagnostics",
-            "--features",
-            "diagnostics",
-            "--message-format=json",
-        ])
-        .output()
-        .expect("cargo runs");
+/// What `command` writes, once it has succeeded.
+fn stdout_of(command: &mut Command) -> String {
+    let output = command.output().expect("the command runs");
     assert!(
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|message| message["target"]["name"] == "diagnostics")
-        .find_map(|message| message["executable"].as_str().map(String::from))
-        .expect("cargo names the benchmark's executable")
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Builds this benchmark with the feature and returns the executable's path.
+fn build_with_the_feature() -> String {
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    stdout_of(Command::new(cargo).args([
+        "bench",
+        "--no-run",
+        "--quiet",
+        "-p",
+        "apm-tap-benches",
+        "--bench",
+        "diagnostics",
+        "--features",
+        "diagnostics",
+        "--message-format=json",
+    ]))
+    .lines()
+    .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+    .filter(|message| message["target"]["name"] == "diagnostics")
+    .find_map(|message| message["executable"].as_str().map(String::from))
+    .expect("cargo names the benchmark's executable")
 }
 
 /// Runs one round in the build with the feature.
 fn round_with_the_feature(executable: &str) -> Vec<f64> {
-    let output = Command::new(executable)
-        .arg("--one-round")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout)
-        .unwrap()
+    stdout_of(Command::new(executable).arg("--one-round"))
         .split_whitespace()
         .map(|time| time.parse().unwrap())
         .collect()

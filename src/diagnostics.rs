@@ -213,11 +213,30 @@ impl Operation {
 
     /// The operation's number, unique in the process (not consecutive: each of the
     /// registry's shards numbers its own); also the `id` field of its `tracing` span.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (_completer, _handle) = apm_tap::Completer::<u8>::new();
+    /// let line = line!() - 1;
+    /// let op = apm_tap::diagnostics::in_flight().into_iter().find(|op| op.location().line() == line).unwrap();
+    /// let again = apm_tap::diagnostics::in_flight().into_iter().find(|op| op.location().line() == line).unwrap();
+    /// assert_eq!(op.id(), again.id());
+    /// ```
     pub fn id(&self) -> u64 {
         self.id
     }
 
     /// Which entry point made it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (_completer, _handle) = apm_tap::Completer::<u8>::new();
+    /// let line = line!() - 1;
+    /// let op = apm_tap::diagnostics::in_flight().into_iter().find(|op| op.location().line() == line).unwrap();
+    /// assert_eq!(op.kind(), apm_tap::diagnostics::Kind::Completer);
+    /// ```
     pub fn kind(&self) -> Kind {
         self.kind
     }
@@ -225,16 +244,43 @@ impl Operation {
     /// Where the entry point was called: the line that began the operation (for
     /// [`from_apm`](fn@crate::from_apm) and [`from_callback`](crate::from_callback), the
     /// line that made the future).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (_completer, _handle) = apm_tap::Completer::<u8>::new();
+    /// let line = line!() - 1;
+    /// let op = apm_tap::diagnostics::in_flight().into_iter().find(|op| op.location().line() == line).unwrap();
+    /// assert_eq!(op.location().file(), file!());
+    /// ```
     pub fn location(&self) -> &'static Location<'static> {
         self.location
     }
 
     /// How long before the snapshot it began.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (_completer, _handle) = apm_tap::Completer::<u8>::new();
+    /// let line = line!() - 1;
+    /// let op = apm_tap::diagnostics::in_flight().into_iter().find(|op| op.location().line() == line).unwrap();
+    /// assert!(op.age() < std::time::Duration::from_secs(3600));
+    /// ```
     pub fn age(&self) -> Duration {
         self.age
     }
 
     /// Where it stands.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (_completer, _handle) = apm_tap::Completer::<u8>::new();
+    /// let line = line!() - 1;
+    /// let op = apm_tap::diagnostics::in_flight().into_iter().find(|op| op.location().line() == line).unwrap();
+    /// assert_eq!(op.status(), apm_tap::diagnostics::Status::Pending);
+    /// ```
     pub fn status(&self) -> Status {
         self.status
     }
@@ -243,6 +289,15 @@ impl Operation {
     /// without an [`AsyncCallback`](crate::AsyncCallback), a
     /// [`from_async_result`](crate::from_async_result)). An `AsyncCallback` with a
     /// [`Dispatch`](crate::Dispatch) counts as run once it is handed to its dispatch.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (_completer, _handle) = apm_tap::Completer::<u8>::new();
+    /// let line = line!() - 1;
+    /// let op = apm_tap::diagnostics::in_flight().into_iter().find(|op| op.location().line() == line).unwrap();
+    /// assert_eq!(op.callback_ran(), None); // no AsyncCallback was given
+    /// ```
     pub fn callback_ran(&self) -> Option<bool> {
         self.callback
     }
@@ -324,21 +379,53 @@ pub struct InFlight {
 
 impl InFlight {
     /// The operations, oldest first.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (_completer, _handle) = apm_tap::Completer::<u8>::new();
+    /// let mine = apm_tap::diagnostics::in_flight().filter(|op| op.location().file() == file!());
+    /// assert_eq!(mine.operations().len(), 1);
+    /// ```
     pub fn operations(&self) -> &[Operation] {
         &self.operations
     }
 
     /// How many.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (_completer, _handle) = apm_tap::Completer::<u8>::new();
+    /// let mine = apm_tap::diagnostics::in_flight().filter(|op| op.location().file() == file!());
+    /// assert_eq!(mine.len(), 1);
+    /// ```
     pub fn len(&self) -> usize {
         self.operations.len()
     }
 
     /// Whether there are none.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (_completer, _handle) = apm_tap::Completer::<u8>::new();
+    /// let mine = apm_tap::diagnostics::in_flight().filter(|op| op.location().file() == file!());
+    /// assert!(!mine.is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.operations.is_empty()
     }
 
     /// The operations, oldest first.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (_completer, _handle) = apm_tap::Completer::<u8>::new();
+    /// let mine = apm_tap::diagnostics::in_flight().filter(|op| op.location().file() == file!());
+    /// assert!(mine.iter().all(|op| op.status() == apm_tap::diagnostics::Status::Pending));
+    /// ```
     pub fn iter(&self) -> std::slice::Iter<'_, Operation> {
         self.operations.iter()
     }
@@ -568,6 +655,18 @@ impl LeakCheck {
     }
 
     /// The operations begun in the scope so far that are still in flight, oldest first.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let check = apm_tap::diagnostics::LeakCheck::this_thread();
+    /// let (completer, handle) = apm_tap::Completer::<u8>::new();
+    /// assert_eq!(check.in_flight().len(), 1);
+    /// completer.complete(1).unwrap();
+    /// assert_eq!(handle.end(), Ok(1));
+    /// assert!(check.in_flight().is_empty());
+    /// assert!(check.finish().is_ok());
+    /// ```
     pub fn in_flight(&self) -> InFlight {
         snapshot(|record| {
             record.started >= self.since && self.thread.is_none_or(|t| record.thread == t)
@@ -579,6 +678,16 @@ impl LeakCheck {
     /// # Errors
     ///
     /// The operations begun in the scope that are still in flight, if any.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let check = apm_tap::diagnostics::LeakCheck::this_thread();
+    /// let kept = apm_tap::Completer::<u8>::new();
+    /// let leaks = check.finish().unwrap_err();
+    /// assert_eq!(leaks.in_flight().len(), 1);
+    /// # drop(kept);
+    /// ```
     pub fn finish(mut self) -> Result<(), Leaks> {
         self.armed = false;
         self.leaks()
@@ -631,6 +740,16 @@ pub struct Leaks {
 
 impl Leaks {
     /// The operations, oldest first.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let check = apm_tap::diagnostics::LeakCheck::this_thread();
+    /// let kept = apm_tap::Completer::<u8>::new();
+    /// let leaks = check.finish().unwrap_err();
+    /// assert_eq!(leaks.in_flight().operations()[0].kind(), apm_tap::diagnostics::Kind::Completer);
+    /// # drop(kept);
+    /// ```
     pub fn in_flight(&self) -> &InFlight {
         &self.in_flight
     }
